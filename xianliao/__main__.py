@@ -1,0 +1,3 @@
+from xianliao.cli import main
+
+raise SystemExit(main())

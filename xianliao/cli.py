@@ -1,0 +1,49 @@
+"""The one ``xianliao`` command: dispatches each subcommand to its package.
+
+Each package is imported only when its subcommand runs, so ``xianliao chat`` never loads
+python-telegram-bot and ``xianliao bot`` never loads the training code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module, function, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "prepare": ("training.cli", "prepare_main", "segment a corpus into vocabulary + token-id arrays"),
+    "train": ("training.cli", "train_main", "train (or resume) a model on prepared data"),
+    "eval": ("training.cli", "eval_main", "evaluate a checkpoint on a TSV file"),
+    "chat": ("bot.terminal", "main", "chat with a checkpoint in the terminal"),
+    "bot": ("bot.app", "main", "run the Telegram bot"),
+    "quickstart": ("xianliao.quickstart", "main", "train a small model if none exists, then chat"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: xianliao COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<11} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines.append("\nRun 'xianliao COMMAND --help' for the options of one command.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"xianliao: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, func_name, _ = COMMANDS[name]
+    func = getattr(importlib.import_module(module_name), func_name)
+    try:
+        return int(func(rest) or 0)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
