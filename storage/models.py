@@ -1,0 +1,189 @@
+"""The tables: users, chats, exchanges, feedback, admin audit, training runs and promotions.
+
+Portable SQLAlchemy 2.0 constructs only (SQLite today, PostgreSQL later). Times are stored as
+UTC and read back as aware UTC datetimes on every backend. JSON payloads are text columns holding
+JSON, so no backend-specific JSON type is needed.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+REVIEW_PENDING = "pending"
+REVIEW_APPROVED = "approved"
+REVIEW_REJECTED = "rejected"
+REVIEW_STATUSES = (REVIEW_PENDING, REVIEW_APPROVED, REVIEW_REJECTED)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored as naive UTC and returned as an aware UTC datetime."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:  # noqa: ANN001
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column; use datetime.now(UTC)")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:  # noqa: ANN001
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SchemaVersion(Base):
+    """One row: the version of the schema this database has reached."""
+
+    __tablename__ = "schema_version"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+
+
+class User(Base):
+    """A Telegram user (id 0 is the local terminal user)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    username: Mapped[str | None] = mapped_column(String(64))
+    first_name: Mapped[str | None] = mapped_column(String(128))
+    language_code: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Chat(Base):
+    """A chat the bot talked in: private, group, supergroup, or the local terminal."""
+
+    __tablename__ = "chats"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    type: Mapped[str] = mapped_column(String(16))
+    title: Mapped[str | None] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Exchange(Base):
+    """One user message and the bot's reply, with what produced it and its review state.
+
+    ``(chat_id, message_id)`` is unique, so a redelivered Telegram update is never logged twice
+    (terminal exchanges have no message id).
+    """
+
+    __tablename__ = "exchanges"
+    __table_args__ = (
+        UniqueConstraint("chat_id", "message_id", name="uq_exchanges_chat_message"),
+        Index("ix_exchanges_created_at", "created_at"),
+        Index("ix_exchanges_user_id", "user_id"),
+        Index("ix_exchanges_review_status", "review_status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("users.id", ondelete="CASCADE"))
+    chat_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("chats.id", ondelete="CASCADE"))
+    message_id: Mapped[int | None] = mapped_column(BigInteger)
+    source: Mapped[str] = mapped_column(String(16), default="telegram")
+    user_text: Mapped[str] = mapped_column(Text)
+    reply_text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    model_version: Mapped[str] = mapped_column(String(64))
+    decode_options: Mapped[str] = mapped_column(Text, default="{}")  # JSON object
+    review_status: Mapped[str] = mapped_column(String(16), default=REVIEW_PENDING)
+    edited_reply: Mapped[str | None] = mapped_column(Text)
+    reviewed_by: Mapped[int | None] = mapped_column(BigInteger)
+    reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    feedback: Mapped[list[Feedback]] = relationship(
+        back_populates="exchange", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Feedback(Base):
+    """A 👍 (+1) or 👎 (-1) from one user on one exchange; clicking again replaces it."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("exchange_id", "user_id", name="uq_feedback_user"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    exchange_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("exchanges.id", ondelete="CASCADE")
+    )
+    user_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    value: Mapped[int] = mapped_column(SmallInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    exchange: Mapped[Exchange] = relationship(back_populates="feedback")
+
+
+class AdminAction(Base):
+    """The audit of admin commands, including refused attempts by non-admins."""
+
+    __tablename__ = "admin_actions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str | None] = mapped_column(Text)
+    allowed: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class TrainingRun(Base):
+    """A retraining run started from the bot (status: queued, running, succeeded, failed)."""
+
+    __tablename__ = "training_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_by: Mapped[int | None] = mapped_column(BigInteger)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    params: Mapped[str] = mapped_column(Text, default="{}")  # JSON object
+    metrics: Mapped[str | None] = mapped_column(Text)  # JSON object
+    checkpoint_path: Mapped[str | None] = mapped_column(Text)
+    log: Mapped[str | None] = mapped_column(Text)
+
+
+class Promotion(Base):
+    """A checkpoint put into service (from a training run, or by hand when run_id is null)."""
+
+    __tablename__ = "promotions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("training_runs.id", ondelete="SET NULL")
+    )
+    checkpoint: Mapped[str] = mapped_column(Text)
+    previous_checkpoint: Mapped[str | None] = mapped_column(Text)
+    promoted_by: Mapped[int | None] = mapped_column(BigInteger)
+    forced: Mapped[bool] = mapped_column(Boolean, default=False)
+    metrics: Mapped[str | None] = mapped_column(Text)  # JSON object
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,486 @@
+"""Repositories: one per aggregate, each wrapping a session the caller owns.
+
+The caller opens and commits the transaction (``with factory.begin() as session:``); these
+classes only add, query and change rows. Bound parameters only, portable constructs only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, delete, exists, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from storage.models import (
+    REVIEW_APPROVED,
+    REVIEW_STATUSES,
+    AdminAction,
+    Chat,
+    Exchange,
+    Feedback,
+    Promotion,
+    TrainingRun,
+    User,
+    utcnow,
+)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+class UserRepository:
+    """Users: created on first contact, refreshed on each message."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get(self, user_id: int) -> User | None:
+        return self.session.get(User, user_id)
+
+    def touch(
+        self,
+        user_id: int,
+        *,
+        username: str | None = None,
+        first_name: str | None = None,
+        language_code: str | None = None,
+    ) -> User:
+        """Create the user or refresh its names and ``last_seen_at``."""
+        user = self.session.get(User, user_id)
+        if user is None:
+            try:
+                with self.session.begin_nested():
+                    user = User(id=user_id)
+                    self.session.add(user)
+            except IntegrityError:  # another session created it first
+                user = self.session.get(User, user_id, populate_existing=True)
+                assert user is not None
+        user.username = username
+        user.first_name = first_name
+        user.language_code = language_code
+        user.last_seen_at = utcnow()
+        return user
+
+    def count(self) -> int:
+        return self.session.scalar(select(func.count()).select_from(User)) or 0
+
+    def delete_user_data(self, user_id: int) -> dict[str, int]:
+        """Delete everything stored about ``user_id``; returns the rows removed per table."""
+        s = self.session
+        own_exchanges = select(Exchange.id).where(Exchange.user_id == user_id)
+        removed = {
+            "feedback": s.execute(
+                delete(Feedback).where(
+                    or_(Feedback.user_id == user_id, Feedback.exchange_id.in_(own_exchanges))
+                )
+            ).rowcount,
+            "exchanges": s.execute(delete(Exchange).where(Exchange.user_id == user_id)).rowcount,
+            "admin_actions": s.execute(
+                delete(AdminAction).where(AdminAction.user_id == user_id)
+            ).rowcount,
+        }
+        s.execute(update(Exchange).where(Exchange.reviewed_by == user_id).values(reviewed_by=None))
+        # The private chat with a user has the user's id; keep it if others still use it.
+        removed["chats"] = s.execute(
+            delete(Chat).where(Chat.id == user_id, ~exists().where(Exchange.chat_id == Chat.id))
+        ).rowcount
+        removed["users"] = s.execute(delete(User).where(User.id == user_id)).rowcount
+        s.expire_all()
+        return removed
+
+
+class ChatRepository:
+    """Chats the bot has talked in."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def touch(self, chat_id: int, *, type: str, title: str | None = None) -> Chat:  # noqa: A002
+        chat = self.session.get(Chat, chat_id)
+        if chat is None:
+            try:
+                with self.session.begin_nested():
+                    chat = Chat(id=chat_id, type=type, title=title)
+                    self.session.add(chat)
+            except IntegrityError:
+                chat = self.session.get(Chat, chat_id, populate_existing=True)
+                assert chat is not None
+        if chat.title != title:
+            chat.title = title
+        return chat
+
+
+@dataclass(frozen=True)
+class ExchangeFilter:
+    """What to select exchanges by; every field is optional and they combine with AND."""
+
+    user_id: int | None = None
+    chat_id: int | None = None
+    since: datetime | None = None  # inclusive
+    until: datetime | None = None  # exclusive
+    text: str | None = None  # substring of the user text, reply or edited reply
+    feedback: str | None = None  # "up", "down", "any" or "none"
+    review_status: str | Sequence[str] | None = None
+    source: str | None = None  # "telegram" or "terminal"
+
+    def apply(self, stmt: Select) -> Select:
+        if self.user_id is not None:
+            stmt = stmt.where(Exchange.user_id == self.user_id)
+        if self.chat_id is not None:
+            stmt = stmt.where(Exchange.chat_id == self.chat_id)
+        if self.since is not None:
+            stmt = stmt.where(Exchange.created_at >= self.since)
+        if self.until is not None:
+            stmt = stmt.where(Exchange.created_at < self.until)
+        if self.text:
+            pattern = "%" + _escape_like(self.text) + "%"
+            stmt = stmt.where(
+                or_(
+                    Exchange.user_text.like(pattern, escape="\\"),
+                    Exchange.reply_text.like(pattern, escape="\\"),
+                    Exchange.edited_reply.like(pattern, escape="\\"),
+                )
+            )
+        if self.feedback is not None:
+            fb = select(Feedback.id).where(Feedback.exchange_id == Exchange.id)
+            if self.feedback == "up":
+                stmt = stmt.where(fb.where(Feedback.value > 0).exists())
+            elif self.feedback == "down":
+                stmt = stmt.where(fb.where(Feedback.value < 0).exists())
+            elif self.feedback == "any":
+                stmt = stmt.where(fb.exists())
+            elif self.feedback == "none":
+                stmt = stmt.where(~fb.exists())
+            else:
+                raise ValueError(f"feedback must be up, down, any or none, not {self.feedback!r}")
+        if self.review_status is not None:
+            statuses = (
+                [self.review_status]
+                if isinstance(self.review_status, str)
+                else list(self.review_status)
+            )
+            for status in statuses:
+                _check_status(status)
+            stmt = stmt.where(Exchange.review_status.in_(statuses))
+        if self.source is not None:
+            stmt = stmt.where(Exchange.source == self.source)
+        return stmt
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _check_status(status: str) -> None:
+    if status not in REVIEW_STATUSES:
+        raise ValueError(f"review status must be one of {REVIEW_STATUSES}, not {status!r}")
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    count: int
+    p50_ms: float | None
+    p95_ms: float | None
+
+
+class ExchangeRepository:
+    """Exchanges: logging, search, review and streaming for training."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(
+        self,
+        *,
+        user_id: int,
+        chat_id: int,
+        message_id: int | None,
+        user_text: str,
+        reply_text: str,
+        latency_ms: float,
+        model_version: str,
+        decode_options: dict[str, Any] | None = None,
+        source: str = "telegram",
+        created_at: datetime | None = None,
+    ) -> tuple[Exchange, bool]:
+        """Log an exchange; returns ``(exchange, created)``.
+
+        When ``(chat_id, message_id)`` is already logged (a redelivered update) nothing is
+        written and the stored exchange is returned with ``created=False``.
+        """
+        if message_id is not None:
+            existing = self.get_by_message(chat_id, message_id)
+            if existing is not None:
+                return existing, False
+        exchange = Exchange(
+            user_id=user_id,
+            chat_id=chat_id,
+            message_id=message_id,
+            source=source,
+            user_text=user_text,
+            reply_text=reply_text,
+            latency_ms=latency_ms,
+            model_version=model_version,
+            decode_options=_json(decode_options or {}),
+            created_at=created_at or utcnow(),
+        )
+        try:
+            with self.session.begin_nested():
+                self.session.add(exchange)
+        except IntegrityError:
+            if message_id is None:
+                raise
+            existing = self.get_by_message(chat_id, message_id)
+            if existing is None:
+                raise
+            return existing, False
+        return exchange, True
+
+    def get(self, exchange_id: int) -> Exchange | None:
+        return self.session.get(Exchange, exchange_id)
+
+    def get_by_message(self, chat_id: int, message_id: int) -> Exchange | None:
+        return self.session.scalar(
+            select(Exchange).where(Exchange.chat_id == chat_id, Exchange.message_id == message_id)
+        )
+
+    def search(
+        self,
+        flt: ExchangeFilter | None = None,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        newest_first: bool = True,
+    ) -> list[Exchange]:
+        """Exchanges matching ``flt``, a page at a time."""
+        stmt = (flt or ExchangeFilter()).apply(select(Exchange))
+        order = Exchange.id.desc() if newest_first else Exchange.id.asc()
+        stmt = stmt.order_by(order).limit(limit).offset(offset)
+        return list(self.session.scalars(stmt))
+
+    def count(self, flt: ExchangeFilter | None = None) -> int:
+        stmt = (flt or ExchangeFilter()).apply(select(func.count(Exchange.id)))
+        return self.session.scalar(stmt) or 0
+
+    def set_review_status(
+        self, exchange_ids: int | Iterable[int], status: str, *, reviewer: int | None
+    ) -> int:
+        """Set the review status of one or many exchanges; returns how many rows changed."""
+        _check_status(status)
+        ids = [exchange_ids] if isinstance(exchange_ids, int) else list(exchange_ids)
+        if not ids:
+            return 0
+        changed = 0
+        for start in range(0, len(ids), 500):  # keep the IN list small on every backend
+            chunk = ids[start : start + 500]
+            changed += self.session.execute(
+                update(Exchange)
+                .where(Exchange.id.in_(chunk))
+                .values(review_status=status, reviewed_by=reviewer, reviewed_at=utcnow())
+                .execution_options(synchronize_session="fetch")
+            ).rowcount
+        return changed
+
+    def set_edited_reply(
+        self, exchange_id: int, edited_reply: str | None, *, reviewer: int | None
+    ) -> bool:
+        """Store an admin's corrected answer (blank or None clears it); False if no such row."""
+        exchange = self.get(exchange_id)
+        if exchange is None:
+            return False
+        edited = (edited_reply or "").strip() or None
+        exchange.edited_reply = edited
+        exchange.reviewed_by = reviewer
+        exchange.reviewed_at = utcnow()
+        return True
+
+    def iter_training_pairs(
+        self,
+        flt: ExchangeFilter | None = None,
+        *,
+        statuses: Sequence[str] | None = (REVIEW_APPROVED,),
+        batch_size: int = 1000,
+    ) -> Iterator[tuple[str, str]]:
+        """Stream ``(question, answer)`` pairs in id order, the edited reply preferred.
+
+        Rows are fetched ``batch_size`` at a time (``yield_per``), never all at once. For a long
+        export on SQLite, use a session from ``session_factory(read_only_engine(engine))``.
+        """
+        flt = flt or ExchangeFilter()
+        if statuses is not None:
+            flt = replace(flt, review_status=tuple(statuses))
+        answer = func.coalesce(Exchange.edited_reply, Exchange.reply_text)
+        stmt = flt.apply(select(Exchange.user_text, answer)).order_by(Exchange.id)
+        result = self.session.execute(stmt.execution_options(yield_per=batch_size))
+        yield from ((question, reply) for question, reply in result)
+
+    def latency(self, flt: ExchangeFilter | None = None) -> LatencyStats:
+        """p50/p95 reply latency (nearest rank) without loading the rows."""
+        flt = flt or ExchangeFilter()
+        n = self.count(flt)
+        if n == 0:
+            return LatencyStats(0, None, None)
+
+        def rank(p: float) -> float:
+            k = max(0, math.ceil(p * n) - 1)
+            stmt = flt.apply(select(Exchange.latency_ms)).order_by(Exchange.latency_ms)
+            return float(self.session.scalar(stmt.limit(1).offset(k)))
+
+        return LatencyStats(n, rank(0.50), rank(0.95))
+
+
+class FeedbackRepository:
+    """👍/👎 on exchanges."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def set(self, exchange_id: int, user_id: int, value: int) -> Feedback | None:
+        """Record ``value`` (+1 or -1) from ``user_id``; None when the exchange is gone."""
+        if value not in (1, -1):
+            raise ValueError("feedback value must be +1 or -1")
+        if self.session.get(Exchange, exchange_id) is None:
+            return None
+        stmt = select(Feedback).where(
+            Feedback.exchange_id == exchange_id, Feedback.user_id == user_id
+        )
+        feedback = self.session.scalar(stmt)
+        if feedback is None:
+            try:
+                with self.session.begin_nested():
+                    feedback = Feedback(exchange_id=exchange_id, user_id=user_id, value=value)
+                    self.session.add(feedback)
+                return feedback
+            except IntegrityError:
+                feedback = self.session.scalar(stmt)
+                assert feedback is not None
+        feedback.value = value
+        feedback.created_at = utcnow()
+        return feedback
+
+    def counts(self) -> dict[str, int]:
+        """``{"up": n, "down": m}`` over all exchanges."""
+        rows = self.session.execute(
+            select(Feedback.value, func.count(Feedback.id)).group_by(Feedback.value)
+        ).all()
+        counts = {"up": 0, "down": 0}
+        for value, n in rows:
+            counts["up" if value > 0 else "down"] += n
+        return counts
+
+
+class AuditRepository:
+    """The audit of admin commands and refused attempts."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def record(
+        self, user_id: int, action: str, *, allowed: bool, detail: str | None = None
+    ) -> AdminAction:
+        row = AdminAction(user_id=user_id, action=action, allowed=allowed, detail=detail)
+        self.session.add(row)
+        return row
+
+    def recent(self, limit: int = 50) -> list[AdminAction]:
+        stmt = select(AdminAction).order_by(AdminAction.id.desc()).limit(limit)
+        return list(self.session.scalars(stmt))
+
+
+class TrainingRunRepository:
+    """Retraining runs started from the bot."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def create(
+        self, *, started_by: int | None, params: dict[str, Any], status: str = "queued"
+    ) -> TrainingRun:
+        run = TrainingRun(started_by=started_by, params=_json(params), status=status)
+        self.session.add(run)
+        self.session.flush()
+        return run
+
+    def get(self, run_id: int) -> TrainingRun | None:
+        return self.session.get(TrainingRun, run_id)
+
+    def set_status(self, run_id: int, status: str) -> TrainingRun | None:
+        run = self.get(run_id)
+        if run is not None:
+            run.status = status
+        return run
+
+    def finish(
+        self,
+        run_id: int,
+        *,
+        status: str,
+        metrics: dict[str, Any] | None = None,
+        checkpoint_path: str | None = None,
+        log: str | None = None,
+    ) -> TrainingRun | None:
+        """Mark a run finished (``succeeded`` or ``failed``) with its results."""
+        run = self.get(run_id)
+        if run is None:
+            return None
+        run.status = status
+        run.finished_at = utcnow()
+        if metrics is not None:
+            run.metrics = _json(metrics)
+        if checkpoint_path is not None:
+            run.checkpoint_path = checkpoint_path
+        if log is not None:
+            run.log = log
+        return run
+
+    def recent(self, limit: int = 20) -> list[TrainingRun]:
+        stmt = select(TrainingRun).order_by(TrainingRun.id.desc()).limit(limit)
+        return list(self.session.scalars(stmt))
+
+    def active(self) -> list[TrainingRun]:
+        """Runs not finished yet (queued or running)."""
+        stmt = select(TrainingRun).where(TrainingRun.finished_at.is_(None))
+        return list(self.session.scalars(stmt.order_by(TrainingRun.id)))
+
+
+class PromotionRepository:
+    """Checkpoints put into service, newest last."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(
+        self,
+        *,
+        checkpoint: str,
+        previous_checkpoint: str | None,
+        promoted_by: int | None,
+        run_id: int | None = None,
+        forced: bool = False,
+        metrics: dict[str, Any] | None = None,
+    ) -> Promotion:
+        row = Promotion(
+            run_id=run_id,
+            checkpoint=checkpoint,
+            previous_checkpoint=previous_checkpoint,
+            promoted_by=promoted_by,
+            forced=forced,
+            metrics=None if metrics is None else _json(metrics),
+        )
+        self.session.add(row)
+        self.session.flush()
+        return row
+
+    def latest(self) -> Promotion | None:
+        return self.session.scalar(select(Promotion).order_by(Promotion.id.desc()).limit(1))
+
+    def recent(self, limit: int = 20) -> list[Promotion]:
+        stmt = select(Promotion).order_by(Promotion.id.desc()).limit(limit)
+        return list(self.session.scalars(stmt))
