@@ -1,0 +1,243 @@
+"""Decoding: greedy, batched beam search and top-k/top-p sampling.
+
+All functions take an ``encode``-able batch (src (B, S), src_len (B,)) and return, per input, a
+list of token-id lists (best first for beam search). Run them under ``torch.inference_mode()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+from model.seq2seq import Seq2Seq
+from model.vocab import EOS_ID, GO_ID, PAD_ID, UNK_ID
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class DecodeOptions:
+    strategy: str = "beam"  # "greedy", "beam" or "sample"
+    beam_size: int = 5  # beams per input (strategy "beam")
+    max_len: int = 30  # most tokens in a reply
+    min_len: int = 1  # fewest tokens before EOS is allowed
+    length_penalty: float = 1.0  # GNMT alpha: ((5 + len) / 6) ** alpha divides the log-prob
+    no_repeat_ngram: int = 2  # forbid repeating any n-gram of this size (0 = off)
+    suppress_unk: bool = True  # never emit <unk>
+    temperature: float = 0.8  # sampling temperature (strategy "sample")
+    top_k: int = 20  # sample among the k most likely tokens (0 = no limit)
+    top_p: float = 0.9  # ... and within the smallest set with this much probability
+    seed: int | None = None  # sampling seed, for reproducible replies
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DecodeOptions:
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown decoding options: {', '.join(sorted(unknown))}")
+        opts = cls(**d)
+        if opts.strategy not in ("greedy", "beam", "sample"):
+            raise ValueError(f"strategy must be greedy, beam or sample, not {opts.strategy!r}")
+        return opts
+
+
+def _banned_by_ngram(history: list[int], n: int) -> list[int]:
+    """Tokens that would repeat an n-gram already in ``history``."""
+    if n <= 0 or len(history) < n - 1:
+        return []
+    if n == 1:
+        return list(set(history))
+    prefix = tuple(history[len(history) - n + 1 :])
+    return [
+        history[i + n - 1]
+        for i in range(len(history) - n + 1)
+        if tuple(history[i : i + n - 1]) == prefix
+    ]
+
+
+def _constrain(logp: Tensor, histories: list[list[int]], step: int, opts: DecodeOptions) -> Tensor:
+    """Apply min length, UNK suppression and n-gram blocking to log-probs (N, V) in place."""
+    logp[:, PAD_ID] = NEG_INF
+    logp[:, GO_ID] = NEG_INF
+    if opts.suppress_unk:
+        logp[:, UNK_ID] = NEG_INF
+    if step < opts.min_len:
+        logp[:, EOS_ID] = NEG_INF
+    if opts.no_repeat_ngram > 0:
+        for row, hist in enumerate(histories):
+            banned = _banned_by_ngram(hist, opts.no_repeat_ngram)
+            if banned:
+                logp[row, banned] = NEG_INF
+    return logp
+
+
+def greedy(model: Seq2Seq, src: Tensor, src_len: Tensor, opts: DecodeOptions) -> list[list[int]]:
+    memory, keys, mask, hidden = model.encode(src, src_len)
+    B = src.shape[0]
+    tokens = torch.full((B,), GO_ID, dtype=torch.long, device=src.device)
+    out: list[list[int]] = [[] for _ in range(B)]
+    done = [False] * B
+    for step in range(opts.max_len):
+        logp, hidden = model.step(tokens, hidden, memory, keys, mask)
+        logp = _constrain(logp, out, step, opts)
+        tokens = logp.argmax(dim=-1)
+        for b, tok in enumerate(tokens.tolist()):
+            if done[b]:
+                continue
+            if tok == EOS_ID:
+                done[b] = True
+            else:
+                out[b].append(tok)
+        if all(done):
+            break
+    return out
+
+
+def sample(model: Seq2Seq, src: Tensor, src_len: Tensor, opts: DecodeOptions) -> list[list[int]]:
+    gen = torch.Generator(device=src.device)
+    if opts.seed is not None:
+        gen.manual_seed(opts.seed)
+    else:
+        gen.seed()
+    memory, keys, mask, hidden = model.encode(src, src_len)
+    B = src.shape[0]
+    tokens = torch.full((B,), GO_ID, dtype=torch.long, device=src.device)
+    out: list[list[int]] = [[] for _ in range(B)]
+    done = [False] * B
+    for step in range(opts.max_len):
+        logp, hidden = model.step(tokens, hidden, memory, keys, mask)
+        logits = _constrain(logp, out, step, opts) / max(opts.temperature, 1e-5)
+        if opts.top_k > 0:
+            kth = torch.topk(logits, min(opts.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, NEG_INF)
+        if 0.0 < opts.top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+            probs = torch.softmax(sorted_logits, dim=-1)
+            drop = probs.cumsum(dim=-1) - probs > opts.top_p  # keep the first token always
+            sorted_logits = sorted_logits.masked_fill(drop, NEG_INF)
+            logits = torch.full_like(logits, NEG_INF).scatter(-1, order, sorted_logits)
+        tokens = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=gen)[:, 0]
+        for b, tok in enumerate(tokens.tolist()):
+            if done[b]:
+                continue
+            if tok == EOS_ID:
+                done[b] = True
+            else:
+                out[b].append(tok)
+        if all(done):
+            break
+    return out
+
+
+def _length_penalty(length: int, alpha: float) -> float:
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def beam_search(
+    model: Seq2Seq, src: Tensor, src_len: Tensor, opts: DecodeOptions
+) -> list[list[tuple[float, list[int]]]]:
+    """Batched beam search: B inputs x K beams decoded as one (B*K) batch.
+
+    Returns per input the finished hypotheses as (normalised score, ids), best first."""
+    B, K = src.shape[0], max(1, opts.beam_size)
+    memory, keys, mask, hidden = model.encode(src, src_len)
+    rep = lambda t: t.repeat_interleave(K, dim=0)  # noqa: E731  (B, ...) -> (B*K, ...)
+    memory, keys, mask = rep(memory), rep(keys), rep(mask)
+    hidden = hidden.repeat_interleave(K, dim=1)  # (L, B*K, H)
+    scores = torch.full((B, K), NEG_INF, device=src.device)
+    scores[:, 0] = 0.0  # only the first beam is live at the start
+    histories: list[list[int]] = [[] for _ in range(B * K)]
+    tokens = torch.full((B * K,), GO_ID, dtype=torch.long, device=src.device)
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+    closed = [False] * B
+    for step in range(opts.max_len):
+        logp, hidden = model.step(tokens, hidden, memory, keys, mask)  # (B*K, V)
+        logp = _constrain(logp, histories, step, opts)
+        V = logp.shape[-1]
+        cand = (scores.view(B * K, 1) + logp).view(B, K * V)
+        top_scores, top_idx = cand.topk(min(2 * K, K * V), dim=-1)  # (B, 2K)
+        new_scores = torch.full((B, K), NEG_INF, device=src.device)
+        parents = torch.zeros(B * K, dtype=torch.long, device=src.device)
+        next_tokens = torch.full((B * K,), EOS_ID, dtype=torch.long, device=src.device)
+        new_histories: list[list[int]] = [[] for _ in range(B * K)]
+        for b, (row_s, row_i) in enumerate(zip(top_scores.tolist(), top_idx.tolist(), strict=True)):
+            if closed[b]:
+                continue
+            slot = 0
+            for s, idx in zip(row_s, row_i, strict=True):
+                if s == NEG_INF:
+                    break
+                beam, tok = divmod(idx, V)
+                parent = b * K + beam
+                if tok == EOS_ID:
+                    hist = histories[parent]
+                    finished[b].append(
+                        (s / _length_penalty(len(hist) + 1, opts.length_penalty), hist)
+                    )
+                    continue
+                new_scores[b, slot] = s
+                parents[b * K + slot] = parent
+                next_tokens[b * K + slot] = tok
+                new_histories[b * K + slot] = histories[parent] + [tok]
+                slot += 1
+                if slot == K:
+                    break
+            # Stop this input once K hypotheses are finished and no live beam can beat the worst
+            # kept one (the best a live beam can do is stop now; scores only fall).
+            if len(finished[b]) >= K:
+                finished[b].sort(key=lambda h: -h[0])
+                del finished[b][K:]
+                best_live = max(
+                    (
+                        new_scores[b, j].item() / _length_penalty(step + 2, opts.length_penalty)
+                        for j in range(slot)
+                    ),
+                    default=NEG_INF,
+                )
+                if best_live <= finished[b][-1][0] or slot == 0:
+                    closed[b] = True
+            elif slot == 0:
+                closed[b] = True
+        if all(closed):
+            break
+        scores = new_scores
+        scores[torch.tensor(closed, device=src.device)] = NEG_INF
+        hidden = hidden[:, parents]
+        tokens = next_tokens
+        histories = new_histories
+    for b in range(B):
+        if not finished[b]:  # max_len reached with nothing finished: take the live beams
+            for j in range(K):
+                s = scores[b, j].item()
+                if s != NEG_INF:
+                    hist = histories[b * K + j]
+                    finished[b].append((s / _length_penalty(len(hist), opts.length_penalty), hist))
+        finished[b].sort(key=lambda h: -h[0])
+    return finished
+
+
+def batch_inputs(
+    id_lists: list[list[int]], device: torch.device | str = "cpu"
+) -> tuple[Tensor, Tensor]:
+    """Pad a list of id lists (each non-empty) into src (B, S) and src_len (B,)."""
+    lengths = [len(x) for x in id_lists]
+    src = torch.full((len(id_lists), max(lengths)), PAD_ID, dtype=torch.long)
+    for i, ids in enumerate(id_lists):
+        src[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return src.to(device), torch.tensor(lengths, dtype=torch.long)
+
+
+def decode(model: Seq2Seq, id_lists: list[list[int]], opts: DecodeOptions) -> list[list[int]]:
+    """Best reply ids for each input, by the strategy in ``opts``."""
+    device = model.embedding.weight.device
+    src, src_len = batch_inputs(id_lists, device)
+    if opts.strategy == "greedy":
+        return greedy(model, src, src_len, opts)
+    if opts.strategy == "sample":
+        return sample(model, src, src_len, opts)
+    hyps = beam_search(model, src, src_len, opts)
+    return [h[0][1] if h else [] for h in hyps]

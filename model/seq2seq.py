@@ -1,0 +1,149 @@
+"""Attention seq2seq: batch-first bi-GRU encoder, GRU decoder with Luong (general) attention.
+
+Training runs the decoder over the whole teacher-forced target in one GRU call and computes the
+attention for all steps in one batched matmul: no Python loop over time steps. The output layer
+runs only on non-padding positions and its weights are tied to the input embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from model.vocab import PAD_ID
+
+
+@dataclass
+class Seq2SeqConfig:
+    vocab_size: int
+    emb_size: int = 256  # word embedding size; also the output layer's input (tied weights)
+    hidden_size: int = 384  # GRU size: encoder per direction, and decoder
+    enc_layers: int = 1  # stacked bi-GRU layers in the encoder
+    dec_layers: int = 1  # stacked GRU layers in the decoder
+    dropout: float = 0.1  # on embeddings and on the attentional hidden state
+    tie_embeddings: bool = True  # output layer shares the embedding matrix
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Seq2SeqConfig:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, cfg: Seq2SeqConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        E, H = cfg.emb_size, cfg.hidden_size
+        self.embedding = nn.Embedding(cfg.vocab_size, E, padding_idx=PAD_ID)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.encoder = nn.GRU(
+            E,
+            H,
+            num_layers=cfg.enc_layers,
+            batch_first=True,
+            bidirectional=True,
+            dropout=cfg.dropout if cfg.enc_layers > 1 else 0.0,
+        )
+        self.enc_proj = nn.Linear(2 * H, H)  # bi-GRU outputs -> attention memory
+        self.bridge = nn.Linear(2 * H, H)  # final encoder states -> decoder initial state
+        self.decoder = nn.GRU(
+            E,
+            H,
+            num_layers=cfg.dec_layers,
+            batch_first=True,
+            dropout=cfg.dropout if cfg.dec_layers > 1 else 0.0,
+        )
+        self.attn_key = nn.Linear(H, H, bias=False)  # Luong "general" score: h_t^T W m_s
+        self.combine = nn.Linear(2 * H, H)  # [h_t; c_t] -> attentional state
+        self.out_proj = nn.Linear(H, E)  # attentional state -> embedding space
+        if cfg.tie_embeddings:
+            self.out_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+            self.out = None
+        else:
+            self.out = nn.Linear(E, cfg.vocab_size)
+        self._infer_out: nn.Module | None = None
+
+    # ---- encoder ---------------------------------------------------------------------------
+    def encode(self, src: Tensor, src_len: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Inputs: src (B, S) ids, src_len (B,) lengths >= 1.
+        Outputs: memory (B, S, H), keys (B, S, H), mask (B, S) True on real tokens,
+        hidden (L_dec, B, H) initial decoder state."""
+        B, S = src.shape
+        emb = self.drop(self.embedding(src))  # (B, S, E)
+        packed = pack_padded_sequence(emb, src_len.cpu(), batch_first=True, enforce_sorted=False)
+        out, h_n = self.encoder(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=S)  # (B, S, 2H)
+        memory = torch.tanh(self.enc_proj(out))  # (B, S, H)
+        keys = self.attn_key(memory)  # (B, S, H)
+        mask = torch.arange(S, device=src.device)[None, :] < src_len.to(src.device)[:, None]
+        L = self.cfg.enc_layers
+        h_n = h_n.view(L, 2, B, -1)  # (L, dir, B, H)
+        last = torch.cat([h_n[-1, 0], h_n[-1, 1]], dim=-1)  # (B, 2H) top layer, both directions
+        h0 = torch.tanh(self.bridge(last))  # (B, H)
+        hidden = h0.unsqueeze(0).expand(self.cfg.dec_layers, B, -1).contiguous()
+        return memory, keys, mask, hidden
+
+    # ---- decoder ---------------------------------------------------------------------------
+    def _attend(self, dec_out: Tensor, memory: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+        """dec_out (B, T, H) -> attentional states (B, T, H), all T steps in one matmul."""
+        scores = torch.bmm(dec_out, keys.transpose(1, 2))  # (B, T, S)
+        scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        context = torch.bmm(weights, memory)  # (B, T, H)
+        return torch.tanh(self.combine(torch.cat([dec_out, context], dim=-1)))
+
+    def _logits(self, state: Tensor) -> Tensor:
+        """Attentional states (..., H) -> vocabulary logits (..., V)."""
+        if self._infer_out is not None and not self.training:
+            return self._infer_out(state)
+        x = self.out_proj(state)
+        if self.out is None:
+            return F.linear(x, self.embedding.weight, self.out_bias)
+        return self.out(x)
+
+    def forward(self, src: Tensor, src_len: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> Tensor:
+        """Teacher-forced loss. src (B, S), src_len (B,), tgt_in = GO + answer (B, T),
+        tgt_out = answer + EOS (B, T), PAD-filled. Returns the mean token cross-entropy."""
+        memory, keys, mask, hidden = self.encode(src, src_len)
+        dec_out, _ = self.decoder(self.drop(self.embedding(tgt_in)), hidden)  # (B, T, H)
+        states = self.drop(self._attend(dec_out, memory, keys, mask))  # (B, T, H)
+        real = tgt_out != PAD_ID  # (B, T)
+        logits = self._logits(states[real])  # (N, V): output layer on real tokens only
+        return F.cross_entropy(logits.float(), tgt_out[real])
+
+    def step(
+        self, tokens: Tensor, hidden: Tensor, memory: Tensor, keys: Tensor, mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """One decoding step for inference. tokens (B,) -> log-probs (B, V), new hidden."""
+        dec_out, hidden = self.decoder(self.embedding(tokens)[:, None, :], hidden)  # (B, 1, H)
+        state = self._attend(dec_out, memory, keys, mask)[:, 0]  # (B, H)
+        return torch.log_softmax(self._logits(state).float(), dim=-1), hidden
+
+    def prepare_for_inference(self, *, quantize: bool = False) -> Seq2Seq:
+        """eval(); fold the tied output layer into one Linear and optionally int8-quantize the
+        Linear and GRU layers (dynamic quantization: a large CPU speed-up for decoding)."""
+        self.eval()
+        with torch.no_grad():
+            E, V = self.cfg.emb_size, self.cfg.vocab_size
+            H = self.cfg.hidden_size
+            out = nn.Linear(H, V)
+            if self.out is None:
+                # logits = W_e (W_p s + b_p) + b_o  ==  (W_e W_p) s + (W_e b_p + b_o)
+                out.weight.copy_(self.embedding.weight @ self.out_proj.weight)
+                out.bias.copy_(self.embedding.weight @ self.out_proj.bias + self.out_bias)
+            else:
+                out.weight.copy_(self.out.weight @ self.out_proj.weight)
+                out.bias.copy_(self.out.weight @ self.out_proj.bias + self.out.bias)
+            del E
+            self._infer_out = out
+        if quantize:
+            from torch.ao.quantization import quantize_dynamic
+
+            quantize_dynamic(self, {nn.Linear, nn.GRU}, dtype=torch.qint8, inplace=True)
+        return self

@@ -1,0 +1,97 @@
+"""Text normalisation and word segmentation, shared by training and serving.
+
+The one rule: every piece of text the model sees, in ``prepare`` and in ``chat``/the bot, goes
+through ``Tokenizer.tokenize`` with the same settings, and those settings are stored in the
+checkpoint (``Tokenizer.describe``) so a model is always served with the tokenizer it was trained
+with.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from collections.abc import Iterable
+
+logger = logging.getLogger(__name__)
+
+TOKENIZER_NAME = "jieba"
+TOKENIZER_VERSION = 1
+NORMALISATION = "nfkc-lower-cjkspace-v1"
+
+_CONTROL = re.compile(r"[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u200b-\u200f\u2028-\u202e\ufeff]")
+_SPACES = re.compile(r"\s+")
+_CJK = r"\u3400-\u9fff\uf900-\ufaff"
+# A single space between two CJK characters is a pause in subtitle corpora: make it a comma.
+_CJK_SPACE = re.compile(rf"(?<=[{_CJK}]) (?=[{_CJK}])")
+_ASCII_WORD = re.compile(r"[0-9A-Za-z]")
+
+
+def normalise(text: str) -> str:
+    """NFKC (full-width -> half-width), lower-case, no control characters, one space at most."""
+    text = unicodedata.normalize("NFKC", text)
+    text = _CONTROL.sub("", text).lower()
+    text = _SPACES.sub(" ", text).strip()
+    return _CJK_SPACE.sub(",", text)
+
+
+def detokenize(tokens: Iterable[str]) -> str:
+    """Join tokens the way Chinese is written: no spaces, except between two Latin words."""
+    out: list[str] = []
+    prev = ""
+    for tok in tokens:
+        if prev and _ASCII_WORD.match(prev[-1]) and _ASCII_WORD.match(tok[0]):
+            out.append(" ")
+        out.append(tok)
+        prev = tok
+    return "".join(out)
+
+
+class Tokenizer:
+    """Normalise + segment with jieba (HMM off), or its Rust port rjieba when installed.
+
+    With HMM off both libraries give identical segmentations (tested), so ``fast=True`` is a pure
+    speed-up: rjieba is about 13x faster than jieba. Words never vanish: whitespace tokens are the
+    only ones dropped.
+    """
+
+    def __init__(self, *, fast: bool = True, hmm: bool = False) -> None:
+        self.hmm = hmm
+        self._cut = None
+        self.backend = "jieba"
+        if fast:
+            try:
+                import rjieba
+
+                self._cut = lambda text: rjieba.cut(text, hmm=hmm)
+                self.backend = "rjieba"
+            except ImportError:
+                pass
+        if self._cut is None:
+            import jieba
+
+            jieba.setLogLevel(logging.WARNING)
+            self._cut = lambda text: jieba.lcut(text, HMM=hmm)
+
+    def describe(self) -> dict:
+        """What a checkpoint records so serving segments exactly as training did."""
+        return {
+            "name": TOKENIZER_NAME,
+            "version": TOKENIZER_VERSION,
+            "normalisation": NORMALISATION,
+            "hmm": self.hmm,
+        }
+
+    @classmethod
+    def from_description(cls, desc: dict, *, fast: bool = True) -> Tokenizer:
+        if desc.get("name") != TOKENIZER_NAME or desc.get("version") != TOKENIZER_VERSION:
+            raise ValueError(f"unsupported tokenizer {desc.get('name')!r} v{desc.get('version')}")
+        if desc.get("normalisation") != NORMALISATION:
+            raise ValueError(f"unsupported normalisation {desc.get('normalisation')!r}")
+        return cls(fast=fast, hmm=bool(desc.get("hmm", False)))
+
+    def tokenize(self, text: str) -> list[str]:
+        text = normalise(text)
+        if not text:
+            return []
+        return [tok for tok in self._cut(text) if not tok.isspace()]

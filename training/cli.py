@@ -1,0 +1,211 @@
+"""Entry points of ``xianliao prepare``, ``xianliao train`` and ``xianliao eval``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+
+from model.checkpoint import CheckpointError
+
+
+def _threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def prepare_main(argv: list[str]) -> int:
+    from training.corpus import CorpusError
+    from training.prepare import PrepareConfig, prepare
+
+    p = argparse.ArgumentParser(
+        prog="xianliao prepare",
+        description="Segment corpora into a vocabulary and token-id arrays for training. "
+        "CORPUS is a question<TAB>answer file, a folder with 'question' and 'answer' files "
+        "(or QFILE+AFILE), a chatterbot-corpus .yml file or folder, or chatterbot:chinese.",
+    )
+    p.add_argument("corpus", nargs="+", metavar="CORPUS")
+    p.add_argument("--out", required=True, metavar="DATA_DIR")
+    d = PrepareConfig()
+    p.add_argument("--min-freq", type=int, default=d.min_freq, help="rarer words become <unk>")
+    p.add_argument("--max-vocab", type=int, default=d.max_vocab, help="vocabulary size cap")
+    p.add_argument("--max-len", type=int, default=d.max_len, help="max tokens per side")
+    p.add_argument("--workers", type=int, default=d.workers, help="0 = one per CPU core")
+    p.add_argument("--valid-permille", type=int, default=d.valid_permille)
+    p.add_argument(
+        "--vocab-from",
+        metavar="CHECKPOINT",
+        help="reuse this checkpoint's vocabulary (for fine-tuning it)",
+    )
+    p.add_argument("--no-fast", action="store_true", help="use jieba even if rjieba is installed")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    cfg = PrepareConfig(
+        min_freq=a.min_freq,
+        max_vocab=a.max_vocab,
+        max_len=a.max_len,
+        workers=a.workers,
+        valid_permille=a.valid_permille,
+        fast=not a.no_fast,
+    )
+    vocab = None
+    try:
+        if a.vocab_from:
+            from model.checkpoint import load_checkpoint
+            from model.vocab import Vocab
+
+            vocab = Vocab(load_checkpoint(a.vocab_from)["vocab"])
+        stats = prepare(a.corpus, a.out, cfg, progress=not a.quiet, vocab=vocab)
+    except (CorpusError, CheckpointError, OSError) as exc:
+        print(f"xianliao prepare: {exc}", file=sys.stderr)
+        return 1
+    bad = sum(stats.bad.values())
+    print(
+        f"read {stats.pairs_read} pairs: {stats.pairs_written['train']} train, "
+        f"{stats.pairs_written['valid']} valid, {bad} skipped"
+        + "".join(f"\n  skipped {n}: {reason}" for reason, n in sorted(stats.bad.items()))
+        + f"\n  {stats.questions_truncated} questions truncated, unknown-word rate "
+        f"{stats.unk_tokens / max(stats.tokens, 1):.2%}, {stats.seconds:.1f}s -> {a.out}",
+        file=sys.stderr,
+    )
+    print(json.dumps(asdict(stats), ensure_ascii=False))
+    return 0
+
+
+def _data_arg(spec: str) -> tuple[str, float]:
+    """DATA_DIR or DATA_DIR:WEIGHT."""
+    if ":" in spec:
+        path, _, w = spec.rpartition(":")
+        try:
+            return path, float(w)
+        except ValueError:
+            pass
+    return spec, 1.0
+
+
+def train_main(argv: list[str]) -> int:
+    from training.data import DataError
+    from training.train import TrainConfig, result_json, train
+
+    d = TrainConfig()
+    p = argparse.ArgumentParser(
+        prog="xianliao train",
+        description="Train a seq2seq model on prepared data. Several DATA_DIRs (prepared with "
+        "the same vocabulary) are mixed by weight: DATA_DIR:WEIGHT.",
+    )
+    p.add_argument("data", nargs="+", metavar="DATA_DIR")
+    p.add_argument("--out", required=True, metavar="RUN_DIR")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--minutes", type=float, default=None, help="stop after this many minutes")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--hidden-size", type=int, default=None, help="GRU size (default 384)")
+    p.add_argument("--emb-size", type=int, default=None, help="embedding size (default 256)")
+    p.add_argument("--layers", type=int, default=None, help="encoder and decoder layers")
+    p.add_argument("--dropout", type=float, default=None)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lr-rule", choices=["plateau", "seed"], default=d.lr_rule)
+    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
+    p.add_argument("--init-from", metavar="CHECKPOINT", help="fine-tune from this checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt exactly")
+    p.add_argument("--progress-jsonl", metavar="FILE", help="append progress as JSON lines")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    _threads(a.threads)
+    model = {
+        k: v
+        for k, v in {
+            "hidden_size": a.hidden_size,
+            "emb_size": a.emb_size,
+            "enc_layers": a.layers,
+            "dec_layers": a.layers,
+            "dropout": a.dropout,
+        }.items()
+        if v is not None
+    }
+    cfg = TrainConfig(
+        steps=a.steps,
+        minutes=a.minutes,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        lr_rule=a.lr_rule,
+        eval_every=a.eval_every,
+        seed=a.seed,
+        device=a.device,
+        init_from=a.init_from,
+        model=model,
+    )
+    on_progress = None
+    if a.progress_jsonl:
+
+        def on_progress(info: dict, path=a.progress_jsonl) -> None:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(info) + "\n")
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = train(
+            [_data_arg(x) for x in a.data],
+            a.out,
+            cfg,
+            resume=a.resume,
+            progress=not a.quiet,
+            on_progress=on_progress,
+        )
+    except (DataError, CheckpointError, OSError, ValueError) as exc:
+        print(f"xianliao train: {exc}", file=sys.stderr)
+        return 1
+    print(result_json(result), flush=True)
+    return 0
+
+
+def eval_main(argv: list[str]) -> int:
+    from model.chatbot import ChatBot
+    from model.decode import DecodeOptions
+    from training.corpus import CorpusError
+    from training.evaluate import evaluate, report_dict
+
+    p = argparse.ArgumentParser(
+        prog="xianliao eval",
+        description="Perplexity, distinct-1/2, generic-reply share and unknown-word rate of a "
+        "checkpoint on question<TAB>answer pairs.",
+    )
+    p.add_argument("checkpoint")
+    p.add_argument("tsv")
+    p.add_argument("--limit", type=int, default=1000, help="pairs to use (default 1000)")
+    p.add_argument(
+        "--strategy",
+        choices=["greedy", "beam", "sample"],
+        default="greedy",
+        help="decoding for the reply metrics (default greedy)",
+    )
+    p.add_argument("--beam-size", type=int, default=5)
+    p.add_argument("--samples", type=int, default=10, help="example replies to print")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="one JSON object on the last line")
+    a = p.parse_args(argv)
+    _threads(a.threads)
+    try:
+        bot = ChatBot.load(a.checkpoint)
+        opts = DecodeOptions(
+            **{**bot.options.to_dict(), "strategy": a.strategy, "beam_size": a.beam_size, "seed": 0}
+        )
+        report, triples = evaluate(bot, a.tsv, limit=a.limit, options=opts, samples=a.samples)
+    except (CheckpointError, CorpusError, OSError, ValueError) as exc:
+        print(f"xianliao eval: {exc}", file=sys.stderr)
+        return 1
+    for q, ref, reply in triples:
+        print(f"Q: {q}\n   ref:   {ref}\n   reply: {reply}")
+    r = report_dict(report)
+    if a.json:
+        print(json.dumps(r, ensure_ascii=False))
+    else:
+        for k, v in r.items():
+            print(f"{k:>18}: {v}")
+    return 0

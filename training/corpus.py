@@ -1,0 +1,147 @@
+"""Corpus readers: stream (question, answer) pairs from the formats users have.
+
+* TSV: ``question<TAB>answer`` per line (../shared/corpus/).
+* The seed's two-file format: a folder holding ``question`` and ``answer`` files, or
+  ``QFILE+AFILE``; line i of one answers line i of the other.
+* chatterbot-corpus YAML: a ``.yml`` file, a folder of them, or ``chatterbot:chinese`` for the
+  Chinese data of the installed ``chatterbot-corpus`` package. Each conversation
+  ``[a, b, c]`` gives the pairs (a, b) and (b, c).
+
+Readers yield ``(question, answer)`` or ``Bad(reason)``; nothing is dropped without a count.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Bad:
+    reason: str
+
+
+Item = tuple[str, str] | Bad
+
+
+class CorpusError(Exception):
+    """A corpus argument that cannot be read at all (missing file, unknown format)."""
+
+
+def chatterbot_dir(language: str = "chinese") -> Path:
+    try:
+        import chatterbot_corpus
+    except ImportError:
+        raise CorpusError(
+            "the chatterbot-corpus package is not installed: pip install chatterbot-corpus"
+        ) from None
+    path = Path(chatterbot_corpus.__file__).parent / "data" / language
+    if not path.is_dir():
+        raise CorpusError(f"chatterbot-corpus has no {language!r} data at {path}")
+    return path
+
+
+def _read_lines(path: Path) -> Iterator[str | Bad]:
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                yield raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                yield Bad("not UTF-8")
+
+
+def read_tsv(path: Path) -> Iterator[Item]:
+    for line in _read_lines(path):
+        if isinstance(line, Bad):
+            yield line
+            continue
+        if not line.strip():
+            yield Bad("blank line")
+            continue
+        fields = line.split("\t")
+        if len(fields) != 2:
+            yield Bad(f"{len(fields)} fields instead of 2")
+            continue
+        yield fields[0], fields[1]
+
+
+def read_two_files(qpath: Path, apath: Path) -> Iterator[Item]:
+    sentinel = object()
+    for q, a in itertools.zip_longest(_read_lines(qpath), _read_lines(apath), fillvalue=sentinel):
+        if q is sentinel or a is sentinel:
+            yield Bad("question and answer files differ in length")
+        elif isinstance(q, Bad):
+            yield q
+        elif isinstance(a, Bad):
+            yield a
+        else:
+            yield q, a
+
+
+def read_yaml(path: Path) -> Iterator[Item]:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise CorpusError(f"{path}: not a readable YAML file ({type(exc).__name__})") from None
+    convs = doc.get("conversations") if isinstance(doc, dict) else None
+    if not isinstance(convs, list):
+        raise CorpusError(f"{path}: no 'conversations' list (not a chatterbot-corpus file)")
+    for conv in convs:
+        if not isinstance(conv, list) or len(conv) < 2:
+            yield Bad("conversation with fewer than 2 turns")
+            continue
+        for q, a in itertools.pairwise(conv):
+            if isinstance(q, str | int | float) and isinstance(a, str | int | float):
+                yield str(q), str(a)
+            else:
+                yield Bad("conversation turn is not text")
+
+
+def iter_corpus(spec: str) -> Iterator[Item]:
+    """Pairs from one corpus argument (see the module docstring for what ``spec`` may be)."""
+    if spec.startswith("chatterbot:"):
+        for path in sorted(chatterbot_dir(spec.split(":", 1)[1] or "chinese").glob("*.yml")):
+            yield from read_yaml(path)
+        return
+    if "+" in spec and not Path(spec).exists():
+        qpath, apath = (Path(p) for p in spec.split("+", 1))
+        for p in (qpath, apath):
+            if not p.is_file():
+                raise CorpusError(f"{p} does not exist")
+        yield from read_two_files(qpath, apath)
+        return
+    path = Path(spec)
+    if path.is_dir():
+        if (path / "question").is_file() and (path / "answer").is_file():
+            yield from read_two_files(path / "question", path / "answer")
+            return
+        ymls = sorted([*path.glob("*.yml"), *path.glob("*.yaml")])
+        if not ymls:
+            raise CorpusError(f"{path}: a folder with neither question/answer files nor *.yml")
+        for p in ymls:
+            yield from read_yaml(p)
+        return
+    if not path.is_file():
+        raise CorpusError(f"{path} does not exist")
+    if path.suffix in (".yml", ".yaml"):
+        yield from read_yaml(path)
+    else:
+        yield from read_tsv(path)
+
+
+def check_specs(specs: list[str]) -> None:
+    """Fail fast, before any work, on a corpus argument that does not exist."""
+    for spec in specs:
+        if spec.startswith("chatterbot:"):
+            chatterbot_dir(spec.split(":", 1)[1] or "chinese")
+        elif "+" in spec and not Path(spec).exists():
+            for p in spec.split("+", 1):
+                if not Path(p).is_file():
+                    raise CorpusError(f"{p} does not exist")
+        elif not Path(spec).exists():
+            raise CorpusError(f"{spec} does not exist")

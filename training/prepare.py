@@ -1,0 +1,319 @@
+"""``xianliao prepare``: corpus -> vocabulary + flat binary token-id arrays, in bounded memory.
+
+Pass 1 streams the corpus in chunks to worker processes that normalise and segment each line
+once (the slow step), writes the segmented text to a temporary file and counts words in a
+bounded counter. Pass 2 maps the segmented text to ids (in the workers too) and appends them to
+``{train,valid}.{src,tgt}.bin`` with ``.off`` offset arrays. Nothing grows with the corpus except
+the output files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import time
+import zlib
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from model.text import Tokenizer, detokenize
+from model.vocab import Vocab
+from training.corpus import Bad, check_specs, iter_corpus
+
+logger = logging.getLogger(__name__)
+
+DATA_FORMAT = 1
+SPLITS = ("train", "valid")
+
+
+@dataclass
+class PrepareConfig:
+    min_freq: int = 2  # the seed's min_freq: rarer words become <unk>
+    max_vocab: int = 30000  # vocabulary size cap, specials included
+    max_len: int = 40  # questions keep their last max_len tokens; longer answers are skipped
+    valid_permille: int = 10  # share of pairs held out for validation, per thousand (by hash)
+    workers: int = 0  # segmenting processes; 0 = one per CPU core
+    chunk_size: int = 2000  # pairs per work unit
+    counter_cap: int = 300_000  # most distinct words counted at once (rare ones are pruned)
+    fast: bool = True  # use rjieba when installed (identical segmentation, ~13x faster)
+
+
+@dataclass
+class PrepareStats:
+    pairs_read: int = 0
+    pairs_written: dict = field(default_factory=lambda: {s: 0 for s in SPLITS})
+    bad: dict = field(default_factory=dict)  # reason -> count
+    questions_truncated: int = 0
+    tokens: int = 0
+    unk_tokens: int = 0
+    distinct_words_seen: int = 0
+    counter_prunes: int = 0
+    bytes_read: int = 0
+    seconds: float = 0.0
+
+    def add_bad(self, reason: str, n: int = 1) -> None:
+        self.bad[reason] = self.bad.get(reason, 0) + n
+
+
+class BoundedCounter:
+    """Word counts in bounded memory: when more than ``cap`` distinct words are held, the rarest
+    (count <= a rising threshold) are dropped, as word2vec does. Frequent words, the ones the
+    vocabulary keeps, are counted exactly unless they were pruned while still rare."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.counts: Counter[str] = Counter()
+        self.threshold = 1
+        self.prunes = 0
+
+    def update(self, other: Counter[str]) -> None:
+        self.counts.update(other)
+        if len(self.counts) > self.cap:
+            while len(self.counts) > self.cap // 2:
+                t = self.threshold
+                self.counts = Counter({w: c for w, c in self.counts.items() if c > t})
+                self.threshold += 1
+            self.prunes += 1
+
+
+# ---- worker side ----------------------------------------------------------------------------
+_tokenizer: Tokenizer | None = None
+_stoi: dict[str, int] | None = None
+
+
+def _init_segmenter(fast: bool) -> None:
+    global _tokenizer
+    _tokenizer = Tokenizer(fast=fast)
+
+
+def _segment_chunk(
+    pairs: list[tuple[str, str]], max_len: int
+) -> tuple[list[str], Counter[str], dict[str, int], int]:
+    """-> lines "q tokens<TAB>a tokens", word counts, bad-line reasons, truncated questions."""
+    assert _tokenizer is not None
+    lines: list[str] = []
+    counts: Counter[str] = Counter()
+    bad: dict[str, int] = {}
+    truncated = 0
+    for q, a in pairs:
+        qt, at = _tokenizer.tokenize(q), _tokenizer.tokenize(a)
+        if not qt or not at:
+            reason = "empty question or answer after normalising"
+            bad[reason] = bad.get(reason, 0) + 1
+            continue
+        if len(at) > max_len:
+            reason = f"answer longer than {max_len} tokens"
+            bad[reason] = bad.get(reason, 0) + 1
+            continue
+        if len(qt) > max_len:
+            qt = qt[-max_len:]
+            truncated += 1
+        counts.update(qt)
+        counts.update(at)
+        lines.append(" ".join(qt) + "\t" + " ".join(at))
+    return lines, counts, bad, truncated
+
+
+def _init_mapper(itos: list[str]) -> None:
+    global _stoi
+    _stoi = {tok: i for i, tok in enumerate(itos)}
+
+
+def _map_chunk(lines: list[str], valid_permille: int, dtype: str) -> dict[str, tuple]:
+    """Segmented lines -> per split: (src ids, src lengths, tgt ids, tgt lengths, unk count)."""
+    assert _stoi is not None
+    unk = _stoi["<unk>"]
+    out = {}
+    parts: dict[str, tuple[list[int], list[int], list[int], list[int]]] = {
+        s: ([], [], [], []) for s in SPLITS
+    }
+    n_unk = 0
+    valid_lines = []
+    for line in lines:
+        q, a = line.split("\t")
+        qi = [_stoi.get(t, unk) for t in q.split(" ")]
+        ai = [_stoi.get(t, unk) for t in a.split(" ")]
+        n_unk += qi.count(unk) + ai.count(unk)
+        split = "valid" if zlib.crc32(line.encode()) % 1000 < valid_permille else "train"
+        if split == "valid":
+            valid_lines.append(detokenize(q.split(" ")) + "\t" + detokenize(a.split(" ")))
+        src, src_len, tgt, tgt_len = parts[split]
+        src.extend(qi)
+        src_len.append(len(qi))
+        tgt.extend(ai)
+        tgt_len.append(len(ai))
+    for s, (src, src_len, tgt, tgt_len) in parts.items():
+        out[s] = (
+            np.asarray(src, dtype=dtype).tobytes(),
+            np.asarray(src_len, dtype=np.int64),
+            np.asarray(tgt, dtype=dtype).tobytes(),
+            np.asarray(tgt_len, dtype=np.int64),
+        )
+    out["unk"] = n_unk
+    out["valid_lines"] = valid_lines
+    return out
+
+
+# ---- parent side ----------------------------------------------------------------------------
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _bounded_map(pool, func: Callable, chunks: Iterable, args: tuple, window: int) -> Iterator:
+    """Like ``pool.imap`` but with at most ``window`` chunks in flight, so a fast reader never
+    queues the whole corpus in memory. Results come back in order."""
+    pending: deque = deque()
+    for chunk in chunks:
+        pending.append(pool.apply_async(func, (chunk, *args)))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
+class _InProcessPool:
+    """The Pool surface we use, run in this process (workers=1: no fork, easy to debug)."""
+
+    class _Done:
+        def __init__(self, value):
+            self.value = value
+
+        def get(self):
+            return self.value
+
+    def apply_async(self, func, args):
+        return self._Done(func(*args))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _pool(workers: int, initializer: Callable, initargs: tuple):
+    if workers <= 1:
+        initializer(*initargs)
+        return _InProcessPool()
+    ctx = mp.get_context("spawn" if os.name != "posix" else "fork")
+    return ctx.Pool(workers, initializer=initializer, initargs=initargs)
+
+
+def _pairs_and_bad(specs: list[str], stats: PrepareStats) -> Iterator[tuple[str, str]]:
+    for spec in specs:
+        if Path(spec).is_file():
+            stats.bytes_read += Path(spec).stat().st_size
+        for item in iter_corpus(spec):
+            stats.pairs_read += 1
+            if isinstance(item, Bad):
+                stats.add_bad(item.reason)
+            else:
+                yield item
+
+
+def prepare(
+    specs: list[str],
+    out_dir: str | os.PathLike,
+    cfg: PrepareConfig,
+    *,
+    progress: bool = True,
+    vocab: Vocab | None = None,
+) -> PrepareStats:
+    """Prepare ``specs`` (see training.corpus) into ``out_dir``. Returns the statistics that are
+    also written to ``out_dir/meta.json``."""
+    from tqdm import tqdm
+
+    check_specs(specs)
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stats = PrepareStats()
+    workers = cfg.workers or os.cpu_count() or 1
+    tmp = out / "segmented.tmp"
+    counter = BoundedCounter(cfg.counter_cap)
+
+    # Pass 1: segment once, count words.
+    with (
+        _pool(workers, _init_segmenter, (cfg.fast,)) as pool,
+        open(tmp, "w", encoding="utf-8") as f,
+    ):
+        bar = tqdm(desc="segmenting", unit=" pairs", disable=not progress, mininterval=1.0)
+        chunks = _chunks(_pairs_and_bad(specs, stats), cfg.chunk_size)
+        for lines, counts, bad, truncated in _bounded_map(
+            pool, _segment_chunk, chunks, (cfg.max_len,), 4 * workers
+        ):
+            if lines:
+                f.write("\n".join(lines))
+                f.write("\n")
+            counter.update(counts)
+            for reason, n in bad.items():
+                stats.add_bad(reason, n)
+            stats.questions_truncated += truncated
+            bar.update(len(lines) + sum(bad.values()))
+        bar.close()
+    stats.distinct_words_seen = len(counter.counts)
+    stats.counter_prunes = counter.prunes
+    if vocab is None:  # else: a given vocabulary (fine-tuning a checkpoint keeps its ids)
+        vocab = Vocab.build(counter.counts, min_freq=cfg.min_freq, max_size=cfg.max_vocab)
+    del counter
+    (out / "vocab.txt").write_text("\n".join(vocab.itos) + "\n", encoding="utf-8")
+    dtype = "uint16" if len(vocab) <= 65535 else "int32"
+
+    # Pass 2: map to ids, append to the split arrays; the validation pairs also go to
+    # valid.tsv (as text) for 'xianliao eval'.
+    totals = {(s, side): 0 for s in SPLITS for side in ("src", "tgt")}
+    try:
+        with contextlib.ExitStack() as stack:
+            files, offsets = {}, {}
+            for key in totals:
+                s, side = key
+                files[key] = stack.enter_context(open(out / f"{s}.{side}.bin", "wb"))
+                offsets[key] = stack.enter_context(open(out / f"{s}.{side}.off", "wb"))
+                offsets[key].write(np.zeros(1, dtype=np.int64).tobytes())
+            valid_tsv = stack.enter_context(open(out / "valid.tsv", "w", encoding="utf-8"))
+            pool = stack.enter_context(_pool(workers, _init_mapper, (vocab.itos,)))
+            lines = (line.rstrip("\n") for line in stack.enter_context(open(tmp, encoding="utf-8")))
+            chunks = _chunks(lines, cfg.chunk_size * 5)
+            for part in _bounded_map(
+                pool, _map_chunk, chunks, (cfg.valid_permille, dtype), 4 * workers
+            ):
+                stats.unk_tokens += part.pop("unk")
+                for line in part.pop("valid_lines"):
+                    valid_tsv.write(line + "\n")
+                for s, (src, src_len, tgt, tgt_len) in part.items():
+                    for side, data, lens in (("src", src, src_len), ("tgt", tgt, tgt_len)):
+                        files[s, side].write(data)
+                        ends = totals[s, side] + np.cumsum(lens)
+                        offsets[s, side].write(ends.astype(np.int64).tobytes())
+                        if len(ends):
+                            totals[s, side] = int(ends[-1])
+                    stats.pairs_written[s] += len(src_len)
+    finally:
+        tmp.unlink(missing_ok=True)
+    stats.tokens = sum(totals.values())
+    stats.seconds = round(time.perf_counter() - t0, 3)
+    meta = {
+        "format": DATA_FORMAT,
+        "dtype": dtype,
+        "vocab_size": len(vocab),
+        "tokenizer": Tokenizer(fast=False).describe(),
+        "config": asdict(cfg),
+        "sources": specs,
+        "stats": asdict(stats),
+    }
+    (out / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2), "utf-8")
+    return stats
