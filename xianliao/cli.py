@@ -11,7 +11,11 @@ import sys
 
 # subcommand -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "prepare": ("training.cli", "prepare_main", "segment a corpus into vocabulary + token-id arrays"),
+    "prepare": (
+        "training.cli",
+        "prepare_main",
+        "segment a corpus into vocabulary + token-id arrays",
+    ),
     "train": ("training.cli", "train_main", "train (or resume) a model on prepared data"),
     "eval": ("training.cli", "eval_main", "evaluate a checkpoint on a TSV file"),
     "chat": ("bot.terminal", "main", "chat with a checkpoint in the terminal"),
