@@ -1,0 +1,156 @@
+"""``xianliao bot``: the Telegram bot (long polling, or a webhook when WEBHOOK_URL is set)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError
+from telegram import BotCommandScopeChat, BotCommandScopeDefault, Update
+from telegram.error import InvalidToken, NetworkError, TelegramError
+from telegram.ext import AIORateLimiter, Application, ApplicationBuilder
+
+from bot.config import Settings
+from bot.handlers import ADMIN_COMMANDS, USER_COMMANDS, BotDeps, register
+from bot.runtime import StartupError, create_service, setup_logging
+from bot.service import DialogueService
+
+logger = logging.getLogger(__name__)
+
+NO_TOKEN_MESSAGE = (
+    "TELEGRAM_BOT_TOKEN is not set: put it in .env (see .env.example) "
+    "or run 'xianliao chat' for the terminal chat"
+)
+
+
+def build_application(settings: Settings, service: DialogueService) -> Application:
+    """The PTB Application: base URL, flood limits, handlers, command menus."""
+    token = settings.token()
+    if not token:
+        raise StartupError(NO_TOKEN_MESSAGE)
+    limiter = AIORateLimiter(
+        overall_max_rate=settings.send_max_rate,
+        overall_time_period=1,
+        group_max_rate=settings.send_group_max_rate,
+        group_time_period=60,
+        max_retries=settings.send_max_retries,
+    )
+    admin_ids = settings.admin_user_ids
+
+    async def post_init(application: Application) -> None:
+        await set_command_menus(application, admin_ids)
+        logger.info(
+            "bot @%s ready: model %s, %d admin(s)",
+            application.bot.username,
+            service.model_version,
+            len(admin_ids),
+        )
+
+    async def post_shutdown(application: Application) -> None:
+        await service.aclose()
+        logger.info("bot stopped")
+
+    application = (
+        ApplicationBuilder()
+        .token(token)
+        .base_url(settings.telegram_base_url)
+        .base_file_url(_file_url(settings.telegram_base_url))
+        .rate_limiter(limiter)
+        .concurrent_updates(settings.concurrent_updates)
+        .post_init(post_init)
+        .post_shutdown(post_shutdown)
+        .build()
+    )
+    register(application, BotDeps(service, admin_ids, typing_delay_s=settings.typing_delay_s))
+    return application
+
+
+def _file_url(base_url: str) -> str:
+    """PTB's file URL for a Bot API server at ``base_url`` (``.../bot`` -> ``.../file/bot``)."""
+    if base_url.endswith("/bot"):
+        return base_url[: -len("bot")] + "file/bot"
+    return base_url
+
+
+async def set_command_menus(application: Application, admin_ids: frozenset[int]) -> None:
+    """User commands for everyone; admin commands only in each admin's private chat."""
+    bot = application.bot
+    await bot.set_my_commands(USER_COMMANDS, scope=BotCommandScopeDefault())
+    for admin_id in sorted(admin_ids):
+        try:
+            await bot.set_my_commands(ADMIN_COMMANDS, scope=BotCommandScopeChat(admin_id))
+        except TelegramError as exc:  # e.g. the admin has not started the bot yet
+            logger.warning("could not set the admin command menu for %s: %s", admin_id, exc)
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="xianliao bot",
+        description="Run the Telegram bot. Settings come from the environment and .env "
+        "(see .env.example); long polling unless WEBHOOK_URL is set.",
+    )
+    parser.add_argument("--env-file", default=".env", help="settings file (default: .env)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``xianliao bot``."""
+    args = _parse_args(argv)
+    try:
+        settings = Settings(_env_file=args.env_file)
+    except ValidationError as exc:
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]).upper()
+            print(f"xianliao bot: setting {name}: {err['msg']}", file=sys.stderr)
+        return 2
+    token = settings.token()
+    if not token:
+        print(NO_TOKEN_MESSAGE, file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, secrets=[token])
+    try:
+        service = create_service(settings)
+    except StartupError as exc:
+        print(f"xianliao bot: {exc}", file=sys.stderr)
+        return 2
+    try:
+        application = build_application(settings, service)
+        if settings.webhook_url:
+            secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+            path = urlsplit(settings.webhook_url).path.lstrip("/")
+            logger.info(
+                "webhook mode: listening on %s:%d/%s",
+                settings.webhook_listen,
+                settings.webhook_port,
+                path,
+            )
+            application.run_webhook(
+                listen=settings.webhook_listen,
+                port=settings.webhook_port,
+                url_path=path,
+                webhook_url=settings.webhook_url,
+                secret_token=secret,
+                allowed_updates=Update.ALL_TYPES,
+            )
+        else:
+            logger.info("long polling %s", settings.telegram_base_url)
+            application.run_polling(allowed_updates=Update.ALL_TYPES)
+    except InvalidToken:
+        print(
+            "xianliao bot: Telegram rejected TELEGRAM_BOT_TOKEN: copy the token from "
+            "@BotFather into .env again",
+            file=sys.stderr,
+        )
+        return 2
+    except NetworkError as exc:
+        print(
+            f"xianliao bot: cannot reach the Bot API at {settings.telegram_base_url} "
+            f"({str(exc).replace(token, '<TOKEN>')}): check your network or TELEGRAM_BASE_URL",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        service.close()
+    return 0

@@ -1,0 +1,96 @@
+"""The bot's settings: one object read from the environment and ``.env`` by the entry points.
+
+The names are part of the user interface (see ``.env.example``); keep them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite:///data/xianliao.db"
+DEFAULT_MODEL_PATH = Path("runs/best.pt")
+
+
+class Settings(BaseSettings):
+    """Everything the bot and the terminal chat can be configured with."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # --- Telegram ---
+    telegram_bot_token: SecretStr | None = None
+    telegram_base_url: str = "https://api.telegram.org/bot"  # the token is appended
+    admin_user_ids: Annotated[frozenset[int], NoDecode] = frozenset()
+
+    # --- storage and model ---
+    database_url: str = DEFAULT_DATABASE_URL
+    model_path: Path = DEFAULT_MODEL_PATH
+    model_device: str = "cpu"
+    torch_threads: int | None = None  # torch intra-op threads per process (None: torch default)
+    model_max_batch: int = Field(default=32, ge=1)  # messages answered in one model call
+    decode_options: Annotated[dict[str, Any], NoDecode] = {}  # JSON object, e.g. {"beam_size": 4}
+
+    # --- limits ---
+    rate_limit_messages: int = Field(default=20, ge=0)  # per user per window; 0 disables
+    rate_limit_window_s: float = Field(default=60.0, gt=0)
+    max_input_chars: int = Field(default=1000, ge=1)
+    typing_delay_s: float = Field(default=0.5, ge=0)  # show "typing..." if a reply takes longer
+    concurrent_updates: int = Field(default=64, ge=1)
+
+    # --- outgoing flood limits (PTB's AIORateLimiter; 0 disables a limit) ---
+    send_max_rate: float = Field(default=30.0, ge=0)  # requests per second, whole bot
+    send_group_max_rate: float = Field(default=20.0, ge=0)  # requests per minute per group
+    send_max_retries: int = Field(default=3, ge=0)  # retries after 429 retry_after
+
+    # --- webhook mode (used when WEBHOOK_URL is set) ---
+    webhook_url: str | None = None  # public https URL Telegram posts to
+    webhook_listen: str = "127.0.0.1"
+    webhook_port: int = 8443
+    webhook_secret: SecretStr | None = None
+
+    log_level: str = "INFO"
+
+    @field_validator("admin_user_ids", mode="before")
+    @classmethod
+    def _split_ids(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.replace(";", ",").split(",")]
+            try:
+                return frozenset(int(p) for p in parts if p)
+            except ValueError:
+                raise ValueError(
+                    "ADMIN_USER_IDS must be numeric Telegram user ids separated by commas"
+                ) from None
+        if isinstance(value, int):
+            return frozenset({value})
+        return value
+
+    @field_validator("decode_options", mode="before")
+    @classmethod
+    def _parse_decode_options(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value.strip():
+                return {}
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"DECODE_OPTIONS must be a JSON object: {exc}") from None
+            if not isinstance(parsed, dict):
+                raise ValueError('DECODE_OPTIONS must be a JSON object, e.g. {"beam_size": 4}')
+            return parsed
+        return value
+
+    @field_validator("telegram_bot_token", "webhook_secret", "webhook_url", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def token(self) -> str | None:
+        """The bot token, or None when not set."""
+        return self.telegram_bot_token.get_secret_value() if self.telegram_bot_token else None

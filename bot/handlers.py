@@ -1,0 +1,481 @@
+"""Telegram handlers: thin, typed, each a few lines around the dialogue service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from telegram import (
+    BotCommand,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    Message,
+    MessageEntity,
+    ReplyParameters,
+    Update,
+)
+from telegram.constants import ChatAction, ChatType
+from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
+from telegram.ext import (
+    Application,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    filters,
+)
+
+from bot.service import DialogueService, Incoming, RateDecision, fit_message
+
+logger = logging.getLogger(__name__)
+
+START_TEXT = (
+    "你好！我是闲聊机器人 🤖，直接给我发消息就能聊天。\n"
+    "在群里请 @我 或回复我的消息。\n"
+    "回复下面的 👍/👎 可以告诉我回答得好不好。发送 /help 查看帮助。"
+)
+HELP_TEXT = (
+    "【闲聊机器人 帮助】\n"
+    "• 私聊：直接发文字给我，我会回复。\n"
+    "• 群聊：@我 或回复我的消息，我才会回答。\n"
+    "• 每条回复下面有 👍/👎，用来评价回答。\n"
+    "• /forget 删除我保存的你的全部聊天记录。\n"
+    "• 你的消息和我的回复会被保存，用于统计和改进模型。\n"
+    "\n"
+    "[Help] Send me any text in a private chat and I reply (Chinese chit-chat). In groups, "
+    "mention me or reply to my message. Rate replies with 👍/👎. /forget deletes everything "
+    "stored about you. Messages and replies are stored to improve the model."
+)
+NON_TEXT_TEXT = "我现在只看得懂文字哦，发句话给我吧～ (I only understand text for now.)"
+RATE_LIMITED_TEXT = "你说得太快啦，我有点跟不上，请稍等一会儿再发～"
+NOT_ADMIN_TEXT = "抱歉，这个命令只有管理员可以使用。"
+ERROR_TEXT = "抱歉，我刚才出了点问题，请稍后再试。"
+FORGET_ASK_TEXT = "确定要删除我保存的你的全部聊天记录和评价吗？此操作不可撤销。"
+FORGET_DONE_TEXT = "已删除：{exchanges} 条对话、{feedback} 条评价。以后的新消息仍会被保存。"
+FORGET_CANCEL_TEXT = "已取消，什么都没有删除。"
+
+USER_COMMANDS = [
+    BotCommand("start", "开始聊天"),
+    BotCommand("help", "帮助 / help"),
+    BotCommand("forget", "删除我的全部数据"),
+]
+ADMIN_COMMANDS = [
+    *USER_COMMANDS,
+    BotCommand("stats", "统计 (admin)"),
+    BotCommand("review", "审核最近的对话 (admin)"),
+    BotCommand("reload", "重新加载模型 (admin)"),
+]
+
+MAX_REVIEW = 20
+TYPING_REPEAT_S = 4.5  # Telegram shows "typing..." for about 5 seconds
+
+
+@dataclass
+class BotDeps:
+    """What handlers need, stored in ``application.bot_data["deps"]``."""
+
+    service: DialogueService
+    admin_ids: frozenset[int]
+    typing_delay_s: float = 0.5
+    send_attempts: int = 4
+
+
+def deps(context: ContextTypes.DEFAULT_TYPE) -> BotDeps:
+    return context.bot_data["deps"]
+
+
+# ----- sending ----------------------------------------------------------------------------------
+
+
+async def send_text(
+    context: ContextTypes.DEFAULT_TYPE, chat_id: int, text: str, **kwargs: Any
+) -> Message | None:
+    """Send plain text, retrying on transient failures (5xx, dropped connections, 429)."""
+    text = fit_message(text)
+    attempts = deps(context).send_attempts
+    for attempt in range(1, attempts + 1):
+        try:
+            return await context.bot.send_message(chat_id, text, **kwargs)
+        except RetryAfter as exc:  # left over after the rate limiter's own retries
+            if attempt == attempts:
+                raise
+            await asyncio.sleep(_seconds(exc.retry_after) + 0.1)
+        except (BadRequest, Forbidden):
+            raise
+        except NetworkError as exc:  # includes TimedOut and 5xx answers
+            if attempt == attempts:
+                raise
+            logger.warning("sendMessage failed (%s), retry %d/%d", exc, attempt, attempts - 1)
+            await asyncio.sleep(0.2 * 2 ** (attempt - 1))
+    return None
+
+
+def _seconds(value: Any) -> float:
+    return value.total_seconds() if hasattr(value, "total_seconds") else float(value)
+
+
+async def _typing_while(
+    context: ContextTypes.DEFAULT_TYPE, chat_id: int, work: Awaitable[Any]
+) -> Any:
+    """Await ``work``; if it takes longer than the typing delay, show "typing..." meanwhile."""
+    task = asyncio.ensure_future(work)
+    delay = deps(context).typing_delay_s
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=delay)
+        if done:
+            return task.result()
+        with contextlib.suppress(TelegramError):
+            await context.bot.send_chat_action(chat_id, ChatAction.TYPING)
+        delay = TYPING_REPEAT_S
+
+
+def feedback_keyboard(exchange_id: int, chosen: int = 0) -> InlineKeyboardMarkup:
+    up = "👍 ✓" if chosen > 0 else "👍"
+    down = "👎 ✓" if chosen < 0 else "👎"
+    return InlineKeyboardMarkup(
+        [
+            [
+                InlineKeyboardButton(up, callback_data=f"fb:{exchange_id}:u"),
+                InlineKeyboardButton(down, callback_data=f"fb:{exchange_id}:d"),
+            ]
+        ]
+    )
+
+
+def review_keyboard(exchange_id: int) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup(
+        [
+            [
+                InlineKeyboardButton("✅ approve", callback_data=f"rv:{exchange_id}:a"),
+                InlineKeyboardButton("❌ reject", callback_data=f"rv:{exchange_id}:r"),
+            ]
+        ]
+    )
+
+
+# ----- who and where ------------------------------------------------------------------------------
+
+
+def _is_group(message: Message) -> bool:
+    return message.chat.type in (ChatType.GROUP, ChatType.SUPERGROUP)
+
+
+def _addressed_to_bot(message: Message, context: ContextTypes.DEFAULT_TYPE) -> bool:
+    """In groups: the message mentions the bot or replies to one of its messages."""
+    bot = context.bot
+    replied = message.reply_to_message
+    if replied is not None and replied.from_user is not None and replied.from_user.id == bot.id:
+        return True
+    username = (bot.username or "").lower()
+    for entity, value in message.parse_entities(
+        [MessageEntity.MENTION, MessageEntity.TEXT_MENTION]
+    ).items():
+        if entity.type == MessageEntity.MENTION and value[1:].lower() == username:
+            return True
+        if entity.type == MessageEntity.TEXT_MENTION and entity.user and entity.user.id == bot.id:
+            return True
+    return False
+
+
+def _without_mention(text: str, username: str | None) -> str:
+    if not username:
+        return text
+    mention = "@" + username
+    lowered = text.lower()
+    idx = lowered.find(mention.lower())
+    while idx != -1:
+        text = text[:idx] + text[idx + len(mention) :]
+        lowered = text.lower()
+        idx = lowered.find(mention.lower())
+    return text.strip()
+
+
+def _incoming(message: Message, text: str, received_at: float) -> Incoming:
+    user = message.from_user
+    chat = message.chat
+    return Incoming(
+        text=text,
+        user_id=user.id if user else chat.id,
+        chat_id=chat.id,
+        message_id=message.message_id,
+        chat_type=str(chat.type),
+        chat_title=chat.title,
+        username=user.username if user else None,
+        first_name=user.first_name if user else None,
+        language_code=user.language_code if user else None,
+        received_at=received_at,
+    )
+
+
+async def _rate_ok(message: Message, context: ContextTypes.DEFAULT_TYPE) -> bool:
+    """Apply the per-user rate limit; tells the user once when it is exceeded."""
+    user_id = message.from_user.id if message.from_user else message.chat.id
+    decision = deps(context).service.rate_limiter.check(user_id)
+    if decision is RateDecision.NOTIFY:
+        logger.info("rate limit hit by a user in chat %s", message.chat.id)
+        await send_text(context, message.chat.id, RATE_LIMITED_TEXT, **_reply_kwargs(message))
+    return decision is RateDecision.ALLOW
+
+
+def _reply_kwargs(message: Message) -> dict[str, Any]:
+    if _is_group(message):
+        return {
+            "reply_parameters": ReplyParameters(
+                message.message_id, allow_sending_without_reply=True
+            )
+        }
+    return {}
+
+
+# ----- user commands and messages -------------------------------------------------------------------
+
+
+async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Greet the user."""
+    await send_text(context, update.effective_chat.id, START_TEXT)
+
+
+async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Explain how to use the bot, in Chinese and English."""
+    await send_text(context, update.effective_chat.id, HELP_TEXT)
+
+
+async def text_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Answer a text message with the model and log the exchange."""
+    received_at = time.monotonic()
+    message = update.message
+    if message is None or message.text is None:
+        return
+    text = message.text
+    if _is_group(message):
+        if not _addressed_to_bot(message, context):
+            return
+        text = _without_mention(text, context.bot.username)
+    if not await _rate_ok(message, context):
+        return
+    service = deps(context).service
+    reply = await _typing_while(
+        context, message.chat.id, service.respond(_incoming(message, text, received_at))
+    )
+    markup = feedback_keyboard(reply.exchange_id) if reply.exchange_id is not None else None
+    await send_text(
+        context, message.chat.id, reply.text, reply_markup=markup, **_reply_kwargs(message)
+    )
+
+
+async def non_text_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Answer stickers, photos, voice and other non-text with a friendly note."""
+    message = update.message
+    if message is None:
+        return
+    if _is_group(message) and not _addressed_to_bot(message, context):
+        return
+    if await _rate_ok(message, context):
+        await send_text(context, message.chat.id, NON_TEXT_TEXT, **_reply_kwargs(message))
+
+
+async def unknown_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Point users who typed an unknown command to /help."""
+    await send_text(context, update.effective_chat.id, "没有这个命令，发送 /help 查看帮助。")
+
+
+async def forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Ask for confirmation before deleting everything stored about the user."""
+    buttons = InlineKeyboardMarkup(
+        [
+            [
+                InlineKeyboardButton("确定删除 / Delete", callback_data="fg:y"),
+                InlineKeyboardButton("取消 / Cancel", callback_data="fg:n"),
+            ]
+        ]
+    )
+    await send_text(context, update.effective_chat.id, FORGET_ASK_TEXT, reply_markup=buttons)
+
+
+async def forget_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Delete the clicking user's data (``fg:y``) or cancel (``fg:n``)."""
+    query = update.callback_query
+    if query.data == "fg:y":
+        removed = await deps(context).service.forget(query.from_user.id)
+        text = FORGET_DONE_TEXT.format(
+            exchanges=removed.get("exchanges", 0), feedback=removed.get("feedback", 0)
+        )
+    else:
+        text = FORGET_CANCEL_TEXT
+    await query.answer()
+    with contextlib.suppress(BadRequest):
+        await query.edit_message_text(text)
+
+
+async def feedback_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Store 👍/👎 on an exchange and mark the chosen button."""
+    query = update.callback_query
+    try:
+        _, raw_id, choice = query.data.split(":")
+        exchange_id, value = int(raw_id), (1 if choice == "u" else -1)
+    except ValueError:
+        await query.answer()
+        return
+    stored = await deps(context).service.feedback(exchange_id, query.from_user.id, value)
+    await query.answer("谢谢你的反馈！" if stored else "这条对话已被删除。")
+    if stored:
+        with contextlib.suppress(BadRequest):  # "message is not modified"
+            await query.edit_message_reply_markup(feedback_keyboard(exchange_id, value))
+
+
+# ----- admin commands -------------------------------------------------------------------------------
+
+
+async def _admin_only(
+    update: Update, context: ContextTypes.DEFAULT_TYPE, action: str, detail: str = ""
+) -> bool:
+    """True for admins; anyone else gets a refusal, and the attempt is logged either way."""
+    user = update.effective_user
+    user_id = user.id if user else 0
+    allowed = user_id in deps(context).admin_ids
+    await deps(context).service.audit(user_id, action, allowed=allowed, detail=detail)
+    if not allowed:
+        logger.warning("refused admin action %r for non-admin user %s", action, user_id)
+        if update.callback_query is not None:
+            await update.callback_query.answer(NOT_ADMIN_TEXT, show_alert=True)
+        elif update.effective_chat is not None:
+            await send_text(context, update.effective_chat.id, NOT_ADMIN_TEXT)
+    return allowed
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
+
+
+async def stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Admins: users, messages, latency, model version, feedback."""
+    if not await _admin_only(update, context, "stats"):
+        return
+    s = await deps(context).service.stats()
+    text = (
+        f"用户 users: {s.users}\n"
+        f"今日消息 today (UTC): {s.messages_today}\n"
+        f"总消息 total: {s.messages_total}\n"
+        f"回复延迟 latency (24h, n={s.latency_window_count}): "
+        f"p50 {_ms(s.p50_ms)}, p95 {_ms(s.p95_ms)}\n"
+        f"模型 model: {s.model_version}\n"
+        f"反馈 feedback: 👍 {s.feedback_up} / 👎 {s.feedback_down}\n"
+        f"待审核 pending review: {s.pending_review}"
+    )
+    await send_text(context, update.effective_chat.id, text)
+
+
+async def review(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Admins: show the newest pending exchanges with approve/reject buttons."""
+    args = context.args or []
+    if not await _admin_only(update, context, "review", " ".join(args)):
+        return
+    try:
+        n = max(1, min(MAX_REVIEW, int(args[0]))) if args else 5
+    except ValueError:
+        await send_text(context, update.effective_chat.id, "用法 usage: /review [n]")
+        return
+    items = await deps(context).service.pending_review(n)
+    chat_id = update.effective_chat.id
+    if not items:
+        await send_text(context, chat_id, "没有待审核的对话。Nothing to review.")
+        return
+    for item in items:
+        text = f"#{item.id} [{item.model_version}]\n👤 {item.user_text}\n🤖 {item.reply_text}"
+        if item.edited_reply:
+            text += f"\n✏️ {item.edited_reply}"
+        await send_text(context, chat_id, text, reply_markup=review_keyboard(item.id))
+
+
+async def review_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Admins: approve (``rv:ID:a``) or reject (``rv:ID:r``) an exchange."""
+    query = update.callback_query
+    if not await _admin_only(update, context, "review_set", query.data or ""):
+        return
+    try:
+        _, raw_id, choice = query.data.split(":")
+        exchange_id = int(raw_id)
+    except ValueError:
+        await query.answer()
+        return
+    status = "approved" if choice == "a" else "rejected"
+    changed = await deps(context).service.set_review(exchange_id, status, query.from_user.id)
+    await query.answer(status if changed else "not found")
+    if changed and query.message is not None and isinstance(query.message, Message):
+        with contextlib.suppress(BadRequest):
+            await query.edit_message_text(f"{query.message.text}\n→ {status}")
+
+
+async def reload_model(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Admins: load the checkpoint at MODEL_PATH again without a restart."""
+    if not await _admin_only(update, context, "reload"):
+        return
+    service = deps(context).service
+    chat_id = update.effective_chat.id
+    old = service.model_version
+    try:
+        version = await service.reload()
+    except Exception as exc:  # CheckpointError and friends: keep serving the old model
+        logger.warning("reload failed: %s", exc)
+        await send_text(context, chat_id, f"重新加载失败，仍在使用 {old}：{exc}")
+        return
+    await send_text(context, chat_id, f"模型已重新加载 reloaded: {old} → {version}")
+
+
+# ----- errors and registration ----------------------------------------------------------------------
+
+
+async def error_handler(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Log every handler error with its traceback; tell the user something went wrong."""
+    logger.error("error while handling an update", exc_info=context.error)
+    if isinstance(update, Update) and update.message is not None:
+        with contextlib.suppress(TelegramError, KeyError):
+            await send_text(context, update.message.chat.id, ERROR_TEXT)
+
+
+NON_TEXT = (
+    filters.Sticker.ALL
+    | filters.PHOTO
+    | filters.VOICE
+    | filters.VIDEO
+    | filters.VIDEO_NOTE
+    | filters.AUDIO
+    | filters.Document.ALL
+    | filters.ANIMATION
+    | filters.LOCATION
+    | filters.CONTACT
+    | filters.POLL
+    | filters.Dice.ALL
+)
+
+
+def register(application: Application, bot_deps: BotDeps) -> None:
+    """Add all handlers to ``application``; edited messages are deliberately ignored."""
+    application.bot_data["deps"] = bot_deps
+    new = filters.UpdateType.MESSAGE  # not edits, not channel posts
+
+    def command(name: str, callback: Callable[..., Awaitable[None]]) -> CommandHandler:
+        return CommandHandler(name, callback, filters=new)
+
+    application.add_handlers(
+        [
+            command("start", start),
+            command("help", help_command),
+            command("forget", forget),
+            command("stats", stats),
+            command("review", review),
+            command("reload", reload_model),
+            MessageHandler(new & filters.COMMAND & filters.ChatType.PRIVATE, unknown_command),
+            MessageHandler(new & filters.TEXT & ~filters.COMMAND, text_message),
+            MessageHandler(new & NON_TEXT, non_text_message),
+            CallbackQueryHandler(feedback_button, pattern=r"^fb:"),
+            CallbackQueryHandler(forget_button, pattern=r"^fg:"),
+            CallbackQueryHandler(review_button, pattern=r"^rv:"),
+        ]
+    )
+    application.add_error_handler(error_handler)

@@ -1,0 +1,150 @@
+"""Start-up shared by the entry points (``xianliao bot`` and ``xianliao chat``), no Telegram.
+
+Loading the model, opening the database and configuring logging, each failing with one line a
+user can act on (:class:`StartupError`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from bot.config import Settings
+from bot.service import DialogueService, ReplyModel
+from storage.db import init_schema, make_engine, session_factory
+
+logger = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """A problem that stops the program; the message is one line that says what to do."""
+
+
+def load_model(settings: Settings, path: Path | None = None) -> ReplyModel:
+    """Load the checkpoint (``MODEL_PATH`` unless ``path``), as a ``model.chatbot.ChatBot``."""
+    from model.chatbot import ChatBot
+    from model.checkpoint import CheckpointError
+
+    path = Path(path or settings.model_path)
+    if not path.exists():
+        raise StartupError(
+            f"no model checkpoint at {path}: train one with 'xianliao train' "
+            "(or 'xianliao quickstart'), or set MODEL_PATH in .env to a checkpoint file"
+        )
+    try:
+        return ChatBot.load(path, device=settings.model_device, threads=settings.torch_threads)
+    except CheckpointError as exc:
+        raise StartupError(
+            f"cannot use the checkpoint {path}: {exc} (train a new one with 'xianliao train' "
+            "or 'xianliao quickstart', or point MODEL_PATH at another file)"
+        ) from None
+
+
+def model_loader(settings: Settings):  # noqa: ANN201 - returns a ModelLoader
+    """A loader for /reload: the same device and threads as at start-up."""
+
+    def load(path: Path) -> ReplyModel:
+        from model.chatbot import ChatBot
+
+        return ChatBot.load(path, device=settings.model_device, threads=settings.torch_threads)
+
+    return load
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with any password hidden, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable URL>"
+
+
+def open_sessions(database_url: str):  # noqa: ANN201 - sessionmaker
+    """Engine + schema (created or upgraded) + session factory for ``DATABASE_URL``."""
+    try:
+        engine = make_engine(database_url)
+        init_schema(engine)
+    except ArgumentError:
+        raise StartupError(
+            f"DATABASE_URL is not a valid SQLAlchemy URL: {redacted_url(database_url)} "
+            "(e.g. sqlite:///data/xianliao.db or postgresql://user:pass@host/db)"
+        ) from None
+    except ModuleNotFoundError as exc:
+        raise StartupError(
+            f"the database driver for {redacted_url(database_url)} is not installed ({exc.name}):"
+            " pip install it, e.g. 'pip install psycopg[binary]' for PostgreSQL"
+        ) from None
+    except (SQLAlchemyError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StartupError(
+            f"cannot open the database {redacted_url(database_url)}: {first}"
+        ) from None
+    return session_factory(engine)
+
+
+def create_service(
+    settings: Settings, *, model_path: Path | None = None, log: bool = True
+) -> DialogueService:
+    """Load the model, open the database (unless ``log`` is False) and check both work."""
+    model = load_model(settings, model_path)
+    sessions = open_sessions(settings.database_url) if log else None
+    service = DialogueService(
+        model,
+        sessions=sessions,
+        model_path=Path(model_path or settings.model_path),
+        load_model=model_loader(settings),
+        decode_options=settings.decode_options,
+        max_input_chars=settings.max_input_chars,
+        rate_limit=settings.rate_limit_messages,
+        rate_window_s=settings.rate_limit_window_s,
+        max_batch=settings.model_max_batch,
+    )
+    try:
+        service.check_model()
+    except (ValueError, TypeError) as exc:
+        service.close()
+        raise StartupError(f"DECODE_OPTIONS does not suit this model: {exc}") from None
+    return service
+
+
+class RedactFilter(logging.Filter):
+    """Replace secrets (the bot token) in every log record, traceback included."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def _clean(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "<TOKEN>")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        record.msg = self._clean(record.getMessage())
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._clean(record.exc_text)
+        return True
+
+
+def setup_logging(level: str = "INFO", secrets: list[str] | None = None) -> None:
+    """Log to stderr; quiet ``httpx`` (its URLs contain the token) and redact secrets."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactFilter(secrets or []))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper() if isinstance(level, str) else level)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)

@@ -1,0 +1,501 @@
+"""The dialogue service: text in -> reply out + log. No Telegram here.
+
+The Telegram handlers and the terminal chat both go through :class:`DialogueService`, so they
+tokenise, answer and log the same way. Model inference runs on one worker thread and database
+work on another, never on the event loop. Messages that arrive while the model is busy are
+answered together in one batched model call (``reply_many`` when the model has it), which is
+what lets one CPU process serve many users at once without adding latency when it is idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.models import REVIEW_PENDING, REVIEW_STATUSES
+from storage.repositories import (
+    AuditRepository,
+    ChatRepository,
+    ExchangeFilter,
+    ExchangeRepository,
+    FeedbackRepository,
+    UserRepository,
+)
+
+logger = logging.getLogger(__name__)
+
+TELEGRAM_MAX_CHARS = 4096  # Telegram's limit, counted here in UTF-16 code units (the strict way)
+EMPTY_INPUT_REPLY = "说点什么吧～"
+FALLBACK_REPLY = "嗯嗯。"
+TOO_LONG_REPLY = "消息太长啦，请控制在 {limit} 个字以内再发给我～"
+
+
+class ReplyModel(Protocol):
+    """What the service needs from a loaded checkpoint (``model.chatbot.ChatBot``)."""
+
+    version: str
+
+    @property
+    def decode_options(self) -> dict[str, Any]: ...
+
+    def reply(self, text: str, **options: Any) -> str: ...
+
+
+ModelLoader = Callable[[Path], ReplyModel]
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One message to answer, with who sent it and where."""
+
+    text: str
+    user_id: int
+    chat_id: int
+    message_id: int | None = None
+    chat_type: str = "private"
+    chat_title: str | None = None
+    username: str | None = None
+    first_name: str | None = None
+    language_code: str | None = None
+    source: str = "telegram"
+    received_at: float = field(default_factory=time.monotonic)  # time.monotonic()
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The answer to send; ``exchange_id`` is None when nothing was logged."""
+
+    text: str
+    exchange_id: int | None = None
+    duplicate: bool = False  # the message was already answered (a redelivered update)
+    from_model: bool = True
+
+
+@dataclass(frozen=True)
+class Stats:
+    users: int
+    messages_today: int
+    messages_total: int
+    p50_ms: float | None
+    p95_ms: float | None
+    latency_window_count: int
+    model_version: str
+    feedback_up: int
+    feedback_down: int
+    pending_review: int
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    id: int
+    user_text: str
+    reply_text: str
+    edited_reply: str | None
+    review_status: str
+    created_at: datetime
+    model_version: str
+
+
+class RateDecision(Enum):
+    ALLOW = "allow"
+    NOTIFY = "notify"  # over the limit: tell the user once
+    DROP = "drop"  # over the limit and already told
+
+
+class RateLimiter:
+    """At most ``limit`` messages per user in any ``window_s`` seconds (sliding window)."""
+
+    def __init__(self, limit: int, window_s: float, clock: Callable[[], float] = time.monotonic):
+        self.limit = limit
+        self.window_s = window_s
+        self.clock = clock
+        self._hits: dict[int, deque[float]] = {}
+        self._told: set[int] = set()
+        self._lock = threading.Lock()
+
+    def check(self, user_id: int) -> RateDecision:
+        if self.limit <= 0:
+            return RateDecision.ALLOW
+        now = self.clock()
+        with self._lock:
+            hits = self._hits.setdefault(user_id, deque())
+            while hits and now - hits[0] >= self.window_s:
+                hits.popleft()
+            if len(hits) < self.limit:
+                hits.append(now)
+                self._told.discard(user_id)
+                return RateDecision.ALLOW
+            if user_id in self._told:
+                return RateDecision.DROP
+            self._told.add(user_id)
+            return RateDecision.NOTIFY
+
+    def forget(self, user_id: int) -> None:
+        with self._lock:
+            self._hits.pop(user_id, None)
+            self._told.discard(user_id)
+
+
+def utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def fit_message(text: str, limit: int = TELEGRAM_MAX_CHARS) -> str:
+    """Strip ``text`` and cut it to ``limit`` UTF-16 units; never returns an empty string."""
+    text = text.strip()
+    if utf16_len(text) > limit:
+        out, used = [], 0
+        for ch in text:
+            n = 2 if ord(ch) > 0xFFFF else 1
+            if used + n > limit - 1:
+                break
+            out.append(ch)
+            used += n
+        text = "".join(out).rstrip() + "…"
+    return text or FALLBACK_REPLY
+
+
+@dataclass
+class _Pending:
+    incoming: Incoming
+    text: str
+    future: asyncio.Future[Reply]
+
+
+class DialogueService:
+    """Answers messages with the model and logs every exchange.
+
+    ``sessions`` is None to answer without logging (``xianliao chat --no-log``).
+    ``load_model`` is used by :meth:`reload` to load the checkpoint at ``model_path`` again.
+    """
+
+    def __init__(
+        self,
+        model: ReplyModel,
+        *,
+        sessions: sessionmaker[Session] | None,
+        model_path: Path | None = None,
+        load_model: ModelLoader | None = None,
+        decode_options: dict[str, Any] | None = None,
+        max_input_chars: int = 1000,
+        rate_limit: int = 0,
+        rate_window_s: float = 60.0,
+        max_batch: int = 32,
+    ) -> None:
+        self._model = model
+        self.sessions = sessions
+        self.model_path = model_path
+        self.load_model = load_model
+        self.decode_options = dict(decode_options or {})
+        self.max_input_chars = max_input_chars
+        self.max_batch = max_batch
+        self.rate_limiter = RateLimiter(rate_limit, rate_window_s)
+        self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="xianliao-model")
+        self._db_pool = ThreadPoolExecutor(1, thread_name_prefix="xianliao-db")
+        self._queue: deque[_Pending] = deque()
+        self._wake: asyncio.Event | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._reload_lock = threading.Lock()
+
+    # ----- the model ---------------------------------------------------------------------------
+
+    @property
+    def model(self) -> ReplyModel:
+        return self._model
+
+    @property
+    def model_version(self) -> str:
+        return self._model.version
+
+    def effective_decode_options(self, model: ReplyModel | None = None) -> dict[str, Any]:
+        """The decoding options a reply is made with (model defaults + configured overrides)."""
+        model = model or self._model
+        return {**dict(model.decode_options), **self.decode_options}
+
+    def check_model(self) -> str:
+        """Answer one test message, so bad decode options fail at start-up; returns the reply."""
+        return self._generate(self._model, ["你好"])[0]
+
+    def _generate(self, model: ReplyModel, texts: Sequence[str]) -> list[str]:
+        many = getattr(model, "reply_many", None)
+        if many is not None and len(texts) > 1:
+            raw = many(list(texts), **self.decode_options)
+        else:
+            raw = [model.reply(t, **self.decode_options) for t in texts]
+        return [fit_message(r if isinstance(r, str) else str(r)) for r in raw]
+
+    def reload_sync(self, path: Path | None = None) -> str:
+        """Load the checkpoint again and swap it in atomically; returns the new version.
+
+        Raises whatever the loader raises (``CheckpointError``); the old model keeps serving.
+        """
+        if self.load_model is None:
+            raise RuntimeError("this service was built without a model loader")
+        path = Path(path or self.model_path or "")
+        with self._reload_lock:
+            model = self.load_model(path)
+            self._generate(model, ["你好"])  # fail here, not on the next user message
+            old, self._model = self._model, model
+            self.model_path = path
+        logger.info("model reloaded from %s: %s -> %s", path, old.version, model.version)
+        return model.version
+
+    async def reload(self, path: Path | None = None) -> str:
+        return await asyncio.to_thread(self.reload_sync, path)
+
+    # ----- answering ---------------------------------------------------------------------------
+
+    def _precheck(self, incoming: Incoming) -> tuple[str | None, Reply | None]:
+        """The text to give the model, or a canned reply for input the model should not see."""
+        text = incoming.text.strip()
+        if not text:
+            return None, Reply(EMPTY_INPUT_REPLY, from_model=False)
+        if len(text) > self.max_input_chars:
+            return None, Reply(TOO_LONG_REPLY.format(limit=self.max_input_chars), from_model=False)
+        return text, None
+
+    def respond_sync(self, incoming: Incoming) -> Reply:
+        """Answer and log one message on the calling thread (the terminal chat)."""
+        text, canned = self._precheck(incoming)
+        if canned is not None:
+            return canned
+        assert text is not None
+        model = self._model
+        reply = self._generate(model, [text])[0]
+        latency = (time.monotonic() - incoming.received_at) * 1000.0
+        return self._log_batch(model, [(incoming, text, reply, latency)])[0]
+
+    async def respond(self, incoming: Incoming) -> Reply:
+        """Answer and log one message without blocking the event loop."""
+        text, canned = self._precheck(incoming)
+        if canned is not None:
+            return canned
+        assert text is not None
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Reply] = loop.create_future()
+        self._queue.append(_Pending(incoming, text, future))
+        if self._worker is None or self._worker.done():
+            self._wake = asyncio.Event()
+            self._worker = loop.create_task(self._run(), name="xianliao-dialogue")
+        assert self._wake is not None
+        self._wake.set()
+        return await future
+
+    async def _run(self) -> None:
+        """Answer whatever is queued, a batch per model call, until cancelled."""
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch = [
+                    self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))
+                ]
+                batch = [p for p in batch if not p.future.done()]
+                if not batch:
+                    continue
+                model = self._model
+                try:
+                    replies = await loop.run_in_executor(
+                        self._model_pool, self._generate, model, [p.text for p in batch]
+                    )
+                except Exception as exc:
+                    logger.exception("the model failed on a batch of %d messages", len(batch))
+                    for p in batch:
+                        if not p.future.done():
+                            p.future.set_exception(exc)
+                    continue
+                now = time.monotonic()
+                items = [
+                    (p.incoming, p.text, r, (now - p.incoming.received_at) * 1000.0)
+                    for p, r in zip(batch, replies, strict=True)
+                ]
+                # Log on the database thread while the model starts on the next batch.
+                task = loop.create_task(self._finish(model, batch, items))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+
+    async def _finish(self, model: ReplyModel, batch: list[_Pending], items: list) -> None:
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._db_pool, self._log_batch, model, items
+            )
+        except Exception as exc:
+            logger.exception("could not log %d exchanges", len(items))
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+            return
+        for p, result in zip(batch, results, strict=True):
+            if not p.future.done():
+                p.future.set_result(result)
+
+    def _log_batch(
+        self, model: ReplyModel, items: list[tuple[Incoming, str, str, float]]
+    ) -> list[Reply]:
+        if self.sessions is None:
+            return [Reply(reply) for _, _, reply, _ in items]
+        options = self.effective_decode_options(model)
+        out: list[Reply] = []
+        with self.sessions.begin() as session:
+            users, chats, exchanges = (
+                UserRepository(session),
+                ChatRepository(session),
+                ExchangeRepository(session),
+            )
+            for inc, text, reply, latency in items:
+                users.touch(
+                    inc.user_id,
+                    username=inc.username,
+                    first_name=inc.first_name,
+                    language_code=inc.language_code,
+                )
+                chats.touch(inc.chat_id, type=inc.chat_type, title=inc.chat_title)
+                exchange, created = exchanges.add(
+                    user_id=inc.user_id,
+                    chat_id=inc.chat_id,
+                    message_id=inc.message_id,
+                    user_text=text,
+                    reply_text=reply,
+                    latency_ms=latency,
+                    model_version=model.version,
+                    decode_options=options,
+                    source=inc.source,
+                )
+                if not created:
+                    logger.info(
+                        "message %s in chat %s was already answered (exchange %s)",
+                        inc.message_id,
+                        inc.chat_id,
+                        exchange.id,
+                    )
+                    out.append(Reply(exchange.reply_text, exchange.id, duplicate=True))
+                else:
+                    session.flush()
+                    out.append(Reply(reply, exchange.id))
+        return out
+
+    # ----- everything else that touches the database ---------------------------------------------
+
+    async def _db(self, fn: Callable[[Session], Any]) -> Any:
+        if self.sessions is None:
+            raise RuntimeError("this service does not log (no database)")
+        sessions = self.sessions
+
+        def work() -> Any:
+            with sessions.begin() as session:
+                return fn(session)
+
+        return await asyncio.get_running_loop().run_in_executor(self._db_pool, work)
+
+    async def feedback(self, exchange_id: int, user_id: int, value: int) -> bool:
+        """Store 👍 (+1) / 👎 (-1); False when the exchange no longer exists."""
+        return await self._db(
+            lambda s: FeedbackRepository(s).set(exchange_id, user_id, value) is not None
+        )
+
+    async def forget(self, user_id: int) -> dict[str, int]:
+        """Delete everything stored about ``user_id``."""
+        self.rate_limiter.forget(user_id)
+        removed = await self._db(lambda s: UserRepository(s).delete_user_data(user_id))
+        logger.info("deleted the data of a user on request: %s", removed)
+        return removed
+
+    async def audit(self, user_id: int, action: str, *, allowed: bool, detail: str = "") -> None:
+        def work(s: Session) -> None:
+            AuditRepository(s).record(user_id, action, allowed=allowed, detail=detail or None)
+
+        await self._db(work)
+
+    async def stats(self, now: datetime | None = None) -> Stats:
+        """Counts for /stats; latency percentiles over the last 24 hours."""
+        now = now or datetime.now(UTC)
+        midnight = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        version = self.model_version
+
+        def work(s: Session) -> Stats:
+            exchanges = ExchangeRepository(s)
+            latency = exchanges.latency(ExchangeFilter(since=now - timedelta(days=1)))
+            fb = FeedbackRepository(s).counts()
+            return Stats(
+                users=UserRepository(s).count(),
+                messages_today=exchanges.count(ExchangeFilter(since=midnight)),
+                messages_total=exchanges.count(),
+                p50_ms=latency.p50_ms,
+                p95_ms=latency.p95_ms,
+                latency_window_count=latency.count,
+                model_version=version,
+                feedback_up=fb["up"],
+                feedback_down=fb["down"],
+                pending_review=exchanges.count(ExchangeFilter(review_status=REVIEW_PENDING)),
+            )
+
+        return await self._db(work)
+
+    async def pending_review(self, limit: int) -> list[ReviewItem]:
+        """The newest exchanges still waiting for review."""
+
+        def work(s: Session) -> list[ReviewItem]:
+            rows = ExchangeRepository(s).search(
+                ExchangeFilter(review_status=REVIEW_PENDING), limit=limit
+            )
+            return [
+                ReviewItem(
+                    e.id,
+                    e.user_text,
+                    e.reply_text,
+                    e.edited_reply,
+                    e.review_status,
+                    e.created_at,
+                    e.model_version,
+                )
+                for e in rows
+            ]
+
+        return await self._db(work)
+
+    async def set_review(self, exchange_id: int, status: str, reviewer: int) -> bool:
+        if status not in REVIEW_STATUSES:
+            raise ValueError(f"unknown review status {status!r}")
+        changed = await self._db(
+            lambda s: ExchangeRepository(s).set_review_status(
+                exchange_id, status, reviewer=reviewer
+            )
+        )
+        return changed > 0
+
+    # ----- lifecycle ---------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Stop the worker; answers still in flight are finished first (bounded by the pools)."""
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        for p in self._queue:
+            if not p.future.done():
+                p.future.cancel()
+        self._queue.clear()
+
+    def close(self) -> None:
+        """Shut the worker threads down (after :meth:`aclose` in async code)."""
+        self._model_pool.shutdown(wait=True)
+        self._db_pool.shutdown(wait=True)

@@ -1,0 +1,100 @@
+"""``xianliao chat``: talk to a checkpoint in the terminal, through the same dialogue service.
+
+Interactive (a TTY): a prompt per line, ``/quit`` or Ctrl-D to leave. Piped: one reply line
+per input line and nothing else on stdout, so ``xianliao chat < questions.txt`` is a script.
+Exchanges are logged like the bot's (as the local user 0) unless ``--no-log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from pydantic import ValidationError
+
+from bot.config import Settings
+from bot.runtime import StartupError, create_service, setup_logging
+from bot.service import DialogueService, Incoming
+
+TERMINAL_USER_ID = 0  # the local user; Telegram ids are positive, so it never clashes
+QUIT_WORDS = {"/quit", "/exit", "quit", "exit", "退出"}
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="xianliao chat", description="Chat with a trained checkpoint in the terminal."
+    )
+    parser.add_argument(
+        "checkpoint", nargs="?", type=Path, help="checkpoint file (default: MODEL_PATH)"
+    )
+    parser.add_argument(
+        "--no-log", action="store_true", help="do not store the conversation in the database"
+    )
+    parser.add_argument("--env-file", default=".env", help="settings file (default: .env)")
+    return parser.parse_args(argv)
+
+
+def _incoming(text: str) -> Incoming:
+    return Incoming(
+        text=text,
+        user_id=TERMINAL_USER_ID,
+        chat_id=TERMINAL_USER_ID,
+        message_id=None,
+        chat_type="terminal",
+        username="terminal",
+        source="terminal",
+    )
+
+
+def chat_loop(service: DialogueService, stdin: TextIO, stdout: TextIO, interactive: bool) -> int:
+    """Read lines and answer each; returns how many lines were answered."""
+    answered = 0
+    if interactive:
+        print(
+            f"闲聊 ({service.model_version}) — 输入消息后回车，/quit 退出。Type /quit to leave.",
+            file=stdout,
+        )
+    while True:
+        if interactive:
+            print("你> ", end="", file=stdout, flush=True)
+        line = stdin.readline()
+        if not line:  # EOF
+            if interactive:
+                print(file=stdout)
+            return answered
+        text = line.rstrip("\r\n")
+        if interactive and text.strip() in QUIT_WORDS:
+            return answered
+        if interactive and not text.strip():
+            continue
+        reply = service.respond_sync(_incoming(text))
+        one_line = " ".join(reply.text.split())
+        print(f"闲聊> {one_line}" if interactive else one_line, file=stdout, flush=True)
+        answered += 1
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``xianliao chat``."""
+    args = _parse_args(argv)
+    try:
+        settings = Settings(_env_file=args.env_file)
+    except ValidationError as exc:
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]).upper()
+            print(f"xianliao chat: setting {name}: {err['msg']}", file=sys.stderr)
+        return 2
+    setup_logging("WARNING")
+    try:
+        service = create_service(settings, model_path=args.checkpoint, log=not args.no_log)
+    except StartupError as exc:
+        print(f"xianliao chat: {exc}", file=sys.stderr)
+        return 2
+    try:
+        chat_loop(service, sys.stdin, sys.stdout, interactive=sys.stdin.isatty())
+    except KeyboardInterrupt:
+        print(file=sys.stdout)
+    finally:
+        service.close()
+    return 0
