@@ -86,7 +86,9 @@ class Settings(BaseSettings):
             return parsed
         return value
 
-    @field_validator("telegram_bot_token", "webhook_secret", "webhook_url", mode="before")
+    @field_validator(
+        "telegram_bot_token", "webhook_secret", "webhook_url", "torch_threads", mode="before"
+    )
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value

@@ -1,0 +1,165 @@
+"""Settings, the entry points' one-line errors, the terminal chat, and import rules."""
+
+from __future__ import annotations
+
+import io
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.config import Settings
+from bot.runtime import RedactFilter
+from bot.service import DialogueService
+from bot.terminal import chat_loop
+from storage.db import init_schema, make_engine, session_factory
+from storage.repositories import ExchangeFilter, ExchangeRepository
+from tests.bot.support import EchoModel
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV_NAMES = (
+    "TELEGRAM_BOT_TOKEN",
+    "TELEGRAM_BASE_URL",
+    "ADMIN_USER_IDS",
+    "DATABASE_URL",
+    "MODEL_PATH",
+    "DECODE_OPTIONS",
+    "WEBHOOK_URL",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    for name in ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def test_settings_from_env_file(tmp_path):
+    env = tmp_path / "my.env"
+    env.write_text(
+        "TELEGRAM_BOT_TOKEN=1:abc\n"
+        "TELEGRAM_BASE_URL=http://127.0.0.1:8081/bot\n"
+        "ADMIN_USER_IDS=12, 34\n"
+        "DATABASE_URL=sqlite:////tmp/x.db\n"
+        "MODEL_PATH=runs/m.pt\n"
+        'DECODE_OPTIONS={"beam_size": 3}\n'
+        "RATE_LIMIT_MESSAGES=5\n"
+    )
+    s = Settings(_env_file=env)
+    assert s.token() == "1:abc" and "abc" not in repr(s)
+    assert s.admin_user_ids == frozenset({12, 34})
+    assert s.telegram_base_url == "http://127.0.0.1:8081/bot"
+    assert s.database_url == "sqlite:////tmp/x.db" and s.model_path == Path("runs/m.pt")
+    assert s.decode_options == {"beam_size": 3} and s.rate_limit_messages == 5
+
+
+def test_env_example_lists_every_setting_and_loads():
+    example = (ROOT / ".env.example").read_text()
+    for name in Settings.model_fields:
+        assert f"{name.upper()}=" in example, name
+    defaults = Settings(_env_file=ROOT / ".env.example")
+    assert defaults.token() is None and defaults.torch_threads is None
+    assert defaults.model_dump() == Settings(_env_file=None).model_dump()
+
+
+def test_bot_without_token_says_what_to_do(capsys):
+    from bot.app import main
+
+    assert main([]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "TELEGRAM_BOT_TOKEN is not set" in err and "xianliao chat" in err
+
+
+def test_bot_with_missing_checkpoint_names_the_path(capsys, monkeypatch, tmp_path):
+    from bot.app import main
+
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "1:secret-token")
+    monkeypatch.setenv("MODEL_PATH", str(tmp_path / "nope.pt"))
+    assert main([]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "nope.pt" in err and "xianliao train" in err
+    assert "secret-token" not in err
+
+
+def test_bad_checkpoint_is_one_line(capsys, tmp_path):
+    from bot.terminal import main
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main([str(bad), "--no-log"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "bad.pt" in err
+
+
+def test_bad_setting_is_reported(capsys, monkeypatch):
+    from bot.app import main
+
+    monkeypatch.setenv("ADMIN_USER_IDS", "alice")
+    assert main([]) == 2
+    assert "ADMIN_USER_IDS" in capsys.readouterr().err
+
+
+def test_terminal_chat_piped_one_line_per_input(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path}/chat.db")
+    init_schema(engine)
+    sessions = session_factory(engine)
+    service = DialogueService(EchoModel(), sessions=sessions)
+    out = io.StringIO()
+    answered = chat_loop(service, io.StringIO("你好\n\n😀\n多行\n"), out, interactive=False)
+    service.close()
+    lines = out.getvalue().splitlines()
+    assert answered == 4 and len(lines) == 4
+    assert lines[0] == "你说：你好" and lines[1] and lines[2] == "你说：😀"
+    with sessions() as s:
+        assert ExchangeRepository(s).count(ExchangeFilter(source="terminal")) == 3
+
+
+def test_terminal_chat_interactive_prompts_and_quits():
+    service = DialogueService(EchoModel(), sessions=None)
+    out = io.StringIO()
+    chat_loop(service, io.StringIO("你好\n\n/quit\n没读到\n"), out, interactive=True)
+    service.close()
+    text = out.getvalue()
+    assert "你> " in text and "闲聊> 你说：你好" in text and "没读到" not in text
+
+
+def test_redact_filter_hides_the_token_in_messages_and_tracebacks():
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "url %s", ("/bot1:SECRET/x",), None)
+    try:
+        raise RuntimeError("failed at /bot1:SECRET/getMe")
+    except RuntimeError:
+        record.exc_info = sys.exc_info()
+    RedactFilter(["1:SECRET"]).filter(record)
+    formatted = logging.Formatter().format(record)
+    assert "SECRET" not in formatted and "<TOKEN>" in formatted
+
+
+def test_chat_and_service_do_not_import_telegram():
+    code = (
+        "import sys; import bot.terminal, bot.service, bot.runtime; "
+        "bad = [m for m in sys.modules if m == 'telegram' or m.startswith('telegram.')]; "
+        "print(bad); raise SystemExit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_storage_imports_only_sqlalchemy_and_stdlib():
+    import ast
+
+    allowed_roots = {"sqlalchemy", "storage", "__future__"}
+    for path in (ROOT / "storage").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            for name in names:
+                root = name.split(".")[0]
+                assert root in allowed_roots or root in sys.stdlib_module_names, (path, name)

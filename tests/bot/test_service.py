@@ -1,0 +1,167 @@
+"""The dialogue service on its own: canned input, trimming, batching, dedup, reload, limits."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bot.service import (
+    EMPTY_INPUT_REPLY,
+    TOO_LONG_REPLY,
+    DialogueService,
+    Incoming,
+    RateDecision,
+    RateLimiter,
+    fit_message,
+    utf16_len,
+)
+from storage.db import init_schema, make_engine, session_factory
+from storage.repositories import ExchangeRepository
+from tests.bot.support import EchoModel
+
+
+@pytest.fixture
+def sessions(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path}/chat.db")
+    init_schema(engine)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+def make_service(sessions, model=None, **kwargs) -> DialogueService:
+    return DialogueService(model or EchoModel(), sessions=sessions, **kwargs)
+
+
+def msg(text: str, user_id: int = 1, message_id: int | None = 1) -> Incoming:
+    return Incoming(text=text, user_id=user_id, chat_id=user_id, message_id=message_id)
+
+
+def test_fit_message_never_empty_and_within_telegram_limit():
+    assert fit_message("   ") and fit_message("") == fit_message("\n")
+    assert fit_message(" 你好 ") == "你好"
+    long = fit_message("好" * 5000)
+    assert len(long) == 4096 and long.endswith("…")
+    emoji = fit_message("😀" * 3000)  # 2 UTF-16 units each
+    assert utf16_len(emoji) <= 4096
+
+
+def test_rate_limiter_sliding_window():
+    now = [0.0]
+    limiter = RateLimiter(2, 10.0, clock=lambda: now[0])
+    assert [limiter.check(1) for _ in range(4)] == [
+        RateDecision.ALLOW,
+        RateDecision.ALLOW,
+        RateDecision.NOTIFY,
+        RateDecision.DROP,
+    ]
+    assert limiter.check(2) is RateDecision.ALLOW
+    now[0] = 10.5
+    assert limiter.check(1) is RateDecision.ALLOW
+    assert RateLimiter(0, 1).check(1) is RateDecision.ALLOW  # 0 disables
+
+
+def test_canned_replies_are_not_logged(sessions):
+    service = make_service(sessions, max_input_chars=10)
+    assert service.respond_sync(msg("  ")).text == EMPTY_INPUT_REPLY
+    reply = service.respond_sync(msg("长" * 11))
+    assert reply.text == TOO_LONG_REPLY.format(limit=10) and reply.exchange_id is None
+    with sessions() as s:
+        assert ExchangeRepository(s).count() == 0
+    service.close()
+
+
+def test_respond_logs_once_per_message(sessions):
+    service = make_service(sessions)
+
+    async def scenario():
+        first = await service.respond(msg("你好", message_id=7))
+        again = await service.respond(msg("你好", message_id=7))
+        await service.aclose()
+        return first, again
+
+    first, again = asyncio.run(scenario())
+    service.close()
+    assert first.exchange_id == again.exchange_id and again.duplicate and not first.duplicate
+    with sessions() as s:
+        assert ExchangeRepository(s).count() == 1
+
+
+def test_concurrent_messages_are_batched(sessions):
+    model = EchoModel(delay=0.05)
+    service = make_service(sessions, model, max_batch=8)
+
+    async def scenario():
+        replies = await asyncio.gather(
+            *(service.respond(msg(f"问{i}", user_id=i, message_id=i)) for i in range(1, 21))
+        )
+        await service.aclose()
+        return replies
+
+    replies = asyncio.run(scenario())
+    service.close()
+    assert [r.text for r in replies] == [f"你说：问{i}" for i in range(1, 21)]
+    assert max(model.batches) <= 8 and len(model.batches) < 20
+    with sessions() as s:
+        assert ExchangeRepository(s).count() == 20
+
+
+def test_model_failure_reaches_the_caller_and_the_service_keeps_working(sessions):
+    class Flaky(EchoModel):
+        def reply_many(self, texts, **options):
+            if any("炸" in t for t in texts):
+                raise RuntimeError("boom")
+            return super().reply_many(texts, **options)
+
+    service = make_service(sessions, Flaky())
+
+    async def scenario():
+        with pytest.raises(RuntimeError):
+            await service.respond(msg("炸", message_id=1))
+        ok = await service.respond(msg("好", message_id=2))
+        await service.aclose()
+        return ok
+
+    assert asyncio.run(scenario()).text == "你说：好"
+    service.close()
+
+
+def test_reload_swaps_atomically_and_keeps_the_old_model_on_error(sessions, tmp_path):
+    loaded = []
+
+    def loader(path):
+        if path.name == "bad.pt":
+            raise ValueError("bad checkpoint")
+        loaded.append(path)
+        return EchoModel(version="v2")
+
+    service = make_service(sessions, load_model=loader, model_path=tmp_path / "good.pt")
+    assert service.reload_sync() == "v2" and loaded == [tmp_path / "good.pt"]
+    with pytest.raises(ValueError):
+        service.reload_sync(tmp_path / "bad.pt")
+    assert service.model_version == "v2"
+    service.close()
+
+
+def test_no_log_mode_answers_without_a_database():
+    service = DialogueService(EchoModel(), sessions=None)
+    reply = service.respond_sync(msg("你好"))
+    assert reply.text == "你说：你好" and reply.exchange_id is None
+    service.close()
+
+
+def test_decode_options_are_passed_and_logged(sessions):
+    seen = {}
+
+    class Recording(EchoModel):
+        def reply_many(self, texts, **options):
+            seen.update(options)
+            return super().reply_many(texts, **options)
+
+    service = make_service(sessions, Recording(), decode_options={"beam_size": 3})
+    service.respond_sync(msg("你好"))
+    service.close()
+    assert seen == {"beam_size": 3}
+    with sessions() as s:
+        [row] = ExchangeRepository(s).search()
+        assert '"beam_size": 3' in row.decode_options and '"strategy": "echo"' in row.decode_options
