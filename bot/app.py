@@ -58,6 +58,8 @@ def build_application(settings: Settings, service: DialogueService) -> Applicati
         .base_url(settings.telegram_base_url)
         .base_file_url(_file_url(settings.telegram_base_url))
         .rate_limiter(limiter)
+        .connection_pool_size(settings.connection_pool_size)
+        .pool_timeout(settings.pool_timeout_s)
         .concurrent_updates(settings.concurrent_updates)
         .post_init(post_init)
         .post_shutdown(post_shutdown)

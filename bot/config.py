@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     max_input_chars: int = Field(default=1000, ge=1)
     typing_delay_s: float = Field(default=0.5, ge=0)  # show "typing..." if a reply takes longer
     concurrent_updates: int = Field(default=64, ge=1)
+    # HTTP connections to the Bot API; requests beyond them wait up to POOL_TIMEOUT_S.
+    connection_pool_size: int = Field(default=16, ge=1)
+    pool_timeout_s: float = Field(default=30.0, gt=0)
 
     # --- outgoing flood limits (PTB's AIORateLimiter; 0 disables a limit) ---
     send_max_rate: float = Field(default=30.0, ge=0)  # requests per second, whole bot

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -350,15 +351,15 @@ class DialogueService:
     ) -> list[Reply]:
         if self.sessions is None:
             return [Reply(reply) for _, _, reply, _ in items]
-        options = self.effective_decode_options(model)
+        options = json.dumps(
+            self.effective_decode_options(model), ensure_ascii=False, sort_keys=True
+        )
         out: list[Reply] = []
         with self.sessions.begin() as session:
-            users, chats, exchanges = (
-                UserRepository(session),
-                ChatRepository(session),
-                ExchangeRepository(session),
-            )
-            for inc, text, reply, latency in items:
+            users, chats = UserRepository(session), ChatRepository(session)
+            users.load(inc.user_id for inc, *_ in items)  # one query; touch() finds them
+            chats.load(inc.chat_id for inc, *_ in items)
+            for inc, *_ in items:
                 users.touch(
                     inc.user_id,
                     username=inc.username,
@@ -366,18 +367,27 @@ class DialogueService:
                     language_code=inc.language_code,
                 )
                 chats.touch(inc.chat_id, type=inc.chat_type, title=inc.chat_title)
-                exchange, created = exchanges.add(
-                    user_id=inc.user_id,
-                    chat_id=inc.chat_id,
-                    message_id=inc.message_id,
-                    user_text=text,
-                    reply_text=reply,
-                    latency_ms=latency,
-                    model_version=model.version,
-                    decode_options=options,
-                    source=inc.source,
-                )
-                if not created:
+            logged = ExchangeRepository(session).add_many(
+                [
+                    {
+                        "user_id": inc.user_id,
+                        "chat_id": inc.chat_id,
+                        "message_id": inc.message_id,
+                        "user_text": text,
+                        "reply_text": reply,
+                        "latency_ms": latency,
+                        "model_version": model.version,
+                        "decode_options": options,
+                        "source": inc.source,
+                    }
+                    for inc, text, reply, latency in items
+                ]
+            )
+            session.flush()
+            for (inc, _, reply, _), (exchange, created) in zip(items, logged, strict=True):
+                if created:
+                    out.append(Reply(reply, exchange.id))
+                else:
                     logger.info(
                         "message %s in chat %s was already answered (exchange %s)",
                         inc.message_id,
@@ -385,9 +395,6 @@ class DialogueService:
                         exchange.id,
                     )
                     out.append(Reply(exchange.reply_text, exchange.id, duplicate=True))
-                else:
-                    session.flush()
-                    out.append(Reply(reply, exchange.id))
         return out
 
     # ----- everything else that touches the database ---------------------------------------------

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, exists, func, or_, select, update
+from sqlalchemy import Select, and_, delete, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -71,6 +71,13 @@ class UserRepository:
     def count(self) -> int:
         return self.session.scalar(select(func.count()).select_from(User)) or 0
 
+    def load(self, user_ids: Iterable[int]) -> dict[int, User]:
+        """The existing users among ``user_ids`` in one query (they stay in the session)."""
+        ids = sorted(set(user_ids))
+        if not ids:
+            return {}
+        return {u.id: u for u in self.session.scalars(select(User).where(User.id.in_(ids)))}
+
     def delete_user_data(self, user_id: int) -> dict[str, int]:
         """Delete everything stored about ``user_id``; returns the rows removed per table."""
         s = self.session
@@ -101,6 +108,13 @@ class ChatRepository:
 
     def __init__(self, session: Session) -> None:
         self.session = session
+
+    def load(self, chat_ids: Iterable[int]) -> dict[int, Chat]:
+        """The existing chats among ``chat_ids`` in one query (they stay in the session)."""
+        ids = sorted(set(chat_ids))
+        if not ids:
+            return {}
+        return {c.id: c for c in self.session.scalars(select(Chat).where(Chat.id.in_(ids)))}
 
     def touch(self, chat_id: int, *, type: str, title: str | None = None) -> Chat:  # noqa: A002
         chat = self.session.get(Chat, chat_id)
@@ -206,7 +220,7 @@ class ExchangeRepository:
         reply_text: str,
         latency_ms: float,
         model_version: str,
-        decode_options: dict[str, Any] | None = None,
+        decode_options: dict[str, Any] | str | None = None,
         source: str = "telegram",
         created_at: datetime | None = None,
     ) -> tuple[Exchange, bool]:
@@ -219,17 +233,17 @@ class ExchangeRepository:
             existing = self.get_by_message(chat_id, message_id)
             if existing is not None:
                 return existing, False
-        exchange = Exchange(
+        exchange = self._new(
             user_id=user_id,
             chat_id=chat_id,
             message_id=message_id,
-            source=source,
             user_text=user_text,
             reply_text=reply_text,
             latency_ms=latency_ms,
             model_version=model_version,
-            decode_options=_json(decode_options or {}),
-            created_at=created_at or utcnow(),
+            decode_options=decode_options,
+            source=source,
+            created_at=created_at,
         )
         try:
             with self.session.begin_nested():
@@ -242,6 +256,66 @@ class ExchangeRepository:
                 raise
             return existing, False
         return exchange, True
+
+    def add_many(self, rows: Sequence[dict[str, Any]]) -> list[tuple[Exchange, bool]]:
+        """Log several exchanges (``add``'s keyword arguments each) with few statements.
+
+        Already-logged messages are returned with ``created=False``. The users and chats must
+        exist. If another process logs one of the same messages meanwhile, the whole call
+        falls back to :meth:`add` one by one, so the outcome is the same.
+        """
+        keys = [(r["chat_id"], r["message_id"]) for r in rows if r.get("message_id") is not None]
+        existing: dict[tuple[int, int], Exchange] = {}
+        if keys:
+            clause = or_(
+                *(and_(Exchange.chat_id == c, Exchange.message_id == m) for c, m in set(keys))
+            )
+            for e in self.session.scalars(select(Exchange).where(clause)):
+                existing[(e.chat_id, e.message_id)] = e  # type: ignore[index]
+        out: list[tuple[Exchange, bool]] = []
+        try:
+            with self.session.begin_nested():
+                for r in rows:
+                    key = (r["chat_id"], r.get("message_id"))
+                    if key in existing:
+                        out.append((existing[key], False))
+                        continue
+                    exchange = self._new(**r)
+                    self.session.add(exchange)
+                    if key[1] is not None:
+                        existing[key] = exchange  # a duplicate within the same batch
+                    out.append((exchange, True))
+        except IntegrityError:
+            return [self.add(**r) for r in rows]
+        return out
+
+    @staticmethod
+    def _new(
+        *,
+        user_id: int,
+        chat_id: int,
+        message_id: int | None,
+        user_text: str,
+        reply_text: str,
+        latency_ms: float,
+        model_version: str,
+        decode_options: dict[str, Any] | str | None = None,
+        source: str = "telegram",
+        created_at: datetime | None = None,
+    ) -> Exchange:
+        options = decode_options if isinstance(decode_options, str) else _json(decode_options or {})
+        return Exchange(
+            user_id=user_id,
+            chat_id=chat_id,
+            message_id=message_id,
+            source=source,
+            user_text=user_text,
+            reply_text=reply_text,
+            latency_ms=latency_ms,
+            model_version=model_version,
+            decode_options=options,
+            created_at=created_at or utcnow(),
+        )
 
     def get(self, exchange_id: int) -> Exchange | None:
         return self.session.get(Exchange, exchange_id)

@@ -681,6 +681,9 @@ def _decode_params(raw: dict[str, str]) -> dict[str, Any]:
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeBotAPI
     protocol_version = "HTTP/1.1"
+    # Headers and body are written separately: without TCP_NODELAY, Nagle's algorithm and the
+    # client's delayed ACK would add ~40 ms to every answer (Telegram has no such delay).
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
         pass

@@ -262,3 +262,25 @@ def test_postgres_url_is_mapped_to_an_installed_driver():
 def test_exchange_model_has_review_columns():
     cols = set(Exchange.__table__.columns.keys())
     assert {"review_status", "edited_reply", "reviewed_by", "reviewed_at"} <= cols
+
+
+def test_add_many_logs_a_batch_once(factory):
+    def row(message_id, reply="r"):
+        return {
+            "user_id": 1,
+            "chat_id": 1,
+            "message_id": message_id,
+            "user_text": f"q{message_id}",
+            "reply_text": reply,
+            "latency_ms": 1.0,
+            "model_version": "v1",
+        }
+
+    with factory.begin() as s:
+        log(s, message_id=1)
+    with factory.begin() as s:
+        out = ExchangeRepository(s).add_many([row(1), row(2), row(2, "again"), row(None)])
+        assert [created for _, created in out] == [False, True, False, True]
+        assert out[0][0].reply_text == "你好呀" and out[2][0] is out[1][0]
+    with factory() as s:
+        assert ExchangeRepository(s).count() == 3
