@@ -7,7 +7,7 @@ runs only on non-padding positions and its weights are tied to the input embeddi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,10 @@ class Seq2SeqConfig:
     enc_layers: int = 1  # stacked bi-GRU layers in the encoder
     dec_layers: int = 1  # stacked GRU layers in the decoder
     dropout: float = 0.1  # on embeddings and on the attentional hidden state
-    tie_embeddings: bool = True  # output layer shares the embedding matrix
+    tie_embeddings: bool = True  # output layer shares the embedding matrix (full softmax only)
+    adaptive_cutoffs: list[int] = field(default_factory=list)  # adaptive softmax clusters
+    # (torch.nn.AdaptiveLogSoftmaxWithLoss); empty = full softmax. Frequent words go in the
+    # head, rare ones in cheaper, lower-dimensional tails: 5-10x less output-layer work.
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,7 +65,13 @@ class Seq2Seq(nn.Module):
         self.attn_key = nn.Linear(H, H, bias=False)  # Luong "general" score: h_t^T W m_s
         self.combine = nn.Linear(2 * H, H)  # [h_t; c_t] -> attentional state
         self.out_proj = nn.Linear(H, E)  # attentional state -> embedding space
-        if cfg.tie_embeddings:
+        self.adaptive: nn.AdaptiveLogSoftmaxWithLoss | None = None
+        if cfg.adaptive_cutoffs:
+            self.adaptive = nn.AdaptiveLogSoftmaxWithLoss(
+                E, cfg.vocab_size, cutoffs=list(cfg.adaptive_cutoffs), div_value=4.0
+            )
+            self.out = None
+        elif cfg.tie_embeddings:
             self.out_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
             self.out = None
         else:
@@ -114,6 +123,8 @@ class Seq2Seq(nn.Module):
         dec_out, _ = self.decoder(self.drop(self.embedding(tgt_in)), hidden)  # (B, T, H)
         states = self.drop(self._attend(dec_out, memory, keys, mask))  # (B, T, H)
         real = tgt_out != PAD_ID  # (B, T)
+        if self.adaptive is not None:
+            return self.adaptive(self.out_proj(states[real]).float(), tgt_out[real]).loss
         logits = self._logits(states[real])  # (N, V): output layer on real tokens only
         return F.cross_entropy(logits.float(), tgt_out[real])
 
@@ -123,6 +134,8 @@ class Seq2Seq(nn.Module):
         """One decoding step for inference. tokens (B,) -> log-probs (B, V), new hidden."""
         dec_out, hidden = self.decoder(self.embedding(tokens)[:, None, :], hidden)  # (B, 1, H)
         state = self._attend(dec_out, memory, keys, mask)[:, 0]  # (B, H)
+        if self.adaptive is not None:
+            return self.adaptive.log_prob(self.out_proj(state).float()), hidden
         return torch.log_softmax(self._logits(state).float(), dim=-1), hidden
 
     def prepare_for_inference(self, *, quantize: bool = False) -> Seq2Seq:
@@ -130,6 +143,8 @@ class Seq2Seq(nn.Module):
         Linear and GRU layers (dynamic quantization: a large CPU speed-up for decoding)."""
         self.eval()
         with torch.no_grad():
+            if self.adaptive is not None:
+                return self._quantize() if quantize else self
             E, V = self.cfg.emb_size, self.cfg.vocab_size
             H = self.cfg.hidden_size
             out = nn.Linear(H, V)
@@ -142,8 +157,19 @@ class Seq2Seq(nn.Module):
                 out.bias.copy_(self.out.weight @ self.out_proj.bias + self.out.bias)
             del E
             self._infer_out = out
-        if quantize:
-            from torch.ao.quantization import quantize_dynamic
+        return self._quantize() if quantize else self
 
-            quantize_dynamic(self, {nn.Linear, nn.GRU}, dtype=torch.qint8, inplace=True)
+    def _quantize(self) -> Seq2Seq:
+        from torch.ao.quantization import quantize_dynamic
+
+        quantize_dynamic(self, {nn.Linear, nn.GRU}, dtype=torch.qint8, inplace=True)
         return self
+
+
+def default_cutoffs(vocab_size: int) -> list[int]:
+    """Adaptive-softmax clusters for a vocabulary: none for small ones."""
+    if vocab_size <= 6000:
+        return []
+    if vocab_size <= 10000:
+        return [2000]
+    return [2000, 8000]

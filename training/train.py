@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from model.seq2seq import Seq2Seq, Seq2SeqConfig
+from model.seq2seq import Seq2Seq, Seq2SeqConfig, default_cutoffs
 from model.vocab import Vocab
 from training.data import BatchSampler, DataError, PairArrays, Source, iter_eval_batches
 
@@ -146,7 +146,9 @@ def train(
         cfg = TrainConfig(
             **{**state["train"]["config"], "steps": cfg.steps, "minutes": cfg.minutes}
         )
-    mcfg = Seq2SeqConfig(vocab_size=len(vocab), **cfg.model)
+    mcfg = Seq2SeqConfig(
+        vocab_size=len(vocab), **{"adaptive_cutoffs": default_cutoffs(len(vocab)), **cfg.model}
+    )
     init = None
     if state is None and cfg.init_from:
         init = load_checkpoint(cfg.init_from)

@@ -1,0 +1,74 @@
+"""Shared fixtures: a tiny corpus, its prepared data and a tiny trained checkpoint."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+
+# A few pairs a tiny model learns by heart in a few hundred steps.
+TINY_PAIRS = [
+    ("你好", "你好,很高兴认识你"),
+    ("你叫什么名字", "我叫闲聊"),
+    ("今天天气怎么样", "今天天气很好"),
+    ("我好累", "早点休息吧"),
+    ("你喜欢什么", "我喜欢聊天"),
+    ("再见", "下次再聊"),
+    ("你会做饭吗", "我只会煮面"),
+    ("晚安", "祝你做个好梦"),
+]
+
+
+def write_tsv(path: Path, pairs) -> Path:
+    path.write_text("".join(f"{q}\t{a}\n" for q, a in pairs), encoding="utf-8")
+    return path
+
+
+def shared_corpus(name: str) -> Path:
+    """A file of ../shared/corpus, or skip: a user's fresh clone has no ../shared."""
+    path = SHARED_CORPUS / name
+    if not path.is_file():
+        pytest.skip(f"{path} not found: the shared corpora exist only in the project workspace")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tsv(tmp_path_factory) -> Path:
+    return write_tsv(tmp_path_factory.mktemp("corpus") / "tiny.tsv", TINY_PAIRS)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory, tiny_tsv) -> Path:
+    from training.prepare import PrepareConfig, prepare
+
+    out = tmp_path_factory.mktemp("data")
+    prepare(
+        [str(tiny_tsv)], out, PrepareConfig(min_freq=1, workers=1, valid_permille=0), progress=False
+    )
+    return out
+
+
+TINY_MODEL = {"emb_size": 48, "hidden_size": 64, "dropout": 0.0}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_data) -> Path:
+    """A tiny model trained until it answers the TINY_PAIRS by heart."""
+    from training.train import TrainConfig, train
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    out = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(
+        steps=300, batch_size=8, lr=1e-2, eval_every=100, log_every=50, model=TINY_MODEL, seed=7
+    )
+    train([(str(tiny_data), 1.0)], out, cfg, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_run) -> Path:
+    """Path to a real, tiny, trained checkpoint (best.pt)."""
+    return tiny_run / "best.pt"

@@ -1,0 +1,103 @@
+import pytest
+import torch
+
+from model.chatbot import FALLBACK_REPLY, ChatBot
+from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+
+def test_round_trip_keeps_everything(tiny_checkpoint, tmp_path):
+    ckpt = load_checkpoint(tiny_checkpoint)
+    assert ckpt["format_version"] == 1
+    assert ckpt["vocab"][:4] == ["<pad>", "<go>", "<eos>", "<unk>"]
+    assert ckpt["tokenizer"]["name"] == "jieba"
+    assert "optimizer" not in ckpt  # only the resumable 'last' checkpoint has it
+    copy = tmp_path / "copy.pt"
+    save_checkpoint(copy, {k: v for k, v in ckpt.items() if k != "format_version"})
+    again = load_checkpoint(copy)
+    assert again["vocab"] == ckpt["vocab"]
+    for k, v in ckpt["state_dict"].items():
+        assert torch.equal(v, again["state_dict"][k])
+    assert not list(tmp_path.glob(".*.tmp"))  # the temp file was renamed away
+    last = load_checkpoint(tiny_checkpoint.parent / "last.pt")
+    assert "optimizer" in last and "resume" in last
+
+
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (lambda p, good: None, "does not exist"),
+        (
+            lambda p, good: p.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2]),
+            "not a readable",
+        ),
+        (lambda p, good: p.write_text("hello, I am a text file"), "not a readable"),
+        (lambda p, good: torch.save({"weights": torch.zeros(2)}, p), "missing"),
+        (lambda p, good: torch.save([1, 2, 3], p), "not a dict"),
+    ],
+    ids=["missing", "truncated", "text", "foreign-dict", "foreign-list"],
+)
+def test_bad_files_give_one_line_errors(tmp_path, tiny_checkpoint, make, fragment):
+    p = tmp_path / "bad.pt"
+    make(p, tiny_checkpoint)
+    with pytest.raises(CheckpointError) as err:
+        ChatBot.load(p)
+    msg = str(err.value)
+    assert fragment in msg and "\n" not in msg and str(p) in msg
+
+
+def test_wrong_version_and_mismatched_vocab(tmp_path, tiny_checkpoint):
+    ckpt = load_checkpoint(tiny_checkpoint)
+    ckpt["format_version"] = 99
+    torch.save(ckpt, tmp_path / "v99.pt")
+    with pytest.raises(CheckpointError, match="format 99"):
+        load_checkpoint(tmp_path / "v99.pt")
+    ckpt = load_checkpoint(tiny_checkpoint)
+    ckpt["vocab"] = ckpt["vocab"][:-1]
+    torch.save(ckpt, tmp_path / "vocab.pt")
+    with pytest.raises(CheckpointError, match="inconsistent"):
+        load_checkpoint(tmp_path / "vocab.pt")
+
+
+def test_pickled_code_is_refused(tmp_path):
+    """weights_only loading: a checkpoint can't run code."""
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps({"format_version": 1, "x": Evil()}))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_tiny_model_answers_what_it_learned(tiny_checkpoint):
+    from conftest import TINY_PAIRS
+
+    bot = ChatBot.load(tiny_checkpoint)
+    for strategy in ("greedy", "beam"):
+        replies = bot.reply_many([q for q, _ in TINY_PAIRS], strategy=strategy)
+        assert replies == [a for _, a in TINY_PAIRS], strategy
+    assert bot.version.startswith("s") and len(bot.version.split("-")[1]) == 8
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "   ", "😀😀😀", "啊" * 10000, "<b>粗体</b> *星* _下划线_", "qwzx 嘿嘿 ☃︎", "\x00\n\t"],
+)
+def test_reply_never_crashes_or_is_empty(tiny_checkpoint, text):
+    bot = ChatBot.load(tiny_checkpoint)
+    for strategy in ("greedy", "beam", "sample"):
+        reply = bot.reply(text, strategy=strategy)
+        assert isinstance(reply, str) and reply.strip()
+    if not text.strip() or text == "\x00\n\t":
+        assert bot.reply(text) == FALLBACK_REPLY
+
+
+def test_quantized_model_gives_the_same_replies(tiny_checkpoint):
+    from conftest import TINY_PAIRS
+
+    bot = ChatBot.load(tiny_checkpoint, quantize=True)
+    got = bot.reply_many([q for q, _ in TINY_PAIRS], strategy="greedy")
+    same = sum(g == a for g, (_, a) in zip(got, TINY_PAIRS, strict=True))
+    assert same >= len(TINY_PAIRS) - 1

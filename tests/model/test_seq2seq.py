@@ -1,0 +1,118 @@
+import torch
+
+from model.decode import DecodeOptions, _banned_by_ngram, batch_inputs, beam_search, decode, greedy
+from model.seq2seq import Seq2Seq, Seq2SeqConfig, default_cutoffs
+from model.vocab import EOS_ID, PAD_ID, UNK_ID
+
+
+def _model(**kw) -> Seq2Seq:
+    torch.manual_seed(0)
+    cfg = Seq2SeqConfig(vocab_size=50, emb_size=16, hidden_size=24, dropout=0.0, **kw)
+    return Seq2Seq(cfg).eval()
+
+
+def test_padding_does_not_change_the_result():
+    """A sequence alone and the same sequence padded inside a batch give the same loss and the
+    same decoder states: masks and packing keep PAD out of everything."""
+    m = _model()
+    q = [5, 6, 7]
+    src, src_len = batch_inputs([q])
+    tgt_in, tgt_out = torch.tensor([[1, 8, 9]]), torch.tensor([[8, 9, EOS_ID]])
+    alone = m(src, src_len, tgt_in, tgt_out)
+    src2, src_len2 = batch_inputs([q, [5, 6, 7, 8, 9, 10, 11]])
+    tgt_in2 = torch.tensor([[1, 8, 9, PAD_ID, PAD_ID], [1, 4, 4, 4, 4]])
+    tgt_out2 = torch.tensor([[8, 9, EOS_ID, PAD_ID, PAD_ID], [PAD_ID] * 5])
+    padded = m(src2, src_len2, tgt_in2, tgt_out2)  # second row is all PAD: ignored by the loss
+    assert torch.allclose(alone, padded, atol=1e-5)
+    mem, keys, mask, h = m.encode(src2, src_len2)
+    assert mask.tolist()[0] == [True] * 3 + [False] * 4
+    mem1, _, _, h1 = m.encode(src, src_len)
+    assert torch.allclose(mem[0, :3], mem1[0], atol=1e-5)
+    assert torch.allclose(h[:, 0], h1[:, 0], atol=1e-5)
+
+
+def test_loss_ignores_pad_and_has_gradients_everywhere():
+    m = _model().train()
+    src, src_len = batch_inputs([[5, 6], [7, 8, 9]])
+    loss = m(
+        src,
+        src_len,
+        torch.tensor([[1, 10, 0], [1, 11, 12]]),
+        torch.tensor([[10, EOS_ID, 0], [11, 12, EOS_ID]]),
+    )
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for n, p in m.named_parameters() if p.requires_grad), [
+        n for n, p in m.named_parameters() if p.grad is None
+    ]
+
+
+def test_adaptive_softmax_step_gives_log_probs():
+    m = _model(adaptive_cutoffs=[10, 30])
+    src, src_len = batch_inputs([[5, 6, 7]])
+    mem, keys, mask, h = m.encode(src, src_len)
+    logp, _ = m.step(torch.tensor([1]), h, mem, keys, mask)
+    assert logp.shape == (1, 50)
+    assert torch.allclose(logp.exp().sum(), torch.tensor(1.0), atol=1e-4)
+    assert default_cutoffs(3000) == [] and default_cutoffs(30000) == [2000, 8000]
+
+
+def test_folded_output_layer_matches_training_logits():
+    m = _model()
+    src, src_len = batch_inputs([[5, 6, 7]])
+    mem, keys, mask, h = m.encode(src, src_len)
+    before, _ = m.step(torch.tensor([1]), h, mem, keys, mask)
+    m.prepare_for_inference()
+    after, _ = m.step(torch.tensor([1]), h, mem, keys, mask)
+    assert torch.allclose(before, after, atol=1e-4)
+
+
+def test_beam_width_one_equals_greedy():
+    for seed in range(3):
+        torch.manual_seed(seed)
+        m = Seq2Seq(Seq2SeqConfig(vocab_size=40, emb_size=16, hidden_size=16, dropout=0.0)).eval()
+        inputs = [[5, 6, 7], [9, 10], [11, 12, 13, 14]]
+        opts = DecodeOptions(strategy="greedy", max_len=12, no_repeat_ngram=0, length_penalty=0.0)
+        g = decode(m, inputs, opts)
+        b = decode(
+            m, inputs, DecodeOptions(**{**opts.to_dict(), "strategy": "beam", "beam_size": 1})
+        )
+        assert g == b
+
+
+def test_beam_finds_at_least_as_likely_replies_as_greedy():
+    torch.manual_seed(1)
+    m = Seq2Seq(Seq2SeqConfig(vocab_size=30, emb_size=16, hidden_size=16, dropout=0.0)).eval()
+    opts = DecodeOptions(max_len=8, no_repeat_ngram=0, length_penalty=0.0, min_len=1)
+    src, src_len = batch_inputs([[5, 6, 7]])
+
+    def logprob(ids):
+        tgt_in = torch.tensor([[1, *ids]])
+        tgt_out = torch.tensor([[*ids, EOS_ID]])
+        return -m(src, src_len, tgt_in, tgt_out).item() * (len(ids) + 1)
+
+    g = greedy(m, src, src_len, opts)[0]
+    best = beam_search(m, src, src_len, DecodeOptions(**{**opts.to_dict(), "beam_size": 5}))[0]
+    if len(g) < opts.max_len:  # greedy finished: beam's best is at least as likely
+        assert logprob(best[0][1]) >= logprob(g) - 1e-4
+
+
+def test_constraints_unk_min_len_and_ngram_blocking():
+    assert sorted(_banned_by_ngram([1, 2, 3, 1], 2)) == [2]
+    assert _banned_by_ngram([1, 2, 3], 3) == []
+    m = _model()
+    with torch.no_grad():  # make UNK and EOS overwhelmingly likely
+        m.out_bias[UNK_ID] = 50.0
+        m.out_bias[EOS_ID] = 40.0
+    for strategy in ("greedy", "beam", "sample"):
+        opts = DecodeOptions(strategy=strategy, min_len=3, max_len=6, seed=0, no_repeat_ngram=1)
+        out = decode(m, [[5, 6]], opts)[0]
+        assert UNK_ID not in out
+        assert len(out) >= 3
+        assert len(set(out)) == len(out)  # no token repeated (1-gram blocking)
+
+
+def test_sampling_is_reproducible_with_a_seed():
+    m = _model()
+    opts = DecodeOptions(strategy="sample", seed=3, temperature=1.5, top_k=0, top_p=1.0)
+    assert decode(m, [[5, 6]], opts) == decode(m, [[5, 6]], opts)

@@ -1,0 +1,87 @@
+from collections import Counter
+
+import pytest
+
+from model.text import Tokenizer, detokenize, normalise
+from model.vocab import EOS_ID, GO_ID, PAD_ID, SPECIALS, UNK_ID, Vocab
+
+
+def test_specials_have_fixed_ids():
+    v = Vocab.build(Counter({"你": 5, "好": 3}), min_freq=1)
+    assert v.itos[:4] == list(SPECIALS)
+    assert (v.stoi["<pad>"], v.stoi["<go>"], v.stoi["<eos>"], v.stoi["<unk>"]) == (
+        PAD_ID,
+        GO_ID,
+        EOS_ID,
+        UNK_ID,
+    )
+
+
+def test_min_freq_and_max_size_and_unk():
+    counts = Counter({"的": 10, "我": 8, "你": 8, "罕见": 1})
+    v = Vocab.build(counts, min_freq=2)
+    assert "罕见" not in v.stoi
+    assert v.encode(["我", "罕见", "的"]) == [v.stoi["我"], UNK_ID, v.stoi["的"]]
+    small = Vocab.build(counts, min_freq=1, max_size=6)
+    assert len(small) == 6
+    assert small.itos[4:] == ["的", "你"]  # most frequent first, ties broken by the word
+
+
+def test_decode_stops_at_eos_and_skips_pad_go():
+    v = Vocab([*SPECIALS, "你", "好"])
+    assert v.decode([GO_ID, 4, PAD_ID, 5, EOS_ID, 4]) == ["你", "好"]
+
+
+def test_vocab_rejects_bad_lists():
+    with pytest.raises(ValueError):
+        Vocab(["a", "b"])
+    with pytest.raises(ValueError):
+        Vocab([*SPECIALS, "a", "a"])
+
+
+def test_normalise():
+    assert normalise("  ＨＥＬＬＯ，世界！ ") == "hello,世界!"
+    assert normalise("你确定吗 我请客") == "你确定吗,我请客"
+    assert normalise("a\u200bb\x00c\n\nd") == "abc d"
+    assert normalise("") == ""
+
+
+def test_detokenize_joins_chinese_without_spaces():
+    assert detokenize(["我", "喜欢", "python", "和", "c", "++"]) == "我喜欢python和c++"
+    assert detokenize(["i", "love", "你"]) == "i love你"
+
+
+def test_tokenize_keeps_unknown_words_and_emoji():
+    tok = Tokenizer(fast=False)
+    assert tok.tokenize("   ") == []
+    toks = tok.tokenize("我爱😀吃🍜")
+    assert "😀" in toks and "🍜" in toks
+    assert "".join(toks) == "我爱😀吃🍜"
+
+
+def test_rjieba_agrees_with_jieba(request):
+    pytest.importorskip("rjieba")
+    from conftest import TINY_PAIRS
+
+    slow, fast = Tokenizer(fast=False), Tokenizer(fast=True)
+    assert fast.backend == "rjieba"
+    lines = [q for q, _ in TINY_PAIRS] + [a for _, a in TINY_PAIRS]
+    lines += ["自然语言处理是人工智能的一个分支", "他来到了网易杭研大厦", "Lyle 外套带了没?"]
+    try:
+        from conftest import shared_corpus
+
+        path = shared_corpus("dgk_subtitle.tsv")
+        with open(path, encoding="utf-8") as f:
+            for i, line in zip(range(3000), f, strict=False):
+                lines.extend(line.rstrip("\n").split("\t"))
+                del i
+    except pytest.skip.Exception:
+        pass
+    assert [slow.tokenize(x) for x in lines] == [fast.tokenize(x) for x in lines]
+
+
+def test_tokenizer_description_round_trip():
+    desc = Tokenizer(fast=False).describe()
+    assert Tokenizer.from_description(desc).describe() == desc
+    with pytest.raises(ValueError):
+        Tokenizer.from_description({**desc, "version": 99})

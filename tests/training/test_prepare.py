@@ -1,0 +1,113 @@
+import json
+
+import numpy as np
+import pytest
+from conftest import TINY_PAIRS, write_tsv
+
+from model.vocab import UNK_ID, Vocab
+from training.corpus import Bad, CorpusError, iter_corpus
+from training.data import PairArrays
+from training.prepare import BoundedCounter, PrepareConfig, prepare
+
+
+def _cfg(**kw):
+    return PrepareConfig(**{"min_freq": 1, "workers": 1, "valid_permille": 0, **kw})
+
+
+def test_broken_lines_are_counted_not_fatal(tmp_path):
+    corpus = tmp_path / "broken.tsv"
+    corpus.write_bytes(
+        "你好\t你好啊\nonly one field\na\tb\tc\n\n".encode()
+        + b"\xff\xfe bad utf8\tx\n"
+        + "   \t空问题\n".encode()
+        + "今天\t天气不错\n".encode()
+        + ("长\t" + "很" * 50 + "\n").encode()
+    )
+    out = tmp_path / "data"
+    stats = prepare([str(corpus)], out, _cfg(max_len=20), progress=False)
+    assert stats.pairs_read == 8
+    assert stats.pairs_written == {"train": 2, "valid": 0}
+    assert stats.bad == {
+        "1 fields instead of 2": 1,
+        "3 fields instead of 2": 1,
+        "blank line": 1,
+        "not UTF-8": 1,
+        "empty question or answer after normalising": 1,
+        "answer longer than 20 tokens": 1,
+    }
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["stats"]["bad"] == stats.bad
+
+
+def test_arrays_round_trip_to_the_segmented_text(tmp_path, tiny_tsv):
+    out = tmp_path / "d"
+    prepare([str(tiny_tsv)], out, _cfg(workers=2), progress=False)  # real worker processes
+    vocab = Vocab((out / "vocab.txt").read_text().rstrip("\n").split("\n"))
+    arrays = PairArrays(out, "train")
+    assert len(arrays) == len(TINY_PAIRS)
+    got = sorted("".join(vocab.decode(arrays.pair(i)[1])) for i in range(len(arrays)))
+    assert got == sorted(a.replace(",", ",") for _, a in TINY_PAIRS)
+
+
+def test_min_freq_maps_rare_words_to_unk_and_valid_split(tmp_path):
+    pairs = [("你好", "你好")] * 50 + [(f"罕见词{i}号", "嗯嗯") for i in range(50)]
+    corpus = write_tsv(tmp_path / "c.tsv", pairs)
+    out = tmp_path / "d"
+    stats = prepare([str(corpus)], out, _cfg(min_freq=3, valid_permille=200), progress=False)
+    vocab = (out / "vocab.txt").read_text().split("\n")
+    assert "你好" in vocab and "罕见词3号" not in vocab
+    assert stats.unk_tokens > 0
+    assert stats.pairs_written["valid"] > 0 and stats.pairs_written["train"] > 0
+    valid = PairArrays(out, "valid")
+    assert len(valid) == stats.pairs_written["valid"]
+    assert len((out / "valid.tsv").read_text().splitlines()) == len(valid)
+    ids = np.concatenate([valid.pair(i)[0] for i in range(len(valid))])
+    train = PairArrays(out, "train")
+    ids = np.concatenate([ids] + [train.pair(i)[0] for i in range(len(train))])
+    assert UNK_ID in ids  # rare words became <unk>, they did not vanish
+
+
+def test_two_file_and_yaml_formats(tmp_path):
+    (tmp_path / "seed").mkdir()
+    (tmp_path / "seed" / "question").write_text("你好\n吃了吗\n", encoding="utf-8")
+    (tmp_path / "seed" / "answer").write_text("你好呀\n吃过了\n多余的一行\n", encoding="utf-8")
+    items = list(iter_corpus(str(tmp_path / "seed")))
+    assert items[:2] == [("你好", "你好呀"), ("吃了吗", "吃过了")]
+    assert isinstance(items[2], Bad)
+    plus = list(iter_corpus(f"{tmp_path}/seed/question+{tmp_path}/seed/answer"))
+    assert plus == items
+    yml = tmp_path / "c.yml"
+    yml.write_text(
+        "categories: [x]\nconversations:\n- - 你好\n  - 嗨\n  - 最近如何\n- - 孤单\n",
+        encoding="utf-8",
+    )
+    items = list(iter_corpus(str(yml)))
+    assert items[:2] == [("你好", "嗨"), ("嗨", "最近如何")]
+    assert isinstance(items[2], Bad)
+
+
+def test_packaged_chatterbot_chinese_corpus():
+    pytest.importorskip("chatterbot_corpus")
+    pairs = [x for x in iter_corpus("chatterbot:chinese") if not isinstance(x, Bad)]
+    assert len(pairs) > 300
+    assert ("你好", "嗨") in pairs
+
+
+def test_missing_corpus_is_a_clear_error(tmp_path):
+    with pytest.raises(CorpusError, match="does not exist"):
+        prepare([str(tmp_path / "nope.tsv")], tmp_path / "d", _cfg(), progress=False)
+    bad_yaml = tmp_path / "x.yml"
+    bad_yaml.write_text("just: a mapping\n")
+    with pytest.raises(CorpusError, match="conversations"):
+        list(iter_corpus(str(bad_yaml)))
+
+
+def test_bounded_counter_keeps_frequent_words_and_stays_bounded():
+    from collections import Counter
+
+    c = BoundedCounter(cap=100)
+    for i in range(50):
+        c.update(Counter({"常见": 3, **{f"rare{i}_{j}": 1 for j in range(20)}}))
+        assert len(c.counts) <= 100
+    assert c.counts["常见"] == 150
+    assert c.prunes > 0
