@@ -1,0 +1,58 @@
+"""The bot and the terminal chat with the real ChatBot on the tiny trained checkpoint."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.bot.support import ADMIN_ID, db_rows
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def checkpoint(request) -> Path:
+    try:
+        return Path(request.getfixturevalue("tiny_checkpoint"))
+    except pytest.FixtureLookupError:
+        pytest.skip("the tiny_checkpoint fixture (tests/conftest.py) is not available yet")
+
+
+def test_bot_answers_with_the_real_model_and_reloads(fake_api, start_bot, db_path, checkpoint):
+    from model.chatbot import ChatBot
+
+    chatbot = ChatBot.load(checkpoint, threads=1)
+    start_bot(chatbot, loader=lambda path: ChatBot.load(path, threads=1), model_path=checkpoint)
+    for text in ("你好", "😀😀😀", "<b>hi</b> *x* _y_"):
+        fake_api.private_text(1001, text)
+    replies = fake_api.wait_sent(1001, 3, timeout=30)
+    assert all(m["text"].strip() for m in replies)
+    rows = db_rows(
+        db_path, "SELECT user_text, reply_text, model_version, decode_options FROM exchanges"
+    )
+    assert len(rows) == 3
+    assert {r[2] for r in rows} == {chatbot.version}
+    assert all(r[1] for r in rows) and all('"beam_size"' in r[3] for r in rows)
+    fake_api.private_text(ADMIN_ID, "/reload")
+    assert chatbot.version in fake_api.wait_sent(ADMIN_ID, 1, timeout=30)[0]["text"]
+
+
+def test_terminal_chat_pipes_one_reply_per_line(tmp_path, checkpoint):
+    result = subprocess.run(
+        [sys.executable, "-m", "xianliao", "chat", str(checkpoint)],
+        input="你好\n\n😀\n你叫什么名字\n",
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": "", "PYTHONPATH": str(ROOT), "DATABASE_URL": f"sqlite:///{tmp_path}/t.db"},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4 and all(line.strip() for line in lines)
+    assert db_rows(tmp_path / "t.db", "SELECT COUNT(*) FROM exchanges WHERE source='terminal'") == [
+        (3,)
+    ]
