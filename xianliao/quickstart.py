@@ -1,0 +1,70 @@
+"""``xianliao quickstart``: the whole product on a fresh machine in one command.
+
+Trains a small model on the Chinese chatterbot-corpus data that pip installed (plus any
+``--corpus`` given) when ``MODEL_PATH`` does not exist yet, then runs the Telegram bot when
+``TELEGRAM_BOT_TOKEN`` is set, else the terminal chat (same service, same logging).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="xianliao quickstart", description=__doc__)
+    p.add_argument("--corpus", action="append", default=[], metavar="CORPUS",
+                   help="extra corpus to train on (repeatable; see 'xianliao prepare --help')")
+    p.add_argument("--minutes", type=float, default=3.0, help="training budget (default 3)")
+    p.add_argument("--steps", type=int, default=3000, help="most training steps (default 3000)")
+    p.add_argument("--retrain", action="store_true", help="train even if MODEL_PATH exists")
+    p.add_argument("--train-only", action="store_true", help="train, then stop (no chat)")
+    p.add_argument("--env-file", default=".env", help="settings file (default: .env)")
+    a = p.parse_args(argv)
+
+    from pydantic import ValidationError
+
+    from bot.config import Settings
+
+    try:
+        settings = Settings(_env_file=a.env_file)
+    except ValidationError as exc:
+        print(f"xianliao quickstart: bad setting: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return 2
+    model_path = Path(settings.model_path)
+    if a.retrain or not model_path.exists():
+        from training.corpus import CorpusError
+        from training.prepare import PrepareConfig, prepare
+        from training.train import TrainConfig, train
+
+        data_dir = Path("data") / "quickstart"
+        corpora = ["chatterbot:chinese", *a.corpus]
+        print(f"Preparing {', '.join(corpora)} -> {data_dir}", file=sys.stderr)
+        try:
+            prepare(corpora, data_dir, PrepareConfig(min_freq=1, valid_permille=20),
+                    progress=False)
+        except (CorpusError, OSError) as exc:
+            print(f"xianliao quickstart: {exc}", file=sys.stderr)
+            return 1
+        print(f"Training a small model for up to {a.minutes:g} minutes -> {model_path.parent} "
+              "(Ctrl+C stops early and keeps the model)", file=sys.stderr)
+        cfg = TrainConfig(steps=a.steps, minutes=a.minutes, batch_size=64, lr=3e-3,
+                          eval_every=250, model={"emb_size": 128, "hidden_size": 256})
+        result = train([(str(data_dir), 1.0)], model_path.parent, cfg)
+        produced = Path(result.checkpoint)
+        if produced.resolve() != model_path.resolve():
+            produced.replace(model_path)
+        print(f"Model ready: {model_path} (validation perplexity {result.best_valid_ppl})",
+              file=sys.stderr)
+    if a.train_only:
+        return 0
+    if settings.token():
+        from bot.app import main as bot_main
+
+        return bot_main(["--env-file", a.env_file])
+    print("TELEGRAM_BOT_TOKEN is not set: opening the terminal chat (put the token in .env "
+          "to run the Telegram bot).", file=sys.stderr)
+    from bot.terminal import main as chat_main
+
+    return chat_main(["--env-file", a.env_file])
