@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
-from telegram import BotCommandScopeChat, BotCommandScopeDefault, Update
+from telegram import Bot, BotCommandScopeChat, BotCommandScopeDefault, Update
 from telegram.error import InvalidToken, NetworkError, TelegramError
 from telegram.ext import AIORateLimiter, Application, ApplicationBuilder
 
@@ -97,6 +98,13 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+async def _check_bot_api(settings: Settings) -> str:
+    """Ask the Bot API who we are (getMe) once, so a bad token or URL fails with one line."""
+    bot = Bot(settings.token() or "", base_url=settings.telegram_base_url)
+    async with bot:
+        return bot.username
+
+
 def main(argv: list[str]) -> int:
     """Entry point of ``xianliao bot``."""
     args = _parse_args(argv)
@@ -118,6 +126,8 @@ def main(argv: list[str]) -> int:
         print(f"xianliao bot: {exc}", file=sys.stderr)
         return 2
     try:
+        username = asyncio.run(_check_bot_api(settings))
+        logger.info("connected to the Bot API as @%s", username)
         application = build_application(settings, service)
         if settings.webhook_url:
             secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None

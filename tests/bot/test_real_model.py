@@ -56,3 +56,51 @@ def test_terminal_chat_pipes_one_reply_per_line(tmp_path, checkpoint):
     assert db_rows(tmp_path / "t.db", "SELECT COUNT(*) FROM exchanges WHERE source='terminal'") == [
         (3,)
     ]
+
+
+def _bot_process(fake_api, tmp_path, checkpoint, token):
+    env = {
+        "PATH": "",
+        "PYTHONPATH": str(ROOT),
+        "TELEGRAM_BOT_TOKEN": token,
+        "TELEGRAM_BASE_URL": fake_api.base_url,
+        "DATABASE_URL": f"sqlite:///{tmp_path}/bot.db",
+        "MODEL_PATH": str(checkpoint),
+        "LOG_LEVEL": "DEBUG",
+        "TORCH_THREADS": "1",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "xianliao", "bot", "--env-file", "/dev/null"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_xianliao_bot_process_runs_and_never_logs_the_token(fake_api, tmp_path, checkpoint):
+    import signal
+
+    from tests.fake_bot_api import TOKEN
+
+    proc = _bot_process(fake_api, tmp_path, checkpoint, TOKEN)
+    try:
+        fake_api.wait_for(lambda: fake_api.calls_of("getUpdates"), timeout=60, what="polling")
+        fake_api.private_text(1001, "你好")
+        assert fake_api.wait_sent(1001, 1, timeout=30)[0]["text"].strip()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert TOKEN not in out and TOKEN.split(":")[1] not in out
+    assert db_rows(tmp_path / "bot.db", "SELECT COUNT(*) FROM exchanges") == [(1,)]
+
+
+def test_a_rejected_token_is_one_line(fake_api, tmp_path, checkpoint):
+    proc = _bot_process(fake_api, tmp_path, checkpoint, "999:wrong-token")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    last = out.strip().splitlines()[-1]
+    assert "rejected TELEGRAM_BOT_TOKEN" in last and "wrong-token" not in out
+    assert "Traceback" not in out
