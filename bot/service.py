@@ -357,8 +357,11 @@ class DialogueService:
         out: list[Reply] = []
         with self.sessions.begin() as session:
             users, chats = UserRepository(session), ChatRepository(session)
-            users.load(inc.user_id for inc, *_ in items)  # one query; touch() finds them
-            chats.load(inc.chat_id for inc, *_ in items)
+            # One query each; holding the rows keeps them in the session for touch() below.
+            known = (
+                users.load(inc.user_id for inc, *_ in items),
+                chats.load(inc.chat_id for inc, *_ in items),
+            )
             for inc, *_ in items:
                 users.touch(
                     inc.user_id,
@@ -384,6 +387,7 @@ class DialogueService:
                 ]
             )
             session.flush()
+            del known
             for (inc, _, reply, _), (exchange, created) in zip(items, logged, strict=True):
                 if created:
                     out.append(Reply(reply, exchange.id))

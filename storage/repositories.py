@@ -10,10 +10,10 @@ import json
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, delete, exists, func, or_, select, update
+from sqlalchemy import Select, delete, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -29,6 +29,8 @@ from storage.models import (
     User,
     utcnow,
 )
+
+LAST_SEEN_RESOLUTION = timedelta(minutes=1)  # users.last_seen_at is refreshed at most this often
 
 
 def _json(value: Any) -> str:
@@ -62,10 +64,16 @@ class UserRepository:
             except IntegrityError:  # another session created it first
                 user = self.session.get(User, user_id, populate_existing=True)
                 assert user is not None
-        user.username = username
-        user.first_name = first_name
-        user.language_code = language_code
-        user.last_seen_at = utcnow()
+        # Write only what changed: most messages come from users seen a moment ago.
+        if user.username != username:
+            user.username = username
+        if user.first_name != first_name:
+            user.first_name = first_name
+        if user.language_code != language_code:
+            user.language_code = language_code
+        now = utcnow()
+        if user.last_seen_at is None or now - user.last_seen_at >= LAST_SEEN_RESOLUTION:
+            user.last_seen_at = now
         return user
 
     def count(self) -> int:
@@ -267,11 +275,15 @@ class ExchangeRepository:
         keys = [(r["chat_id"], r["message_id"]) for r in rows if r.get("message_id") is not None]
         existing: dict[tuple[int, int], Exchange] = {}
         if keys:
-            clause = or_(
-                *(and_(Exchange.chat_id == c, Exchange.message_id == m) for c, m in set(keys))
+            # Two expanding INs (cached, portable), then the exact pairs in Python.
+            wanted = set(keys)
+            stmt = select(Exchange).where(
+                Exchange.chat_id.in_({c for c, _ in wanted}),
+                Exchange.message_id.in_({m for _, m in wanted}),
             )
-            for e in self.session.scalars(select(Exchange).where(clause)):
-                existing[(e.chat_id, e.message_id)] = e  # type: ignore[index]
+            for e in self.session.scalars(stmt):
+                if (e.chat_id, e.message_id) in wanted:
+                    existing[(e.chat_id, e.message_id)] = e  # type: ignore[index]
         out: list[tuple[Exchange, bool]] = []
         try:
             with self.session.begin_nested():
