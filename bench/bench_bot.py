@@ -213,7 +213,6 @@ def main(argv: list[str] | None = None) -> int:
             "MODEL_MAX_BATCH": str(a.max_batch),
             "RATE_LIMIT_MESSAGES": "0",
             "SEND_MAX_RATE": str(a.send_max_rate),
-            "TYPING_DELAY_S": "0.5",
             "LOG_LEVEL": "WARNING",
             "WEBHOOK_URL": "",
         }

@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     rate_limit_messages: int = Field(default=20, ge=0)  # per user per window; 0 disables
     rate_limit_window_s: float = Field(default=60.0, gt=0)
     max_input_chars: int = Field(default=1000, ge=1)
-    typing_delay_s: float = Field(default=0.5, ge=0)  # show "typing..." if a reply takes longer
+    typing_delay_s: float = Field(default=1.0, ge=0)  # show "typing..." if a reply takes longer
     concurrent_updates: int = Field(default=64, ge=1)
     # HTTP connections to the Bot API; requests beyond them wait up to POOL_TIMEOUT_S.
     connection_pool_size: int = Field(default=16, ge=1)

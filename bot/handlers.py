@@ -81,7 +81,7 @@ class BotDeps:
 
     service: DialogueService
     admin_ids: frozenset[int]
-    typing_delay_s: float = 0.5
+    typing_delay_s: float = 1.0
     send_attempts: int = 4
 
 

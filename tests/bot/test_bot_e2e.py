@@ -319,3 +319,30 @@ def test_many_users_are_answered_concurrently(fake_api, start_bot, db_path):
     assert len(model.batches) < 40 and max(model.batches) > 1
     assert count_exchanges(db_path) == 40
     assert time.monotonic() - t0 < 30
+
+
+def test_a_failing_model_gets_an_apology_and_the_bot_keeps_going(fake_api, start_bot, caplog):
+    from bot.handlers import ERROR_TEXT
+
+    class Moody(EchoModel):
+        def reply_many(self, texts, **options):
+            if any("坏" in t for t in texts):
+                raise RuntimeError("the model broke")
+            return super().reply_many(texts, **options)
+
+    start_bot(Moody())
+    fake_api.private_text(USER, "坏")
+    assert fake_api.wait_sent(USER, 1)[0]["text"] == ERROR_TEXT
+    fake_api.private_text(USER, "好")
+    assert fake_api.wait_sent(USER, 2)[1]["text"] == "你说：好"
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.exc_info]
+    assert errors and "the model broke" in str(errors[0].exc_info[1])
+
+
+def test_an_admin_who_never_opened_the_chat_does_not_stop_the_start(fake_api, start_bot):
+    start_bot(admin_user_ids=frozenset({ADMIN_ID, 55555}))
+    fake_api.private_text(USER, "/start")
+    fake_api.wait_sent(USER, 1)
+    scopes = [json.loads(s) for s in fake_api.commands]
+    assert {"type": "chat", "chat_id": ADMIN_ID} in scopes
+    assert {"type": "chat", "chat_id": 55555} not in scopes
