@@ -119,6 +119,8 @@ class RateDecision(Enum):
 class RateLimiter:
     """At most ``limit`` messages per user in any ``window_s`` seconds (sliding window)."""
 
+    MAX_TRACKED = 10_000  # users remembered before idle ones are pruned
+
     def __init__(self, limit: int, window_s: float, clock: Callable[[], float] = time.monotonic):
         self.limit = limit
         self.window_s = window_s
@@ -132,6 +134,8 @@ class RateLimiter:
             return RateDecision.ALLOW
         now = self.clock()
         with self._lock:
+            if len(self._hits) > self.MAX_TRACKED and user_id not in self._hits:
+                self._prune(now)
             hits = self._hits.setdefault(user_id, deque())
             while hits and now - hits[0] >= self.window_s:
                 hits.popleft()
@@ -143,6 +147,12 @@ class RateLimiter:
                 return RateDecision.DROP
             self._told.add(user_id)
             return RateDecision.NOTIFY
+
+    def _prune(self, now: float) -> None:
+        """Drop users with no message inside the window (keeps memory bounded)."""
+        for uid in [u for u, h in self._hits.items() if not h or now - h[-1] >= self.window_s]:
+            del self._hits[uid]
+            self._told.discard(uid)
 
     def forget(self, user_id: int) -> None:
         with self._lock:

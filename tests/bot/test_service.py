@@ -61,6 +61,17 @@ def test_rate_limiter_sliding_window():
     assert RateLimiter(0, 1).check(1) is RateDecision.ALLOW  # 0 disables
 
 
+def test_rate_limiter_forgets_idle_users():
+    now = [0.0]
+    limiter = RateLimiter(5, 10.0, clock=lambda: now[0])
+    limiter.MAX_TRACKED = 100
+    for uid in range(150):
+        limiter.check(uid)
+    now[0] = 20.0
+    limiter.check(1000)
+    assert len(limiter._hits) == 1
+
+
 def test_canned_replies_are_not_logged(sessions):
     service = make_service(sessions, max_input_chars=10)
     assert service.respond_sync(msg("  ")).text == EMPTY_INPUT_REPLY
