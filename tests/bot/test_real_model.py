@@ -40,6 +40,7 @@ def test_bot_answers_with_the_real_model_and_reloads(fake_api, start_bot, db_pat
     assert chatbot.version in fake_api.wait_sent(ADMIN_ID, 1, timeout=30)[0]["text"]
 
 
+@pytest.mark.slow  # a fresh interpreter loading torch: ~5 s
 def test_terminal_chat_pipes_one_reply_per_line(tmp_path, checkpoint):
     result = subprocess.run(
         [sys.executable, "-m", "xianliao", "chat", str(checkpoint)],
@@ -97,6 +98,7 @@ def test_xianliao_bot_process_runs_and_never_logs_the_token(fake_api, tmp_path, 
     assert db_rows(tmp_path / "bot.db", "SELECT COUNT(*) FROM exchanges") == [(1,)]
 
 
+@pytest.mark.slow  # a fresh interpreter loading torch: ~5 s
 def test_a_rejected_token_is_one_line(fake_api, tmp_path, checkpoint):
     proc = _bot_process(fake_api, tmp_path, checkpoint, "999:wrong-token")
     out, _ = proc.communicate(timeout=60)
