@@ -249,6 +249,23 @@ class DialogueService:
             raw = [model.reply(t, **self.decode_options) for t in texts]
         return [fit_message(r if isinstance(r, str) else str(r)) for r in raw]
 
+    def _generate_each(self, model: ReplyModel, texts: Sequence[str]) -> list[str | Exception]:
+        """Like :meth:`_generate`, but a failing batch is retried one message at a time, so
+        one message the model chokes on fails alone (its exception is returned in its place)."""
+        try:
+            return list(self._generate(model, texts))
+        except Exception as exc:
+            if len(texts) == 1:
+                return [exc]
+        logger.warning("the model failed on a batch of %d; answering one at a time", len(texts))
+        out: list[str | Exception] = []
+        for text in texts:
+            try:
+                out.append(self._generate(model, [text])[0])
+            except Exception as exc:  # reported to the caller of respond()
+                out.append(exc)
+        return out
+
     def reload_sync(self, path: Path | None = None) -> str:
         """Load the checkpoint again and swap it in atomically; returns the new version.
 
@@ -321,23 +338,24 @@ class DialogueService:
                 if not batch:
                     continue
                 model = self._model
-                try:
-                    replies = await loop.run_in_executor(
-                        self._model_pool, self._generate, model, [p.text for p in batch]
-                    )
-                except Exception as exc:
-                    logger.exception("the model failed on a batch of %d messages", len(batch))
-                    for p in batch:
-                        if not p.future.done():
-                            p.future.set_exception(exc)
-                    continue
+                outcomes = await loop.run_in_executor(
+                    self._model_pool, self._generate_each, model, [p.text for p in batch]
+                )
                 now = time.monotonic()
-                items = [
-                    (p.incoming, p.text, r, (now - p.incoming.received_at) * 1000.0)
-                    for p, r in zip(batch, replies, strict=True)
-                ]
+                items, answered = [], []
+                for p, outcome in zip(batch, outcomes, strict=True):
+                    if isinstance(outcome, BaseException):
+                        if not p.future.done():
+                            p.future.set_exception(outcome)
+                        continue
+                    items.append(
+                        (p.incoming, p.text, outcome, (now - p.incoming.received_at) * 1000)
+                    )
+                    answered.append(p)
+                if not items:
+                    continue
                 # Log on the database thread while the model starts on the next batch.
-                task = loop.create_task(self._finish(model, batch, items))
+                task = loop.create_task(self._finish(model, answered, items))
                 self._inflight.add(task)
                 task.add_done_callback(self._inflight.discard)
 

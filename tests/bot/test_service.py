@@ -130,10 +130,18 @@ def test_model_failure_reaches_the_caller_and_the_service_keeps_working(sessions
         with pytest.raises(RuntimeError):
             await service.respond(msg("炸", message_id=1))
         ok = await service.respond(msg("好", message_id=2))
+        # In one batch, only the message the model fails on fails.
+        together = await asyncio.gather(
+            service.respond(msg("炸", user_id=2, message_id=3)),
+            service.respond(msg("行", user_id=3, message_id=4)),
+            return_exceptions=True,
+        )
         await service.aclose()
-        return ok
+        return ok, together
 
-    assert asyncio.run(scenario()).text == "你说：好"
+    ok, together = asyncio.run(scenario())
+    assert ok.text == "你说：好"
+    assert isinstance(together[0], RuntimeError) and together[1].text == "你说：行"
     service.close()
 
 
