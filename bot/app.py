@@ -131,6 +131,10 @@ def main(argv: list[str]) -> int:
         application = build_application(settings, service)
         if settings.webhook_url:
             secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+            if secret is None:
+                logger.warning(
+                    "WEBHOOK_SECRET is not set: anyone who finds the URL can post updates"
+                )
             path = urlsplit(settings.webhook_url).path.lstrip("/")
             logger.info(
                 "webhook mode: listening on %s:%d/%s",
