@@ -35,6 +35,11 @@ def clean_env(monkeypatch, tmp_path):
     for name in ENV_NAMES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)  # no stray .env
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers  # main() configures logging; undo it for the next tests
+    root.setLevel(level)
 
 
 def test_settings_from_env_file(tmp_path):
@@ -163,3 +168,38 @@ def test_storage_imports_only_sqlalchemy_and_stdlib():
             for name in names:
                 root = name.split(".")[0]
                 assert root in allowed_roots or root in sys.stdlib_module_names, (path, name)
+
+
+@pytest.mark.parametrize("webhook", [False, True])
+def test_bot_main_wires_polling_or_webhook(monkeypatch, tmp_path, webhook):
+    import bot.app as app_module
+
+    calls = {}
+
+    async def fake_check(settings):
+        return "xianliao_test_bot"
+
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "1:abc")
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/x.db")
+    if webhook:
+        monkeypatch.setenv("WEBHOOK_URL", "https://bot.example.com/hooks/xianliao")
+        monkeypatch.setenv("WEBHOOK_SECRET", "s3")
+        monkeypatch.setenv("WEBHOOK_PORT", "9443")
+    monkeypatch.setattr(
+        app_module, "create_service", lambda s: DialogueService(EchoModel(), sessions=None)
+    )
+    monkeypatch.setattr(app_module, "_check_bot_api", fake_check)
+    monkeypatch.setattr(
+        app_module.Application, "run_polling", lambda self, **kw: calls.update(polling=kw)
+    )
+    monkeypatch.setattr(
+        app_module.Application, "run_webhook", lambda self, **kw: calls.update(webhook=kw)
+    )
+    assert app_module.main([]) == 0
+    if webhook:
+        kw = calls["webhook"]
+        assert kw["url_path"] == "hooks/xianliao" and kw["port"] == 9443
+        assert kw["secret_token"] == "s3" and kw["listen"] == "127.0.0.1"
+        assert kw["webhook_url"] == "https://bot.example.com/hooks/xianliao"
+    else:
+        assert "polling" in calls and "webhook" not in calls
