@@ -56,10 +56,17 @@ def chat_loop(service: DialogueService, stdin: TextIO, stdout: TextIO, interacti
             f"闲聊 ({service.model_version}) — 输入消息后回车，/quit 退出。Type /quit to leave.",
             file=stdout,
         )
+    use_input = interactive and stdin is sys.stdin and stdout is sys.stdout  # line editing
     while True:
-        if interactive:
-            print("你> ", end="", file=stdout, flush=True)
-        line = stdin.readline()
+        if use_input:
+            try:
+                line = input("你> ") + "\n"
+            except EOFError:
+                line = ""
+        else:
+            if interactive:
+                print("你> ", end="", file=stdout, flush=True)
+            line = stdin.readline()
         if not line:  # EOF
             if interactive:
                 print(file=stdout)
