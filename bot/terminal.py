@@ -8,6 +8,7 @@ Exchanges are logged like the bot's (as the local user 0) unless ``--no-log``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -98,8 +99,12 @@ def main(argv: list[str]) -> int:
     except StartupError as exc:
         print(f"xianliao chat: {exc}", file=sys.stderr)
         return 2
+    interactive = sys.stdin.isatty()
+    if interactive:
+        with contextlib.suppress(ImportError):
+            import readline  # noqa: F401 - arrow keys and history for input()
     try:
-        chat_loop(service, sys.stdin, sys.stdout, interactive=sys.stdin.isatty())
+        chat_loop(service, sys.stdin, sys.stdout, interactive=interactive)
     except KeyboardInterrupt:
         print(file=sys.stdout)
     finally:
