@@ -179,6 +179,10 @@ def fit_message(text: str, limit: int = TELEGRAM_MAX_CHARS) -> str:
     return text or FALLBACK_REPLY
 
 
+# (message, text given to the model, reply, latency in ms, the model that answered)
+_Answered = tuple[Incoming, str, str, float, ReplyModel]
+
+
 @dataclass
 class _Pending:
     incoming: Incoming
@@ -219,7 +223,8 @@ class DialogueService:
         self._queue: deque[_Pending] = deque()
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._log_queue: deque[tuple[list[_Pending], list[_Answered]]] = deque()
+        self._log_worker: asyncio.Task[None] | None = None
         self._reload_lock = threading.Lock()
 
     # ----- the model ---------------------------------------------------------------------------
@@ -305,7 +310,7 @@ class DialogueService:
         model = self._model
         reply = self._generate(model, [text])[0]
         latency = (time.monotonic() - incoming.received_at) * 1000.0
-        return self._log_batch(model, [(incoming, text, reply, latency)])[0]
+        return self._log_batch([(incoming, text, reply, latency, model)])[0]
 
     async def respond(self, incoming: Incoming) -> Reply:
         """Answer and log one message without blocking the event loop."""
@@ -349,39 +354,46 @@ class DialogueService:
                             p.future.set_exception(outcome)
                         continue
                     items.append(
-                        (p.incoming, p.text, outcome, (now - p.incoming.received_at) * 1000)
+                        (p.incoming, p.text, outcome, (now - p.incoming.received_at) * 1000, model)
                     )
                     answered.append(p)
                 if not items:
                     continue
                 # Log on the database thread while the model starts on the next batch.
-                task = loop.create_task(self._finish(model, answered, items))
-                self._inflight.add(task)
-                task.add_done_callback(self._inflight.discard)
+                self._log_queue.append((answered, items))
+                if self._log_worker is None or self._log_worker.done():
+                    self._log_worker = loop.create_task(self._log_run(), name="xianliao-log")
 
-    async def _finish(self, model: ReplyModel, batch: list[_Pending], items: list) -> None:
-        try:
-            results = await asyncio.get_running_loop().run_in_executor(
-                self._db_pool, self._log_batch, model, items
-            )
-        except Exception as exc:
-            logger.exception("could not log %d exchanges", len(items))
-            for p in batch:
+    async def _log_run(self) -> None:
+        """Log what the model answered; everything queued meanwhile goes in one transaction."""
+        loop = asyncio.get_running_loop()
+        while self._log_queue:
+            groups = list(self._log_queue)
+            self._log_queue.clear()
+            pending = [p for batch, _ in groups for p in batch]
+            items = [item for _, batch_items in groups for item in batch_items]
+            try:
+                results = await loop.run_in_executor(self._db_pool, self._log_batch, items)
+            except Exception as exc:
+                logger.exception("could not log %d exchanges", len(items))
+                for p in pending:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            for p, result in zip(pending, results, strict=True):
                 if not p.future.done():
-                    p.future.set_exception(exc)
-            return
-        for p, result in zip(batch, results, strict=True):
-            if not p.future.done():
-                p.future.set_result(result)
+                    p.future.set_result(result)
 
-    def _log_batch(
-        self, model: ReplyModel, items: list[tuple[Incoming, str, str, float]]
-    ) -> list[Reply]:
+    def _log_batch(self, items: list[_Answered]) -> list[Reply]:
+        """Log answered messages in one transaction; redelivered ones get the stored reply."""
         if self.sessions is None:
-            return [Reply(reply) for _, _, reply, _ in items]
-        options = json.dumps(
-            self.effective_decode_options(model), ensure_ascii=False, sort_keys=True
-        )
+            return [Reply(reply) for _, _, reply, _, _ in items]
+        options: dict[int, str] = {}
+        for *_, model in items:
+            if id(model) not in options:
+                options[id(model)] = json.dumps(
+                    self.effective_decode_options(model), ensure_ascii=False, sort_keys=True
+                )
         out: list[Reply] = []
         with self.sessions.begin() as session:
             users, chats = UserRepository(session), ChatRepository(session)
@@ -408,15 +420,15 @@ class DialogueService:
                         "reply_text": reply,
                         "latency_ms": latency,
                         "model_version": model.version,
-                        "decode_options": options,
+                        "decode_options": options[id(model)],
                         "source": inc.source,
                     }
-                    for inc, text, reply, latency in items
+                    for inc, text, reply, latency, model in items
                 ]
             )
             session.flush()
             del known
-            for (inc, _, reply, _), (exchange, created) in zip(items, logged, strict=True):
+            for (inc, _, reply, _, _), (exchange, created) in zip(items, logged, strict=True):
                 if created:
                     out.append(Reply(reply, exchange.id))
                 else:
@@ -522,8 +534,8 @@ class DialogueService:
 
     async def aclose(self) -> None:
         """Stop the worker; answers still in flight are finished first (bounded by the pools)."""
-        if self._inflight:
-            await asyncio.gather(*self._inflight, return_exceptions=True)
+        while self._log_worker is not None and not self._log_worker.done():
+            await asyncio.gather(self._log_worker, return_exceptions=True)
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
