@@ -432,6 +432,9 @@ async def reload_model(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
 
 async def error_handler(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Log every handler error with its traceback; tell the user something went wrong."""
+    if isinstance(context.error, Forbidden):  # the user blocked the bot or left the chat
+        logger.info("cannot write to a chat any more: %s", context.error)
+        return
     logger.error("error while handling an update", exc_info=context.error)
     if isinstance(update, Update) and update.message is not None:
         with contextlib.suppress(TelegramError, KeyError):
