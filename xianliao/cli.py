@@ -20,6 +20,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": ("training.cli", "eval_main", "evaluate a checkpoint on a TSV file"),
     "chat": ("bot.terminal", "main", "chat with a checkpoint in the terminal"),
     "bot": ("bot.app", "main", "run the Telegram bot"),
+    "review": ("bot.review_cli", "main", "list, approve, edit and export logged exchanges"),
+    "retrain": ("xianliao.retrain_cli", "retrain_main", "retrain on approved logged exchanges"),
+    "promote": ("xianliao.retrain_cli", "promote_main", "put a checkpoint live (forced)"),
+    "rollback": ("xianliao.retrain_cli", "rollback_main", "put the previous model back"),
     "quickstart": ("xianliao.quickstart", "main", "train a small model if none exists, then chat"),
 }
 

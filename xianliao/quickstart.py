@@ -14,8 +14,13 @@ from pathlib import Path
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="xianliao quickstart", description=__doc__)
-    p.add_argument("--corpus", action="append", default=[], metavar="CORPUS",
-                   help="extra corpus to train on (repeatable; see 'xianliao prepare --help')")
+    p.add_argument(
+        "--corpus",
+        action="append",
+        default=[],
+        metavar="CORPUS",
+        help="extra corpus to train on (repeatable; see 'xianliao prepare --help')",
+    )
     p.add_argument("--minutes", type=float, default=3.0, help="training budget (default 3)")
     p.add_argument("--steps", type=int, default=3000, help="most training steps (default 3000)")
     p.add_argument("--retrain", action="store_true", help="train even if MODEL_PATH exists")
@@ -42,29 +47,42 @@ def main(argv: list[str]) -> int:
         corpora = ["chatterbot:chinese", *a.corpus]
         print(f"Preparing {', '.join(corpora)} -> {data_dir}", file=sys.stderr)
         try:
-            prepare(corpora, data_dir, PrepareConfig(min_freq=1, valid_permille=20),
-                    progress=False)
+            prepare(corpora, data_dir, PrepareConfig(min_freq=1, valid_permille=20), progress=False)
         except (CorpusError, OSError) as exc:
             print(f"xianliao quickstart: {exc}", file=sys.stderr)
             return 1
-        print(f"Training a small model for up to {a.minutes:g} minutes -> {model_path.parent} "
-              "(Ctrl+C stops early and keeps the model)", file=sys.stderr)
-        cfg = TrainConfig(steps=a.steps, minutes=a.minutes, batch_size=64, lr=3e-3,
-                          eval_every=250, model={"emb_size": 128, "hidden_size": 256})
+        print(
+            f"Training a small model for up to {a.minutes:g} minutes -> {model_path.parent} "
+            "(Ctrl+C stops early and keeps the model)",
+            file=sys.stderr,
+        )
+        cfg = TrainConfig(
+            steps=a.steps,
+            minutes=a.minutes,
+            batch_size=64,
+            lr=3e-3,
+            eval_every=250,
+            model={"emb_size": 128, "hidden_size": 256},
+        )
         result = train([(str(data_dir), 1.0)], model_path.parent, cfg)
         produced = Path(result.checkpoint)
         if produced.resolve() != model_path.resolve():
             produced.replace(model_path)
-        print(f"Model ready: {model_path} (validation perplexity {result.best_valid_ppl})",
-              file=sys.stderr)
+        print(
+            f"Model ready: {model_path} (validation perplexity {result.best_valid_ppl})",
+            file=sys.stderr,
+        )
     if a.train_only:
         return 0
     if settings.token():
         from bot.app import main as bot_main
 
         return bot_main(["--env-file", a.env_file])
-    print("TELEGRAM_BOT_TOKEN is not set: opening the terminal chat (put the token in .env "
-          "to run the Telegram bot).", file=sys.stderr)
+    print(
+        "TELEGRAM_BOT_TOKEN is not set: opening the terminal chat (put the token in .env "
+        "to run the Telegram bot).",
+        file=sys.stderr,
+    )
     from bot.terminal import main as chat_main
 
     return chat_main(["--env-file", a.env_file])

@@ -1,0 +1,245 @@
+"""Retraining from logged exchanges, promotion and rollback, at tiny scale."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import TINY_PAIRS
+
+from model.chatbot import ChatBot
+from model.checkpoint import file_digest
+from storage.db import init_schema, make_engine, session_factory
+from storage.repositories import (
+    ChatRepository,
+    ExchangeRepository,
+    PromotionRepository,
+    TrainingRunRepository,
+    UserRepository,
+)
+from training.retrain import RetrainConfig, RetrainError, export_logged_pairs, promote, retrain
+from training.retrain import rollback as do_rollback
+
+EDITED = "我喜欢聊天"  # words the tiny vocabulary knows
+
+
+def _log(db_url, rows):
+    """rows: (question, reply, status, edited) -> exchange ids."""
+    engine = make_engine(db_url)
+    init_schema(engine)
+    ids = []
+    with session_factory(engine)() as s:
+        UserRepository(s).touch(42, username="u", first_name="U")
+        ChatRepository(s).touch(42, type="private")
+        repo = ExchangeRepository(s)
+        for i, (q, r, status, edited) in enumerate(rows):
+            ex, _ = repo.add(
+                user_id=42,
+                chat_id=42,
+                message_id=i + 1,
+                user_text=q,
+                reply_text=r,
+                latency_ms=5.0,
+                model_version="s1-x",
+            )
+            s.flush()
+            if status != "pending":
+                repo.set_review_status(ex.id, status, reviewer=1)
+            if edited:
+                repo.set_edited_reply(ex.id, edited, reviewer=1)
+            ids.append(ex.id)
+        s.commit()
+    engine.dispose()
+    return ids
+
+
+@pytest.fixture
+def live(tmp_path, tiny_checkpoint):
+    path = tmp_path / "model" / "live.pt"
+    path.parent.mkdir()
+    shutil.copy(tiny_checkpoint, path)
+    return path
+
+
+def test_export_streams_approved_deduplicated_and_filtered(tmp_path):
+    db = f"sqlite:///{tmp_path}/chat.db"
+    _log(
+        db,
+        [
+            ("你好", "嗯", "approved", EDITED),
+            ("你好", "嗯", "approved", EDITED),  # duplicate pair
+            ("再见", "拜拜", "rejected", None),
+            ("晚安", "好梦", "pending", None),
+            ("坏词在这里", "不好", "approved", None),
+            ("长" * 300, "太长", "approved", None),
+        ],
+    )
+    out = tmp_path / "logged.tsv"
+    stats = export_logged_pairs(db, out, blocklist=["坏词"])
+    assert out.read_text(encoding="utf-8").splitlines() == [f"你好\t{EDITED}"]
+    assert stats == {"rows": 3, "written": 1, "too_short": 0, "too_long": 1, "blocked": 1}
+    export_logged_pairs(db, out, statuses=["approved", "pending"], blocklist=["坏词"])
+    assert sorted(out.read_text(encoding="utf-8").splitlines()) == [f"你好\t{EDITED}", "晚安\t好梦"]
+
+
+def test_retrain_learns_the_edited_answer_then_promote_and_rollback(tmp_path, live, tiny_data):
+    db = f"sqlite:///{tmp_path}/chat.db"
+    _log(db, [("你好", "随便说的", "approved", EDITED), ("晚安", "嗯", "rejected", None)])
+    live_digest = file_digest(live)
+    cfg = RetrainConfig(
+        database_url=db,
+        model_path=str(live),
+        base_data=str(tiny_data),
+        out_dir=str(tmp_path / "rt"),
+        log_weight=1.0,
+        steps=150,
+        batch_size=8,
+        lr=1e-2,
+    )
+    report = retrain(cfg)
+    assert report["export"]["written"] == 1
+    assert file_digest(live) == live_digest  # nothing goes live before promotion
+    candidate = ChatBot.load(report["candidate"])
+    assert candidate.reply("你好", strategy="greedy") == EDITED
+    cmp_ = report["comparison"]
+    assert set(cmp_["live"]) >= {"logged", "version"}  # tiny_data has no valid split
+    assert len(cmp_["side_by_side"]) >= 10 and isinstance(cmp_["not_worse"], bool)
+    assert ChatBot.load(live).reply("你好", strategy="greedy") == TINY_PAIRS[0][1]
+
+    info = promote(report["candidate"], live, db, promoted_by=1, forced=True)
+    assert ChatBot.load(live).reply("你好", strategy="greedy") == EDITED
+    assert file_digest(info["previous"]) == live_digest
+    back = do_rollback(live, db, promoted_by=1)
+    assert file_digest(live) == live_digest
+    assert back["checkpoint"] == info["previous"]
+    engine = make_engine(db)
+    with session_factory(engine)() as s:
+        rows = PromotionRepository(s).recent()
+        assert [r.forced for r in rows] == [True, True] and rows[1].promoted_by == 1
+    engine.dispose()
+
+
+def test_corrupt_candidate_is_never_promoted(tmp_path, live):
+    db = f"sqlite:///{tmp_path}/chat.db"
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(live.read_bytes()[:1000])
+    digest = file_digest(live)
+    with pytest.raises(RetrainError, match="not promoted"):
+        promote(bad, live, db, promoted_by=1, forced=True)
+    assert file_digest(live) == digest
+    with pytest.raises(RetrainError, match="nothing to roll back"):
+        do_rollback(live, db, promoted_by=1)
+
+
+def test_nothing_approved_is_a_clear_error(tmp_path, live, tiny_data):
+    db = f"sqlite:///{tmp_path}/chat.db"
+    _log(db, [("你好", "嗯", "pending", None)])
+    cfg = RetrainConfig(
+        database_url=db,
+        model_path=str(live),
+        base_data=str(tiny_data),
+        out_dir=str(tmp_path / "rt"),
+        steps=5,
+    )
+    with pytest.raises(RetrainError, match="approve"):
+        retrain(cfg)
+
+
+def _cli(tmp_path, live, tiny_data, db, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "xianliao",
+        "retrain",
+        "--env-file",
+        "/dev/null",
+        "--database-url",
+        db,
+        "--model",
+        str(live),
+        "--base",
+        str(tiny_data),
+        "--batch-size",
+        "8",
+        "--lr",
+        "0.01",
+        "--threads",
+        "1",
+        *extra,
+    ]
+
+
+def test_killed_run_leaves_the_live_model_and_is_marked_failed(tmp_path, live, tiny_data):
+    db = f"sqlite:///{tmp_path}/chat.db"
+    _log(db, [("你好", "随便", "approved", EDITED)])
+    digest = file_digest(live)
+    progress = tmp_path / "progress.jsonl"
+    proc = subprocess.Popen(
+        _cli(
+            tmp_path,
+            live,
+            tiny_data,
+            db,
+            "--steps",
+            "100000",
+            "--out",
+            str(tmp_path / "k"),
+            "--progress-jsonl",
+            str(progress),
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    deadline = time.monotonic() + 120
+    while not (progress.exists() and progress.read_text().strip()):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    # A second run while the first is alive is refused.
+    second = subprocess.run(
+        _cli(tmp_path, live, tiny_data, db, "--steps", "5"),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert second.returncode == 1 and "one run at a time" in second.stderr
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert file_digest(live) == digest
+    # The next run notices the dead one, marks it failed, and runs (promotion forced).
+    ok = subprocess.run(
+        _cli(
+            tmp_path,
+            live,
+            tiny_data,
+            db,
+            "--steps",
+            "120",
+            "--weight",
+            "1",
+            "--promote",
+            "force",
+            "--out",
+            str(tmp_path / "ok"),
+        ),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert ok.returncode == 0, ok.stderr
+    result = json.loads(ok.stdout.strip().splitlines()[-1])
+    assert result["promoted"] is True
+    assert ChatBot.load(live).reply("你好", strategy="greedy") == EDITED
+    engine = make_engine(db)
+    with session_factory(engine)() as s:
+        runs = {r.id: r for r in TrainingRunRepository(s).recent()}
+        assert runs[1].status == "failed" and "ended" in runs[1].log
+        assert len(runs) == 2  # the refused run left no row
+        assert runs[2].status == "succeeded" and json.loads(runs[2].metrics)["promoted"]
+    engine.dispose()

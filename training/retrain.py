@@ -1,0 +1,400 @@
+"""Retraining from logged conversations, evaluation against the live model, promotion.
+
+``retrain`` runs in its own process (``xianliao retrain``, started by an admin from the command
+line or by the bot's ``/retrain``), never on the bot's event loop:
+
+1. export the logged exchanges straight from the database (any SQLAlchemy URL), streamed and
+   deduplicated in SQL, by default only approved ones, the edited answer replacing the logged
+   reply, with length and blocklist filters;
+2. prepare them with the live model's vocabulary (``finetune``: new words map to <unk>) or
+   rebuild the vocabulary over base corpus + logs (``scratch``);
+3. train on the base data mixed with the logs by weight, so the model does not forget;
+4. compare the new checkpoint with the live one on held-out pairs and a fixed probe set.
+
+``promote`` copies a checkpoint over ``MODEL_PATH`` atomically after checking that it loads,
+archives the one it replaces, and records the promotion; ``rollback`` puts the previous one back.
+The bot notices the file changed and swaps models between two messages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+# Everyday questions every candidate model answers side by side with the live one.
+PROBE_QUESTIONS = (
+    "你好",
+    "你叫什么名字",
+    "今天天气怎么样",
+    "我好累",
+    "你吃饭了吗",
+    "你喜欢什么",
+    "晚安",
+    "你在干什么",
+    "我很无聊",
+    "你是谁",
+    "我们去看电影吧",
+    "你多大了",
+)
+
+
+class RetrainError(Exception):
+    """A retraining step that cannot go on; the message says what to do."""
+
+
+@dataclass
+class RetrainConfig:
+    database_url: str  # where the logged exchanges are
+    model_path: str  # the live checkpoint (MODEL_PATH)
+    base_data: str  # prepared base corpus (for finetune: prepared with the live vocabulary)
+    out_dir: str  # this run's folder
+    mode: str = "finetune"  # "finetune" the live model, or "scratch" with a rebuilt vocabulary
+    base_corpus: list[str] = field(default_factory=list)  # raw base corpora (scratch mode)
+    log_weight: float = 0.3  # sampling weight of logged pairs; the base corpus weighs 1.0
+    statuses: tuple[str, ...] = ("approved",)  # review statuses to learn from
+    min_chars: int = 1  # shortest question/answer kept
+    max_chars: int = 200  # longest question/answer kept
+    blocklist: list[str] = field(default_factory=list)  # drop pairs containing any of these
+    steps: int = 2000
+    minutes: float | None = None
+    batch_size: int = 64
+    lr: float | None = None  # default: 3e-4 when fine-tuning, 1e-3 from scratch
+    eval_limit: int = 300  # held-out pairs per evaluation set
+    tolerance: float = 0.05  # "not worse": new perplexity <= live perplexity * (1 + tolerance)
+    seed: int = 1234
+
+
+def export_logged_pairs(
+    database_url: str,
+    out_tsv: str | os.PathLike,
+    *,
+    statuses: Iterable[str] = ("approved",),
+    min_chars: int = 1,
+    max_chars: int = 200,
+    blocklist: Iterable[str] = (),
+) -> dict[str, int]:
+    """Stream logged (question, answer) pairs into a corpus TSV. Duplicates are removed by the
+    database (SELECT DISTINCT), so memory stays bounded however many rows there are."""
+    from sqlalchemy import func, select
+
+    from storage.db import init_schema, make_engine, read_only_engine, session_factory
+    from storage.models import Exchange
+
+    engine = make_engine(database_url)
+    try:
+        init_schema(engine)
+        statuses = list(statuses)
+        answer = func.coalesce(Exchange.edited_reply, Exchange.reply_text)
+        stmt = (
+            select(Exchange.user_text, answer)
+            .where(Exchange.review_status.in_(statuses))
+            .distinct()
+        )
+        blocked = [b for b in blocklist if b]
+        stats = {"rows": 0, "written": 0, "too_short": 0, "too_long": 0, "blocked": 0}
+        ro = read_only_engine(engine)
+        with session_factory(ro)() as session, open(out_tsv, "w", encoding="utf-8") as f:
+            result = session.execute(stmt.execution_options(yield_per=1000))
+            for question, reply in result:
+                stats["rows"] += 1
+                q = " ".join(question.split())
+                a = " ".join(reply.split())
+                if min(len(q), len(a)) < min_chars:
+                    stats["too_short"] += 1
+                elif max(len(q), len(a)) > max_chars:
+                    stats["too_long"] += 1
+                elif any(b in q or b in a for b in blocked):
+                    stats["blocked"] += 1
+                else:
+                    f.write(f"{q}\t{a}\n")
+                    stats["written"] += 1
+    finally:
+        engine.dispose()
+    return stats
+
+
+def _describe_model(bot, tsvs: dict[str, str], limit: int) -> dict:
+    from model.decode import DecodeOptions
+    from training.evaluate import evaluate
+
+    out: dict = {"version": bot.version}
+    for name, tsv in tsvs.items():
+        report, _ = evaluate(
+            bot, tsv, limit=limit, options=DecodeOptions(**{**bot.options.to_dict(), "seed": 0})
+        )
+        out[name] = {
+            "perplexity": report.perplexity,
+            "distinct_2": report.distinct_2,
+            "generic_share": report.generic_share,
+        }
+    out["probes"] = bot.reply_many(list(PROBE_QUESTIONS), seed=0)
+    return out
+
+
+def compare(
+    live_path: str,
+    new_path: str,
+    tsvs: dict[str, str],
+    *,
+    limit: int = 300,
+    tolerance: float = 0.05,
+) -> dict:
+    """Evaluate both checkpoints on the same held-out sets and probes; decide if the new one is
+    not worse: perplexity within ``tolerance`` on every set, generic share up by at most 5
+    points and distinct-2 down by at most 5 points on the base set."""
+    from model.chatbot import ChatBot
+
+    tsvs = {k: v for k, v in tsvs.items() if Path(v).is_file() and Path(v).stat().st_size}
+    live = _describe_model(ChatBot.load(live_path), tsvs, limit)
+    new = _describe_model(ChatBot.load(new_path), tsvs, limit)
+    reasons = []
+    for name in tsvs:
+        lp, np_ = live[name]["perplexity"], new[name]["perplexity"]
+        if np_ > lp * (1 + tolerance):
+            reasons.append(f"{name} perplexity {np_:.1f} > {lp:.1f}")
+    if "base" in tsvs:
+        if new["base"]["generic_share"] > live["base"]["generic_share"] + 0.05:
+            reasons.append("more generic replies")
+        if new["base"]["distinct_2"] < live["base"]["distinct_2"] - 0.05:
+            reasons.append("less diverse replies")
+    side_by_side = [
+        {"question": q, "live": a, "new": b}
+        for q, a, b in zip(PROBE_QUESTIONS, live.pop("probes"), new.pop("probes"), strict=True)
+    ]
+    return {
+        "live": live,
+        "new": new,
+        "not_worse": not reasons,
+        "reasons": reasons,
+        "side_by_side": side_by_side,
+    }
+
+
+def retrain(
+    cfg: RetrainConfig,
+    *,
+    on_progress: Callable[[dict], None] | None = None,
+    progress_bar: bool = False,
+) -> dict:
+    """Export, prepare, train, compare. Returns the report (also in ``out_dir/report.json``)."""
+    from model.checkpoint import CheckpointError, load_checkpoint
+    from model.vocab import Vocab
+    from training.prepare import PrepareConfig, prepare
+    from training.train import TrainConfig, read_vocab, train
+
+    t0 = time.perf_counter()
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.mode not in ("finetune", "scratch"):
+        raise RetrainError(f"mode must be finetune or scratch, not {cfg.mode!r}")
+    try:
+        live = load_checkpoint(cfg.model_path)
+    except CheckpointError as exc:
+        raise RetrainError(f"the live model cannot be read: {exc}") from None
+    logged_tsv = out / "logged.tsv"
+    export = export_logged_pairs(
+        cfg.database_url,
+        logged_tsv,
+        statuses=cfg.statuses,
+        min_chars=cfg.min_chars,
+        max_chars=cfg.max_chars,
+        blocklist=cfg.blocklist,
+    )
+    if export["written"] == 0:
+        raise RetrainError(
+            f"no logged exchanges to learn from (statuses {', '.join(cfg.statuses)}): "
+            "approve some with /review or 'xianliao review approve'"
+        )
+    pcfg = PrepareConfig(min_freq=1, workers=1, valid_permille=0)
+    logs_dir = out / "logs_data"
+    if cfg.mode == "finetune":
+        vocab = Vocab(live["vocab"])
+        try:
+            base_vocab = read_vocab(cfg.base_data)
+        except Exception as exc:  # DataError and OSError: say what to do
+            raise RetrainError(f"base data {cfg.base_data}: {exc}") from None
+        if base_vocab.itos != vocab.itos:
+            raise RetrainError(
+                f"base data {cfg.base_data} was prepared with another vocabulary than "
+                f"{cfg.model_path}: prepare it with --vocab-from, or use --mode scratch"
+            )
+        base_dir = Path(cfg.base_data)
+        init_from = cfg.model_path
+        prepare([str(logged_tsv)], logs_dir, pcfg, progress=False, vocab=vocab)
+    else:
+        if not cfg.base_corpus:
+            raise RetrainError("scratch mode needs the raw base corpus (--base-corpus)")
+        base_dir = out / "base_data"
+        prepare(
+            [*cfg.base_corpus, str(logged_tsv)], base_dir, PrepareConfig(workers=0), progress=False
+        )
+        vocab = read_vocab(base_dir)
+        prepare([str(logged_tsv)], logs_dir, pcfg, progress=False, vocab=vocab)
+        init_from = None
+    model_sizes = {
+        k: live["model_config"][k]
+        for k in ("emb_size", "hidden_size", "enc_layers", "dec_layers", "dropout")
+    }
+    tcfg = TrainConfig(
+        steps=cfg.steps,
+        minutes=cfg.minutes,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr or (3e-4 if cfg.mode == "finetune" else 1e-3),
+        eval_every=max(50, cfg.steps // 4),
+        log_every=10,
+        seed=cfg.seed,
+        init_from=init_from,
+        model=model_sizes,
+    )
+    result = train(
+        [(str(base_dir), 1.0), (str(logs_dir), cfg.log_weight)],
+        out / "run",
+        tcfg,
+        progress=progress_bar,
+        on_progress=on_progress,
+    )
+    new_ckpt = out / "run" / "best.pt"
+    # The logs' last step matters most to an admin who edited answers: judge the final weights.
+    last_weights = out / "candidate.pt"
+    _strip_to_inference(out / "run" / "last.pt", last_weights)
+    comparison = compare(
+        cfg.model_path,
+        str(last_weights),
+        {
+            "base": str(Path(cfg.base_data if cfg.mode == "finetune" else base_dir) / "valid.tsv"),
+            "logged": str(logged_tsv),
+        },
+        limit=cfg.eval_limit,
+        tolerance=cfg.tolerance,
+    )
+    report = {
+        "config": asdict(cfg),
+        "export": export,
+        "train": asdict(result),
+        "candidate": str(last_weights),
+        "best_checkpoint": str(new_ckpt),
+        "comparison": comparison,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    (out / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2), "utf-8")
+    return report
+
+
+def _strip_to_inference(last: Path, dest: Path) -> None:
+    """Copy a resumable checkpoint without its optimizer/sampler state."""
+    from model.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(last)
+    ckpt.pop("optimizer", None)
+    ckpt.pop("resume", None)
+    ckpt.pop("format_version", None)
+    save_checkpoint(dest, ckpt)
+
+
+# ---- promotion -------------------------------------------------------------------------------
+def _atomic_copy(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _archive(path: Path, history: Path) -> Path:
+    """Keep a copy of a checkpoint as ``history/<sha256 prefix>.pt`` (once per content)."""
+    from model.checkpoint import file_digest
+
+    dest = history / f"{file_digest(path)[:16]}.pt"
+    if not dest.exists():
+        _atomic_copy(path, dest)
+    return dest
+
+
+def promote(
+    candidate: str | os.PathLike,
+    model_path: str | os.PathLike,
+    database_url: str,
+    *,
+    promoted_by: int | None,
+    run_id: int | None = None,
+    forced: bool = False,
+    metrics: dict | None = None,
+) -> dict:
+    """Put ``candidate`` live at ``model_path`` (atomically), archive the replaced checkpoint and
+    record the promotion. A candidate that does not load is never promoted."""
+    from model.chatbot import ChatBot
+    from model.checkpoint import CheckpointError
+    from storage.db import init_schema, make_engine, session_factory
+    from storage.repositories import PromotionRepository
+
+    candidate, model_path = Path(candidate), Path(model_path)
+    try:
+        ChatBot.load(candidate)
+    except CheckpointError as exc:
+        raise RetrainError(f"not promoted: {exc}") from None
+    history = model_path.parent / "history"
+    archived_new = _archive(candidate, history)
+    previous = _archive(model_path, history) if model_path.exists() else None
+    _atomic_copy(archived_new, model_path)
+    engine = make_engine(database_url)
+    try:
+        init_schema(engine)
+        with session_factory(engine)() as session:
+            row = PromotionRepository(session).add(
+                checkpoint=str(archived_new),
+                previous_checkpoint=None if previous is None else str(previous),
+                promoted_by=promoted_by,
+                run_id=run_id,
+                forced=forced,
+                metrics=metrics,
+            )
+            session.commit()
+            promotion_id = row.id
+    finally:
+        engine.dispose()
+    return {
+        "promotion_id": promotion_id,
+        "checkpoint": str(archived_new),
+        "previous": None if previous is None else str(previous),
+    }
+
+
+def rollback(model_path: str | os.PathLike, database_url: str, *, promoted_by: int | None) -> dict:
+    """Put back the checkpoint that the latest promotion replaced (recorded as a promotion)."""
+    from storage.db import init_schema, make_engine, session_factory
+    from storage.repositories import PromotionRepository
+
+    engine = make_engine(database_url)
+    try:
+        init_schema(engine)
+        with session_factory(engine)() as session:
+            latest = PromotionRepository(session).latest()
+    finally:
+        engine.dispose()
+    if latest is None or not latest.previous_checkpoint:
+        raise RetrainError("nothing to roll back to: no promotion has replaced a model yet")
+    if not Path(latest.previous_checkpoint).is_file():
+        raise RetrainError(f"the previous model {latest.previous_checkpoint} is gone")
+    return promote(
+        latest.previous_checkpoint,
+        model_path,
+        database_url,
+        promoted_by=promoted_by,
+        forced=True,
+        metrics={"rollback_of": latest.id},
+    )
