@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from telegram import (
@@ -83,6 +84,16 @@ class BotDeps:
     admin_ids: frozenset[int]
     typing_delay_s: float = 1.0
     send_attempts: int = 4
+    # One lock per chat while it is being answered, so replies keep the order of the messages.
+    chat_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = field(
+        default_factory=weakref.WeakValueDictionary
+    )
+
+    def chat_lock(self, chat_id: int) -> asyncio.Lock:
+        lock = self.chat_locks.get(chat_id)
+        if lock is None:
+            lock = self.chat_locks[chat_id] = asyncio.Lock()
+        return lock
 
 
 def deps(context: ContextTypes.DEFAULT_TYPE) -> BotDeps:
@@ -258,14 +269,17 @@ async def text_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
         text = _without_mention(text, context.bot.username)
     if not await _rate_ok(message, context):
         return
-    service = deps(context).service
-    reply = await _typing_while(
-        context, message.chat.id, service.respond(_incoming(message, text, received_at))
-    )
-    markup = feedback_keyboard(reply.exchange_id) if reply.exchange_id is not None else None
-    await send_text(
-        context, message.chat.id, reply.text, reply_markup=markup, **_reply_kwargs(message)
-    )
+    bot_deps = deps(context)
+    async with bot_deps.chat_lock(message.chat.id):
+        reply = await _typing_while(
+            context,
+            message.chat.id,
+            bot_deps.service.respond(_incoming(message, text, received_at)),
+        )
+        markup = feedback_keyboard(reply.exchange_id) if reply.exchange_id is not None else None
+        await send_text(
+            context, message.chat.id, reply.text, reply_markup=markup, **_reply_kwargs(message)
+        )
 
 
 async def non_text_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -346,3 +346,13 @@ def test_an_admin_who_never_opened_the_chat_does_not_stop_the_start(fake_api, st
     scopes = [json.loads(s) for s in fake_api.commands]
     assert {"type": "chat", "chat_id": ADMIN_ID} in scopes
     assert {"type": "chat", "chat_id": 55555} not in scopes
+
+
+def test_replies_in_a_chat_keep_the_order_of_its_messages(fake_api, start_bot):
+    start_bot(EchoModel(delay=0.02), send_max_rate=0)
+    for i in range(8):
+        fake_api.private_text(USER, f"第{i}句")
+        fake_api.private_text(USER + 1, f"第{i}句")
+    for chat in (USER, USER + 1):
+        texts = [m["text"] for m in fake_api.wait_sent(chat, 8)]
+        assert texts == [f"你说：第{i}句" for i in range(8)]
