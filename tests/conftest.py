@@ -22,6 +22,15 @@ TINY_PAIRS = [
 ]
 
 
+def pytest_configure(config):
+    """Tiny models run fastest on one thread, and CI machines are small: one torch thread here
+    and in every subprocess the tests start."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def write_tsv(path: Path, pairs) -> Path:
     path.write_text("".join(f"{q}\t{a}\n" for q, a in pairs), encoding="utf-8")
     return path
@@ -59,7 +68,6 @@ def tiny_run(tmp_path_factory, tiny_data) -> Path:
     """A tiny model trained until it answers the TINY_PAIRS by heart."""
     from training.train import TrainConfig, train
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     out = tmp_path_factory.mktemp("run")
     cfg = TrainConfig(
         steps=300, batch_size=8, lr=1e-2, eval_every=100, log_every=50, model=TINY_MODEL, seed=7
