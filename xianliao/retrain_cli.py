@@ -20,23 +20,6 @@ def _settings(env_file: str):
     return Settings(_env_file=env_file)
 
 
-def _alive(run) -> bool:
-    """Whether the process of an unfinished training run still exists (same machine)."""
-    try:
-        pid = int(json.loads(run.params or "{}").get("pid", 0))
-    except (ValueError, TypeError, AttributeError):
-        return False
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env-file", default=".env", help="settings file (default: .env)")
     p.add_argument("--database-url", help="default: DATABASE_URL")
@@ -45,7 +28,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def retrain_main(argv: list[str]) -> int:
-    from training.retrain import RetrainConfig, RetrainError, promote, retrain
+    from bot.promotion import PromotionError, promote
+    from training.retrain import RetrainConfig, RetrainError, retrain
 
     d = {f.name: f.default for f in fields(RetrainConfig) if not callable(f.default)}
     p = argparse.ArgumentParser(
@@ -103,6 +87,7 @@ def retrain_main(argv: list[str]) -> int:
         import torch
 
         torch.set_num_threads(a.threads)
+    from bot.retrain import process_alive
     from storage.db import init_schema, make_engine, session_factory
     from storage.repositories import TrainingRunRepository
 
@@ -119,7 +104,7 @@ def retrain_main(argv: list[str]) -> int:
         for other in runs.active():
             if other.id == a.run_id:
                 continue
-            if _alive(other):
+            if process_alive(other.params):
                 print(
                     f"xianliao retrain: run {other.id} is still in progress: one run at a time "
                     "(cancel it with /retrain cancel)",
@@ -214,7 +199,7 @@ def retrain_main(argv: list[str]) -> int:
                 forced=a.promote == "force",
                 metrics=summary,
             )
-        except RetrainError as exc:
+        except PromotionError as exc:
             finish("failed", metrics=summary, checkpoint_path=report["candidate"], log=str(exc))
             print(f"xianliao retrain: {exc}", file=sys.stderr)
             return 1
@@ -243,8 +228,7 @@ def retrain_main(argv: list[str]) -> int:
     return 0
 
 
-def promote_main(argv: list[str]) -> int:
-    from training.retrain import RetrainError, promote
+    from bot.promotion import PromotionError, promote
 
     p = argparse.ArgumentParser(
         prog="xianliao promote",
@@ -263,7 +247,7 @@ def promote_main(argv: list[str]) -> int:
             promoted_by=a.by,
             forced=True,
         )
-    except (RetrainError, OSError) as exc:
+    except (PromotionError, OSError) as exc:
         print(f"xianliao promote: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(info, ensure_ascii=False))
@@ -271,7 +255,7 @@ def promote_main(argv: list[str]) -> int:
 
 
 def rollback_main(argv: list[str]) -> int:
-    from training.retrain import RetrainError, rollback
+    from bot.promotion import PromotionError, rollback
 
     p = argparse.ArgumentParser(
         prog="xianliao rollback",
@@ -282,7 +266,7 @@ def rollback_main(argv: list[str]) -> int:
     s = _settings(a.env_file)
     try:
         info = rollback(a.model or s.model_path, a.database_url or s.database_url, promoted_by=a.by)
-    except (RetrainError, OSError) as exc:
+    except (PromotionError, OSError) as exc:
         print(f"xianliao rollback: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(info, ensure_ascii=False))

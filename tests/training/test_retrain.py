@@ -10,6 +10,8 @@ import time
 import pytest
 from conftest import TINY_PAIRS
 
+from bot.promotion import PromotionError, promote
+from bot.promotion import rollback as do_rollback
 from model.chatbot import ChatBot
 from model.checkpoint import file_digest
 from storage.db import init_schema, make_engine, session_factory
@@ -20,8 +22,7 @@ from storage.repositories import (
     TrainingRunRepository,
     UserRepository,
 )
-from training.retrain import RetrainConfig, RetrainError, export_logged_pairs, promote, retrain
-from training.retrain import rollback as do_rollback
+from training.retrain import RetrainConfig, RetrainError, export_logged_pairs, retrain
 
 EDITED = "我喜欢聊天"  # words the tiny vocabulary knows
 
@@ -127,10 +128,10 @@ def test_corrupt_candidate_is_never_promoted(tmp_path, live):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(live.read_bytes()[:1000])
     digest = file_digest(live)
-    with pytest.raises(RetrainError, match="not promoted"):
+    with pytest.raises(PromotionError, match="not promoted"):
         promote(bad, live, db, promoted_by=1, forced=True)
     assert file_digest(live) == digest
-    with pytest.raises(RetrainError, match="nothing to roll back"):
+    with pytest.raises(PromotionError, match="nothing to roll back"):
         do_rollback(live, db, promoted_by=1)
 
 

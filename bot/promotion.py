@@ -1,0 +1,117 @@
+"""Promotion and rollback of checkpoints: what goes live at ``MODEL_PATH``.
+
+``promote`` copies a checkpoint over ``MODEL_PATH`` atomically after checking that it loads,
+archives the one it replaces under ``<model dir>/history/``, and records the promotion in the
+database; ``rollback`` puts the previous one back (recorded as a forced promotion). The bot
+swaps models between two messages when the file changes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+class PromotionError(Exception):
+    """A checkpoint that cannot go live, or nothing to roll back to."""
+
+
+def _atomic_copy(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _archive(path: Path, history: Path) -> Path:
+    """Keep a copy of a checkpoint as ``history/<sha256 prefix>.pt`` (once per content)."""
+    from model.checkpoint import file_digest
+
+    dest = history / f"{file_digest(path)[:16]}.pt"
+    if not dest.exists():
+        _atomic_copy(path, dest)
+    return dest
+
+
+def promote(
+    candidate: str | os.PathLike,
+    model_path: str | os.PathLike,
+    database_url: str,
+    *,
+    promoted_by: int | None,
+    run_id: int | None = None,
+    forced: bool = False,
+    metrics: dict | None = None,
+) -> dict:
+    """Put ``candidate`` live at ``model_path`` (atomically), archive the replaced checkpoint and
+    record the promotion. A candidate that does not load is never promoted."""
+    from model.chatbot import ChatBot
+    from model.checkpoint import CheckpointError
+    from storage.db import init_schema, make_engine, session_factory
+    from storage.repositories import PromotionRepository
+
+    candidate, model_path = Path(candidate), Path(model_path)
+    try:
+        ChatBot.load(candidate)
+    except CheckpointError as exc:
+        raise PromotionError(f"not promoted: {exc}") from None
+    history = model_path.parent / "history"
+    archived_new = _archive(candidate, history)
+    previous = _archive(model_path, history) if model_path.exists() else None
+    _atomic_copy(archived_new, model_path)
+    engine = make_engine(database_url)
+    try:
+        init_schema(engine)
+        with session_factory(engine)() as session:
+            row = PromotionRepository(session).add(
+                checkpoint=str(archived_new),
+                previous_checkpoint=None if previous is None else str(previous),
+                promoted_by=promoted_by,
+                run_id=run_id,
+                forced=forced,
+                metrics=metrics,
+            )
+            session.commit()
+            promotion_id = row.id
+    finally:
+        engine.dispose()
+    return {
+        "promotion_id": promotion_id,
+        "checkpoint": str(archived_new),
+        "previous": None if previous is None else str(previous),
+    }
+
+
+def rollback(model_path: str | os.PathLike, database_url: str, *, promoted_by: int | None) -> dict:
+    """Put back the checkpoint that the latest promotion replaced (recorded as a promotion)."""
+    from storage.db import init_schema, make_engine, session_factory
+    from storage.repositories import PromotionRepository
+
+    engine = make_engine(database_url)
+    try:
+        init_schema(engine)
+        with session_factory(engine)() as session:
+            latest = PromotionRepository(session).latest()
+    finally:
+        engine.dispose()
+    if latest is None or not latest.previous_checkpoint:
+        raise PromotionError("nothing to roll back to: no promotion has replaced a model yet")
+    if not Path(latest.previous_checkpoint).is_file():
+        raise PromotionError(f"the previous model {latest.previous_checkpoint} is gone")
+    return promote(
+        latest.previous_checkpoint,
+        model_path,
+        database_url,
+        promoted_by=promoted_by,
+        forced=True,
+        metrics={"rollback_of": latest.id},
+    )
