@@ -228,6 +228,7 @@ def retrain_main(argv: list[str]) -> int:
     return 0
 
 
+def promote_main(argv: list[str]) -> int:
     from bot.promotion import PromotionError, promote
 
     p = argparse.ArgumentParser(
