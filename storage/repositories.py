@@ -393,17 +393,22 @@ class ExchangeRepository:
         *,
         statuses: Sequence[str] | None = (REVIEW_APPROVED,),
         batch_size: int = 1000,
+        distinct: bool = False,
     ) -> Iterator[tuple[str, str]]:
         """Stream ``(question, answer)`` pairs in id order, the edited reply preferred.
 
-        Rows are fetched ``batch_size`` at a time (``yield_per``), never all at once. For a long
+        Rows are fetched ``batch_size`` at a time (``yield_per``), never all at once;
+        ``distinct=True`` yields each (question, answer) pair once. For a long
         export on SQLite, use a session from ``session_factory(read_only_engine(engine))``.
         """
         flt = flt or ExchangeFilter()
         if statuses is not None:
             flt = replace(flt, review_status=tuple(statuses))
         answer = func.coalesce(Exchange.edited_reply, Exchange.reply_text)
-        stmt = flt.apply(select(Exchange.user_text, answer)).order_by(Exchange.id)
+        stmt = flt.apply(select(Exchange.user_text, answer))
+        # distinct: the database drops duplicate pairs (on disk, in bounded memory); id order
+        # is then meaningless, so none is asked for.
+        stmt = stmt.distinct() if distinct else stmt.order_by(Exchange.id)
         result = self.session.execute(stmt.execution_options(yield_per=batch_size))
         yield from ((question, reply) for question, reply in result)
 

@@ -80,27 +80,21 @@ def export_logged_pairs(
 ) -> dict[str, int]:
     """Stream logged (question, answer) pairs into a corpus TSV. Duplicates are removed by the
     database (SELECT DISTINCT), so memory stays bounded however many rows there are."""
-    from sqlalchemy import func, select
-
     from storage.db import init_schema, make_engine, read_only_engine, session_factory
-    from storage.models import Exchange
+    from storage.repositories import ExchangeRepository
 
     engine = make_engine(database_url)
     try:
         init_schema(engine)
         statuses = list(statuses)
-        answer = func.coalesce(Exchange.edited_reply, Exchange.reply_text)
-        stmt = (
-            select(Exchange.user_text, answer)
-            .where(Exchange.review_status.in_(statuses))
-            .distinct()
-        )
         blocked = [b for b in blocklist if b]
         stats = {"rows": 0, "written": 0, "too_short": 0, "too_long": 0, "blocked": 0}
         ro = read_only_engine(engine)
         with session_factory(ro)() as session, open(out_tsv, "w", encoding="utf-8") as f:
-            result = session.execute(stmt.execution_options(yield_per=1000))
-            for question, reply in result:
+            pairs = ExchangeRepository(session).iter_training_pairs(
+                statuses=statuses, distinct=True
+            )
+            for question, reply in pairs:
                 stats["rows"] += 1
                 q = " ".join(question.split())
                 a = " ".join(reply.split())

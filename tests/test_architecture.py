@@ -1,0 +1,82 @@
+"""The dependency rules of DESIGN.md, checked by parsing every import."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STDLIB = set(sys.stdlib_module_names) | {"__future__"}
+PROJECT = {"bot", "model", "storage", "training", "xianliao"}
+
+ALLOWED = {
+    # rjieba is the optional, jieba-compatible fast path of the tokenizer
+    "model": STDLIB | {"torch", "numpy", "jieba", "rjieba", "model"},
+    "storage": STDLIB | {"sqlalchemy", "storage"},
+    "training": STDLIB
+    | {"torch", "numpy", "tqdm", "yaml", "chatterbot_corpus", "model", "storage", "training"},
+    "bot": STDLIB
+    | {
+        "telegram",
+        "pydantic",
+        "pydantic_settings",
+        "model",
+        "storage",
+        "bot",
+        "sqlalchemy",
+        "torch",
+    },
+}
+
+
+def _imports(package: str):
+    for path in sorted((ROOT / package).rglob("*.py")):
+        tree = ast.parse(path.read_text("utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    yield path, alias.name.split(".")[0]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                yield path, node.module.split(".")[0]
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_package_imports_only_what_design_allows(package):
+    bad = sorted(
+        {(str(p.relative_to(ROOT)), m) for p, m in _imports(package) if m not in ALLOWED[package]}
+    )
+    assert bad == []
+
+
+def test_nothing_imports_bot_or_training_but_the_entry_point():
+    for package in ("model", "storage", "training", "bot"):
+        for path, module in _imports(package):
+            if module == package:
+                continue
+            assert module not in {"bot", "training", "xianliao"} - {package}, (path, module)
+
+
+def test_chat_and_training_never_load_telegram():
+    code = (
+        "import sys, bot.terminal, bot.review_cli, bot.retrain, training.cli, training.retrain; "
+        "sys.exit(1 if 'telegram' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_every_cli_command_resolves_and_has_help():
+    import importlib
+
+    from xianliao.cli import COMMANDS, main
+
+    for name, (module, func, _) in COMMANDS.items():
+        assert callable(getattr(importlib.import_module(module), func)), name
+    assert main([]) == 2 and main(["--help"]) == 0 and main(["nope"]) == 2
+    for name in COMMANDS:
+        try:
+            code = main([name, "--help"])
+        except SystemExit as exit_:
+            code = exit_.code
+        assert code == 0, name
