@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shlex
 import sys
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 from telegram import Bot, BotCommandScopeChat, BotCommandScopeDefault, Update
 from telegram.error import InvalidToken, NetworkError, TelegramError
-from telegram.ext import AIORateLimiter, Application, ApplicationBuilder
+from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, ContextTypes
 
+from bot.admin_retrain import register_retrain
 from bot.config import Settings
 from bot.handlers import ADMIN_COMMANDS, USER_COMMANDS, BotDeps, register
+from bot.retrain import RetrainSupervisor
 from bot.runtime import StartupError, create_service, setup_logging
 from bot.service import DialogueService
 
@@ -50,6 +54,7 @@ def build_application(settings: Settings, service: DialogueService) -> Applicati
         )
 
     async def post_shutdown(application: Application) -> None:
+        await supervisor.aclose()
         await service.aclose()
         logger.info("bot stopped")
 
@@ -66,8 +71,49 @@ def build_application(settings: Settings, service: DialogueService) -> Applicati
         .post_shutdown(post_shutdown)
         .build()
     )
+    supervisor = RetrainSupervisor(
+        database_url=settings.database_url,
+        model_path=settings.model_path,
+        base_data=settings.base_data_dir,
+        extra_args=shlex.split(settings.retrain_args),
+        on_model_changed=lambda: service.reload(settings.model_path),
+    )
+    register_retrain(application, supervisor)  # before register(): its catch-all comes last
     register(application, BotDeps(service, admin_ids, typing_delay_s=settings.typing_delay_s))
+    if settings.model_watch_s > 0 and application.job_queue is not None:
+        application.job_queue.run_repeating(
+            _watch_model_file(service, settings.model_path), settings.model_watch_s
+        )
     return application
+
+
+def _file_signature(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def _watch_model_file(service: DialogueService, path: Path):  # noqa: ANN202 - a job callback
+    """A job that reloads the model when the file at MODEL_PATH changes (e.g. a promotion)."""
+    seen = {"sig": _file_signature(path)}
+
+    async def check(context: ContextTypes.DEFAULT_TYPE) -> None:
+        sig = _file_signature(path)
+        if sig is None or sig == seen["sig"]:
+            return
+        seen["sig"] = sig
+        old = service.model_version
+        try:
+            version = await service.reload(path)
+        except Exception as exc:  # a half-copied or bad file: keep serving the old model
+            logger.warning("MODEL_PATH changed but did not load, keeping %s: %s", old, exc)
+            return
+        if version != old:
+            logger.info("MODEL_PATH changed: now serving %s (was %s)", version, old)
+
+    return check
 
 
 def _file_url(base_url: str) -> str:

@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     torch_threads: int | None = None  # torch intra-op threads per process (None: torch default)
     model_max_batch: int = Field(default=32, ge=1)  # messages answered in one model call
     decode_options: Annotated[dict[str, Any], NoDecode] = {}  # JSON object, e.g. {"beam_size": 4}
+    # Check MODEL_PATH every N seconds and swap in a new file (a promotion made with the CLI,
+    # a copied checkpoint) without a restart; 0 turns it off (/reload still works).
+    model_watch_s: float = Field(default=10.0, ge=0)
+
+    # --- retraining (/retrain, xianliao retrain) ---
+    base_data_dir: Path = Path("data/quickstart")  # prepared base corpus mixed into retraining
+    retrain_args: str = ""  # extra 'xianliao retrain' options for /retrain, e.g. "--steps 500"
 
     # --- limits ---
     rate_limit_messages: int = Field(default=20, ge=0)  # per user per window; 0 disables

@@ -70,6 +70,10 @@ ADMIN_COMMANDS = [
     BotCommand("stats", "统计 (admin)"),
     BotCommand("review", "审核最近的对话 (admin)"),
     BotCommand("reload", "重新加载模型 (admin)"),
+    BotCommand("retrain", "重新训练 retrain [status|cancel] (admin)"),
+    BotCommand("promote", "强制上线新模型 promote [run] (admin)"),
+    BotCommand("rollback", "回滚到上一个模型 (admin)"),
+    BotCommand("edit", "修改回答 edit ID answer (admin)"),
 ]
 
 MAX_REVIEW = 20

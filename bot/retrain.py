@@ -346,6 +346,19 @@ class RetrainSupervisor:
         await asyncio.to_thread(rollback, self.model_path, self.database_url, promoted_by=admin_id)
         return await self._model_changed()
 
+    async def edit_reply(self, exchange_id: int, answer: str, reviewer: int) -> bool:
+        """Store the answer the bot should have given, and approve the exchange for training."""
+        from storage.repositories import ExchangeRepository
+
+        def work(session) -> bool:
+            repo = ExchangeRepository(session)
+            if not repo.set_edited_reply(exchange_id, answer, reviewer=reviewer):
+                return False
+            repo.set_review_status(exchange_id, "approved", reviewer=reviewer)
+            return True
+
+        return await self._db(work)
+
     async def latest_promotion(self) -> str | None:
         def work(session) -> str | None:
             p = PromotionRepository(session).latest()
