@@ -234,6 +234,7 @@ def retrain(
         k: live["model_config"][k]
         for k in ("emb_size", "hidden_size", "enc_layers", "dec_layers", "dropout")
     }
+    del live  # only its vocabulary and sizes were needed; training loads it again
     tcfg = TrainConfig(
         steps=cfg.steps,
         minutes=cfg.minutes,
