@@ -1,0 +1,161 @@
+"""Reply latency (p50/p99) of ``ChatBot.reply``: greedy and beam 5, unquantized and dynamic int8,
+for a trained default model and a tutorial-size model (hidden 500, 2+2 layers, vocabulary 20k,
+random weights), on everyday questions from xiaohuangji_sample.tsv.
+
+    .venv/bin/python bench/bench_latency.py --trained /work/runs/dgk_run/best.pt \
+        --vocab-from /tmp/xl_dgk20k --threads 2
+
+The tutorial-size checkpoint is written to /tmp (its vocabulary is the first 20k words of
+``--vocab-from``/vocab.txt so questions map to real ids). Every question is answered by every
+variant in turn (interleaved), after a warm-up. Results: stdout and bench/out/latency.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import OUT, XHJ, machine  # noqa: E402
+
+from model.chatbot import ChatBot  # noqa: E402
+from model.checkpoint import save_checkpoint  # noqa: E402
+from model.seq2seq import Seq2Seq, Seq2SeqConfig, default_cutoffs  # noqa: E402
+from model.text import Tokenizer  # noqa: E402
+from training.train import read_vocab  # noqa: E402
+
+
+def tutorial_checkpoint(path: Path, vocab_dir: str, *, adaptive: bool, size: int = 20000) -> Path:
+    itos = read_vocab(vocab_dir).itos[:size]
+    cfg = Seq2SeqConfig(
+        vocab_size=len(itos),
+        emb_size=500,
+        hidden_size=500,
+        enc_layers=2,
+        dec_layers=2,
+        adaptive_cutoffs=default_cutoffs(len(itos)) if adaptive else [],
+    )
+    torch.manual_seed(0)
+    model = Seq2Seq(cfg)
+    payload = {
+        "model_config": cfg.to_dict(),
+        "vocab": itos,
+        "tokenizer": Tokenizer(fast=False).describe(),
+        "state_dict": model.state_dict(),
+        "train": {"step": 0},
+    }
+    return save_checkpoint(path, payload)
+
+
+def questions(n: int) -> list[str]:
+    qs = []
+    with open(XHJ, encoding="utf-8") as f:
+        for line in f:
+            q = line.split("\t", 1)[0].strip()
+            if q and q not in qs:
+                qs.append(q)
+    return qs[:n]
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def bench_model(name: str, path: Path, qs: list[str], threads: int, warmup: int) -> dict:
+    bots = {
+        q: ChatBot.load(path, threads=threads, quantize=q, decode_options={"beam_size": 5})
+        for q in (False, True)
+    }
+    variants = [(s, q) for s in ("greedy", "beam") for q in (False, True)]
+    times = {v: [] for v in variants}
+    lengths = {v: [] for v in variants}
+    replies = {v: [] for v in variants}
+    for i, text in enumerate(qs[:warmup] + qs):
+        for s, q in variants:
+            bot = bots[q]
+            t = time.perf_counter()
+            r = bot.reply(text, strategy=s)
+            dt = time.perf_counter() - t
+            if i >= warmup:
+                times[s, q].append(dt * 1000)
+                replies[s, q].append(r)
+                lengths[s, q].append(len(bot.tokenizer.tokenize(r)))
+    rows = {}
+    for s, q in variants:
+        ts = times[s, q]
+        rows[f"{s}{'-int8' if q else ''}"] = {
+            "p50_ms": round(pct(ts, 50), 2),
+            "p99_ms": round(pct(ts, 99), 2),
+            "mean_ms": round(sum(ts) / len(ts), 2),
+            "mean_reply_tokens": round(sum(lengths[s, q]) / len(ts), 1),
+        }
+    for s in ("greedy", "beam"):
+        same = sum(a == b for a, b in zip(replies[s, False], replies[s, True], strict=True))
+        rows[f"{s}-int8"]["same_reply_as_fp32_pct"] = round(100 * same / len(qs), 1)
+        rows[f"{s}-int8"]["speedup_p50"] = round(rows[s]["p50_ms"] / rows[f"{s}-int8"]["p50_ms"], 2)
+    examples = [
+        {"q": qs[i], "beam": replies["beam", False][i], "beam_int8": replies["beam", True][i]}
+        for i in range(min(8, len(qs)))
+    ]
+    cfg = bots[False].model.cfg
+    return {
+        "name": name,
+        "checkpoint": str(path),
+        "model": cfg.to_dict() | {"adaptive_cutoffs": cfg.adaptive_cutoffs},
+        "questions": len(qs),
+        "rows": rows,
+        "examples": examples,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="reply latency, greedy and beam, fp32 and int8")
+    p.add_argument("--trained", help="a trained checkpoint (e.g. /work/runs/dgk_run/best.pt)")
+    p.add_argument("--vocab-from", default="/tmp/xl_dgk20k", help="prepared data dir")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--n", type=int, default=200, help="questions")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--work", default="/tmp/xl_bench_lat")
+    p.add_argument("--skip-tutorial", action="store_true")
+    p.add_argument("--full-softmax", action="store_true", help="also tutorial size, full softmax")
+    a = p.parse_args(argv)
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    qs = questions(a.n)
+    res: dict = {"machine_start": machine(), "threads": a.threads, "models": []}
+    todo = []
+    if a.trained:
+        todo.append(("trained", Path(a.trained)))
+    if not a.skip_tutorial:
+        todo.append(
+            (
+                "tutorial-size",
+                tutorial_checkpoint(work / "tutorial.pt", a.vocab_from, adaptive=True),
+            )
+        )
+        if a.full_softmax:
+            ck = tutorial_checkpoint(work / "tutorial_full.pt", a.vocab_from, adaptive=False)
+            todo.append(("tutorial-size-full-softmax", ck))
+    for name, path in todo:
+        print(f"{name}: {path}", flush=True)
+        r = bench_model(name, path, qs, a.threads, a.warmup)
+        r["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+        print(json.dumps(r["rows"], indent=1), flush=True)
+        res["models"].append(r)
+    res["machine_end"] = machine()
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "latency.json").write_text(json.dumps(res, indent=1, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
