@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         "the user's next message (uniform 0.5x..1.5x); 0 = answer-and-send at once",
     )
     p.add_argument("--threads", type=int, default=2, help="TORCH_THREADS of the bot")
-    p.add_argument("--max-batch", type=int, default=32, help="MODEL_MAX_BATCH of the bot")
+    p.add_argument("--max-batch", type=int, default=16, help="MODEL_MAX_BATCH of the bot")
     p.add_argument(
         "--send-max-rate",
         type=float,

@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     model_path: Path = DEFAULT_MODEL_PATH
     model_device: str = "cpu"
     torch_threads: int | None = None  # torch intra-op threads per process (None: torch default)
-    model_max_batch: int = Field(default=32, ge=1)  # messages answered in one model call
+    model_max_batch: int = Field(default=16, ge=1)  # messages answered in one model call
     decode_options: Annotated[dict[str, Any], NoDecode] = {}  # JSON object, e.g. {"beam_size": 4}
     # Check MODEL_PATH every N seconds and swap in a new file (a promotion made with the CLI,
     # a copied checkpoint) without a restart; 0 turns it off (/reload still works).

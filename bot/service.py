@@ -208,7 +208,7 @@ class DialogueService:
         max_input_chars: int = 1000,
         rate_limit: int = 0,
         rate_window_s: float = 60.0,
-        max_batch: int = 32,
+        max_batch: int = 16,
     ) -> None:
         self._model = model
         self.sessions = sessions
