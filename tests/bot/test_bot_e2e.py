@@ -8,6 +8,8 @@ import time
 import urllib.error
 import urllib.request
 
+from bot_helpers import ADMIN_ID, EchoModel, db_rows
+
 from bot.handlers import (
     FORGET_ASK_TEXT,
     HELP_TEXT,
@@ -17,7 +19,8 @@ from bot.handlers import (
     START_TEXT,
 )
 from bot.service import TOO_LONG_REPLY
-from tests.bot.support import ADMIN_ID, EchoModel, db_rows
+
+pytest_plugins = ["bot_fixtures"]
 
 USER = 1001
 GROUP = -100777

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from bot_helpers import EchoModel
 
 from bot.config import Settings
 from bot.runtime import RedactFilter
@@ -16,7 +17,8 @@ from bot.service import DialogueService
 from bot.terminal import chat_loop
 from storage.db import init_schema, make_engine, session_factory
 from storage.repositories import ExchangeFilter, ExchangeRepository
-from tests.bot.support import EchoModel
+
+pytest_plugins = ["bot_fixtures"]
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV_NAMES = (

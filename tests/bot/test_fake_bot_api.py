@@ -10,8 +10,9 @@ import urllib.parse
 import urllib.request
 
 import pytest
+from bot_helpers import TOKEN, FakeBotAPI
 
-from tests.fake_bot_api import TOKEN, FakeBotAPI
+pytest_plugins = ["bot_fixtures"]
 
 
 @pytest.fixture

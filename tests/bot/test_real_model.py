@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from bot_helpers import ADMIN_ID, db_rows
 
-from tests.bot.support import ADMIN_ID, db_rows
+pytest_plugins = ["bot_fixtures"]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,7 +84,7 @@ def _bot_process(fake_api, tmp_path, checkpoint, token):
 def test_xianliao_bot_process_runs_and_never_logs_the_token(fake_api, tmp_path, checkpoint):
     import signal
 
-    from tests.fake_bot_api import TOKEN
+    from bot_helpers import TOKEN
 
     proc = _bot_process(fake_api, tmp_path, checkpoint, TOKEN)
     try:

@@ -7,8 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from bot_helpers import ADMIN_ID, db_rows
 
-from tests.bot.support import ADMIN_ID, db_rows
+pytest_plugins = ["bot_fixtures"]
 
 USER = 1001
 EDITED = "我喜欢聊天"  # words the tiny vocabulary knows

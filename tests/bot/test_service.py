@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from bot_helpers import EchoModel
 
 from bot.service import (
     EMPTY_INPUT_REPLY,
@@ -18,7 +19,8 @@ from bot.service import (
 )
 from storage.db import init_schema, make_engine, session_factory
 from storage.repositories import ExchangeRepository
-from tests.bot.support import EchoModel
+
+pytest_plugins = ["bot_fixtures"]
 
 
 @pytest.fixture

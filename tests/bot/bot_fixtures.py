@@ -1,20 +1,15 @@
-"""Fixtures for the bot tests: the fake Bot API and a bot running in a thread."""
+"""Fixtures for the bot tests; test modules load them with ``pytest_plugins = ["bot_fixtures"]``."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from bot_helpers import ADMIN_ID, EchoModel, RunningBot, free_port, make_settings
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # so "tests.*" imports however pytest is started
-    sys.path.insert(0, str(ROOT))
-
-from bot.service import DialogueService  # noqa: E402
-from tests.bot.support import ADMIN_ID, EchoModel, RunningBot, free_port, make_settings  # noqa: E402
-from tests.fake_bot_api import FakeBotAPI  # noqa: E402
+from bot.service import DialogueService
+from tests.fake_bot_api import FakeBotAPI
 
 
 @pytest.fixture

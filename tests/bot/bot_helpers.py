@@ -1,18 +1,29 @@
-"""Helpers shared by the bot tests: a fake model, a bot running in a thread, settings, SQL."""
+"""Helpers for the bot tests: the fake Bot API, a fake model, a bot running in a thread, SQL.
+
+The fixtures are in ``bot_fixtures`` (``pytest_plugins = ["bot_fixtures"]``): a conftest.py here
+would shadow the ``conftest`` module that other tests import by name.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from bot.config import Settings
-from bot.service import DialogueService
-from tests.fake_bot_api import TOKEN, FakeBotAPI
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # so "tests.fake_bot_api" imports however pytest is started
+    sys.path.insert(0, str(ROOT))
+
+from bot.config import Settings  # noqa: E402
+from bot.service import DialogueService  # noqa: E402
+from tests.fake_bot_api import TOKEN, FakeBotAPI  # noqa: E402
+
+__all__ = ["TOKEN", "FakeBotAPI"]
 
 ADMIN_ID = 4242
 
