@@ -15,11 +15,13 @@ from model.seq2seq import Seq2Seq
 from model.vocab import EOS_ID, GO_ID, PAD_ID, UNK_ID
 
 NEG_INF = float("-inf")
+STRATEGIES = ("greedy", "beam", "sample", "sample_rank")
 
 
 @dataclass
 class DecodeOptions:
-    strategy: str = "beam"  # "greedy", "beam" or "sample"
+    strategy: str = "beam"  # "greedy", "beam", "sample" or "sample_rank" (draw ``num_samples``
+    # replies by sampling, keep the one with the best MMI-reranked score)
     beam_size: int = 5  # beams per input (strategy "beam")
     max_len: int = 30  # most tokens in a reply
     min_len: int = 1  # fewest tokens before EOS is allowed
@@ -30,6 +32,9 @@ class DecodeOptions:
     top_k: int = 20  # sample among the k most likely tokens (0 = no limit)
     top_p: float = 0.9  # ... and within the smallest set with this much probability
     seed: int | None = None  # sampling seed, for reproducible replies
+    num_samples: int = 8  # candidates drawn per input (strategy "sample_rank")
+    mmi_weight: float = 0.0  # beam: rerank the n-best by log p(y|x) - w * log p(y|<neutral>),
+    # which demotes replies that fit any question (MMI-antiLM, Li et al. 2016); 0 = off
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -40,8 +45,10 @@ class DecodeOptions:
         if unknown:
             raise ValueError(f"unknown decoding options: {', '.join(sorted(unknown))}")
         opts = cls(**d)
-        if opts.strategy not in ("greedy", "beam", "sample"):
-            raise ValueError(f"strategy must be greedy, beam or sample, not {opts.strategy!r}")
+        if opts.strategy not in STRATEGIES:
+            raise ValueError(
+                f"strategy must be one of {', '.join(STRATEGIES)}, not {opts.strategy!r}"
+            )
         return opts
 
 
@@ -239,5 +246,56 @@ def decode(model: Seq2Seq, id_lists: list[list[int]], opts: DecodeOptions) -> li
         return greedy(model, src, src_len, opts)
     if opts.strategy == "sample":
         return sample(model, src, src_len, opts)
+    if opts.strategy == "sample_rank":
+        n = max(1, opts.num_samples)
+        drawn = sample(model, src.repeat_interleave(n, 0), src_len.repeat_interleave(n, 0), opts)
+        hyps = [[(0.0, ids) for ids in drawn[b * n : (b + 1) * n]] for b in range(len(id_lists))]
+        return mmi_rerank(model, src, src_len, hyps, opts)
     hyps = beam_search(model, src, src_len, opts)
+    if opts.mmi_weight > 0:
+        return mmi_rerank(model, src, src_len, hyps, opts)
     return [h[0][1] if h else [] for h in hyps]
+
+
+def _answer_batch(answers: list[list[int]], device) -> tuple[Tensor, Tensor]:
+    T = max(len(a) for a in answers) + 1
+    tgt_in = torch.full((len(answers), T), PAD_ID, dtype=torch.long)
+    tgt_out = torch.full((len(answers), T), PAD_ID, dtype=torch.long)
+    for i, a in enumerate(answers):
+        tgt_in[i, 0] = GO_ID
+        tgt_in[i, 1 : len(a) + 1] = torch.tensor(a, dtype=torch.long)
+        tgt_out[i, : len(a)] = torch.tensor(a, dtype=torch.long)
+        tgt_out[i, len(a)] = EOS_ID
+    return tgt_in.to(device), tgt_out.to(device)
+
+
+def mmi_rerank(
+    model: Seq2Seq,
+    src: Tensor,
+    src_len: Tensor,
+    hyps: list[list[tuple[float, list[int]]]],
+    opts: DecodeOptions,
+) -> list[list[int]]:
+    """Pick, per input, the candidate with the best length-normalised
+    log p(y|x) - w * log p(y|<unk>): the second term is how likely the reply is whatever was
+    asked (the model given an uninformative one-token question)."""
+    flat = [(b, ids) for b, h in enumerate(hyps) for _, ids in h if ids]
+    if not flat:
+        return [h[0][1] if h else [] for h in hyps]
+    owners = torch.tensor([b for b, _ in flat], device=src.device)
+    tgt_in, tgt_out = _answer_batch([ids for _, ids in flat], src.device)
+    cond = model.sequence_logprobs(src[owners], src_len[owners], tgt_in, tgt_out)
+    neutral = torch.full((len(flat), 1), UNK_ID, dtype=torch.long, device=src.device)
+    prior = model.sequence_logprobs(
+        neutral, torch.ones(len(flat), dtype=torch.long), tgt_in, tgt_out
+    )
+    lengths = [len(ids) + 1 for _, ids in flat]
+    scores = [
+        (c - opts.mmi_weight * p) / _length_penalty(n, opts.length_penalty)
+        for c, p, n in zip(cond.tolist(), prior.tolist(), lengths, strict=True)
+    ]
+    best: dict[int, tuple[float, list[int]]] = {}
+    for (b, ids), sc in zip(flat, scores, strict=True):
+        if b not in best or sc > best[b][0]:
+            best[b] = (sc, ids)
+    return [best[b][1] if b in best else [] for b in range(len(hyps))]

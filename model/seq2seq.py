@@ -128,6 +128,24 @@ class Seq2Seq(nn.Module):
         logits = self._logits(states[real])  # (N, V): output layer on real tokens only
         return F.cross_entropy(logits.float(), tgt_out[real])
 
+    def sequence_logprobs(
+        self, src: Tensor, src_len: Tensor, tgt_in: Tensor, tgt_out: Tensor
+    ) -> Tensor:
+        """Teacher-forced log p(answer + EOS | question) per sequence: (B,). Same inputs as
+        ``forward``; used to rerank candidate replies."""
+        memory, keys, mask, hidden = self.encode(src, src_len)
+        dec_out, _ = self.decoder(self.drop(self.embedding(tgt_in)), hidden)
+        states = self._attend(dec_out, memory, keys, mask)  # (B, T, H)
+        real = tgt_out != PAD_ID
+        if self.adaptive is not None:
+            token_lp = self.adaptive(self.out_proj(states[real]).float(), tgt_out[real]).output
+        else:
+            logp = torch.log_softmax(self._logits(states[real]).float(), dim=-1)
+            token_lp = logp.gather(1, tgt_out[real][:, None])[:, 0]
+        out = torch.zeros(tgt_out.shape, dtype=token_lp.dtype, device=token_lp.device)
+        out[real] = token_lp
+        return out.sum(dim=1)
+
     def step(
         self, tokens: Tensor, hidden: Tensor, memory: Tensor, keys: Tensor, mask: Tensor
     ) -> tuple[Tensor, Tensor]:

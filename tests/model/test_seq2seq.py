@@ -116,3 +116,28 @@ def test_sampling_is_reproducible_with_a_seed():
     m = _model()
     opts = DecodeOptions(strategy="sample", seed=3, temperature=1.5, top_k=0, top_p=1.0)
     assert decode(m, [[5, 6]], opts) == decode(m, [[5, 6]], opts)
+
+
+def test_sequence_logprobs_match_the_training_loss():
+    for cutoffs in ([], [10, 30]):
+        m = _model(adaptive_cutoffs=cutoffs)
+        src, src_len = batch_inputs([[5, 6, 7]])
+        tgt_in, tgt_out = torch.tensor([[1, 8, 9]]), torch.tensor([[8, 9, EOS_ID]])
+        loss = m(src, src_len, tgt_in, tgt_out)
+        lp = m.sequence_logprobs(src, src_len, tgt_in, tgt_out)
+        assert torch.allclose(lp, -loss * 3, atol=1e-4)
+
+
+def test_sample_rank_and_mmi_rerank_keep_the_constraints():
+    m = _model()
+    with torch.no_grad():
+        m.out_bias[UNK_ID] = 50.0
+    for opts in (
+        DecodeOptions(strategy="sample_rank", num_samples=4, mmi_weight=0.5, seed=1, min_len=2),
+        DecodeOptions(strategy="beam", beam_size=4, mmi_weight=0.5, min_len=2),
+    ):
+        outs = decode(m, [[5, 6], [7, 8, 9]], opts)
+        assert len(outs) == 2
+        assert all(len(o) >= 2 and UNK_ID not in o for o in outs)
+    opts = DecodeOptions(strategy="sample_rank", num_samples=4, seed=3)
+    assert decode(m, [[5, 6]], opts) == decode(m, [[5, 6]], opts)
