@@ -42,6 +42,7 @@ def test_review_edit_retrain_promote_rollback(fake_api, start_bot, db_path, live
         base_data_dir=tiny_data,
         model_watch_s=0,
         retrain_args="--steps 150 --batch-size 8 --lr 0.01 --weight 1 --threads 1",
+        decode_options={"strategy": "greedy"},  # deterministic replies to compare
     )
     for text in ("你好", "晚安"):
         fake_api.private_text(USER, text)
