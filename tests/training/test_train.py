@@ -131,3 +131,51 @@ def test_eval_metrics(tiny_checkpoint, tiny_tsv):
     assert report.perplexity < 2.0  # it learned these pairs by heart
     assert report.generic_share == 0.0 and report.unk_rate == 0.0
     assert len(triples) == 3 and triples[0][1] == triples[0][2]
+
+
+def test_ctrl_c_saves_last_and_exits_cleanly(tmp_path, tiny_data):
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "xianliao",
+            "train",
+            str(tiny_data),
+            "--out",
+            str(run),
+            "--steps",
+            "1000000",
+            "--eval-every",
+            "1000000",
+            "--hidden-size",
+            "24",
+            "--emb-size",
+            "16",
+            "--threads",
+            "1",
+            "--progress-jsonl",
+            str(tmp_path / "p.jsonl"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "p.jsonl").exists():  # training has started
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["interrupted"] is True and result["steps"] >= 50
+    from model.checkpoint import load_checkpoint
+
+    last = load_checkpoint(run / "last.pt")
+    assert last["resume"]["step"] == result["steps"]
+    assert (run / "best.pt").is_file()
