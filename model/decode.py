@@ -28,8 +28,8 @@ class DecodeOptions:
     length_penalty: float = 1.0  # GNMT alpha: ((5 + len) / 6) ** alpha divides the log-prob
     no_repeat_ngram: int = 2  # forbid repeating any n-gram of this size (0 = off)
     suppress_unk: bool = True  # never emit <unk>
-    temperature: float = 0.7  # sampling temperature (strategy "sample")
-    top_k: int = 10  # sample among the k most likely tokens (0 = no limit)
+    temperature: float = 0.8  # sampling temperature (strategy "sample")
+    top_k: int = 20  # sample among the k most likely tokens (0 = no limit)
     top_p: float = 0.9  # ... and within the smallest set with this much probability
     seed: int | None = None  # sampling seed, for reproducible replies
     num_samples: int = 8  # candidates drawn per input (strategy "sample_rank")
