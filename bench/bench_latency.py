@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=200, help="questions")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--work", default="/tmp/xl_bench_lat")
-    p.add_argument("--skip-tutorial", action="store_true")
+    p.add_argument("--skip-tutorial", action="store_true", help="no adaptive tutorial-size model")
+    p.add_argument("--out-name", default="latency.json", help="file name in bench/out")
     p.add_argument("--full-softmax", action="store_true", help="also tutorial size, full softmax")
     a = p.parse_args(argv)
     work = Path(a.work)
@@ -136,15 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.trained:
         todo.append(("trained", Path(a.trained)))
     if not a.skip_tutorial:
-        todo.append(
-            (
-                "tutorial-size",
-                tutorial_checkpoint(work / "tutorial.pt", a.vocab_from, adaptive=True),
-            )
-        )
-        if a.full_softmax:
-            ck = tutorial_checkpoint(work / "tutorial_full.pt", a.vocab_from, adaptive=False)
-            todo.append(("tutorial-size-full-softmax", ck))
+        ck = tutorial_checkpoint(work / "tutorial.pt", a.vocab_from, adaptive=True)
+        todo.append(("tutorial-size", ck))
+    if a.full_softmax:
+        ck = tutorial_checkpoint(work / "tutorial_full.pt", a.vocab_from, adaptive=False)
+        todo.append(("tutorial-size-full-softmax", ck))
     for name, path in todo:
         print(f"{name}: {path}", flush=True)
         r = bench_model(name, path, qs, a.threads, a.warmup)
@@ -153,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         res["models"].append(r)
     res["machine_end"] = machine()
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "latency.json").write_text(json.dumps(res, indent=1, ensure_ascii=False))
+    (OUT / a.out_name).write_text(json.dumps(res, indent=1, ensure_ascii=False))
     return 0
 
 
