@@ -8,8 +8,6 @@ import logging
 import sys
 from dataclasses import asdict
 
-from model.checkpoint import CheckpointError
-
 
 def _threads(n: int | None) -> None:
     if n:
@@ -21,6 +19,9 @@ def _threads(n: int | None) -> None:
 def prepare_main(argv: list[str]) -> int:
     from training.corpus import CorpusError
     from training.prepare import PrepareConfig, prepare
+
+    # torch is imported only for --vocab-from: prepare itself never needs it, and every worker
+    # process would carry its memory.
 
     p = argparse.ArgumentParser(
         prog="xianliao prepare",
@@ -53,14 +54,18 @@ def prepare_main(argv: list[str]) -> int:
         fast=not a.no_fast,
     )
     vocab = None
-    try:
-        if a.vocab_from:
-            from model.checkpoint import load_checkpoint
-            from model.vocab import Vocab
+    if a.vocab_from:
+        from model.checkpoint import CheckpointError, load_checkpoint
+        from model.vocab import Vocab
 
+        try:
             vocab = Vocab(load_checkpoint(a.vocab_from)["vocab"])
+        except CheckpointError as exc:
+            print(f"xianliao prepare: {exc}", file=sys.stderr)
+            return 1
+    try:
         stats = prepare(a.corpus, a.out, cfg, progress=not a.quiet, vocab=vocab)
-    except (CorpusError, CheckpointError, OSError) as exc:
+    except (CorpusError, OSError) as exc:
         print(f"xianliao prepare: {exc}", file=sys.stderr)
         return 1
     bad = sum(stats.bad.values())
@@ -88,6 +93,7 @@ def _data_arg(spec: str) -> tuple[str, float]:
 
 
 def train_main(argv: list[str]) -> int:
+    from model.checkpoint import CheckpointError
     from training.data import DataError
     from training.train import TrainConfig, result_json, train
 
@@ -167,6 +173,7 @@ def train_main(argv: list[str]) -> int:
 
 def eval_main(argv: list[str]) -> int:
     from model.chatbot import ChatBot
+    from model.checkpoint import CheckpointError
     from model.decode import DecodeOptions
     from training.corpus import CorpusError
     from training.evaluate import evaluate, report_dict

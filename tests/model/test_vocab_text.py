@@ -85,3 +85,41 @@ def test_tokenizer_description_round_trip():
     assert Tokenizer.from_description(desc).describe() == desc
     with pytest.raises(ValueError):
         Tokenizer.from_description({**desc, "version": 99})
+
+
+def _reference_normalise(text: str) -> str:
+    """The normaliser as first written (three regex passes): the fast one must match it."""
+    import re
+    import unicodedata
+
+    from model.text import _CJK_SPACE, _CONTROL
+
+    text = unicodedata.normalize("NFKC", text)
+    text = _CONTROL.sub("", text).lower()
+    text = re.sub(r"\s+", " ", text).strip()
+    return _CJK_SPACE.sub(",", text)
+
+
+def test_fast_normalise_matches_the_reference():
+    texts = [
+        "",
+        " ",
+        "你好 世界",
+        "a\u200bb\x00c\n\nd",
+        "\ufeff你 好\u2028吗",
+        "ＡＢＣ　ｄｅｆ",
+        "\x1c\x1d 你 \t 好 ",
+        "Lyle 外套带了没?",
+        "你确定吗  我请客",
+        "😀 😀",
+        "a\u3000b",
+    ]
+    try:
+        from conftest import shared_corpus
+
+        with open(shared_corpus("dgk_subtitle_srt_extra.tsv"), encoding="utf-8") as f:
+            for _, line in zip(range(20000), f, strict=False):
+                texts.extend(line.rstrip("\n").split("\t"))
+    except pytest.skip.Exception:
+        pass
+    assert [normalise(t) for t in texts] == [_reference_normalise(t) for t in texts]
