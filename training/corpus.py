@@ -52,19 +52,34 @@ def _read_lines(path: Path) -> Iterator[str | Bad]:
                 yield Bad("not UTF-8")
 
 
+def parse_tsv_line(raw: bytes) -> Item:
+    """One raw line of a question<TAB>answer file (without its newline)."""
+    try:
+        line = raw.decode("utf-8").rstrip("\r")
+    except UnicodeDecodeError:
+        return Bad("not UTF-8")
+    if not line.strip():
+        return Bad("blank line")
+    fields = line.split("\t")
+    if len(fields) != 2:
+        return Bad(f"{len(fields)} fields instead of 2")
+    return fields[0], fields[1]
+
+
 def read_tsv(path: Path) -> Iterator[Item]:
-    for line in _read_lines(path):
-        if isinstance(line, Bad):
-            yield line
-            continue
-        if not line.strip():
-            yield Bad("blank line")
-            continue
-        fields = line.split("\t")
-        if len(fields) != 2:
-            yield Bad(f"{len(fields)} fields instead of 2")
-            continue
-        yield fields[0], fields[1]
+    with open(path, "rb") as f:
+        for raw in f:
+            yield parse_tsv_line(raw.rstrip(b"\n"))
+
+
+def is_tsv(spec: str) -> bool:
+    """Whether ``spec`` is read as a question<TAB>answer file (so it can be split in blocks)."""
+    path = Path(spec)
+    return (
+        not spec.startswith("chatterbot:")
+        and path.is_file()
+        and path.suffix not in (".yml", ".yaml")
+    )
 
 
 def read_two_files(qpath: Path, apath: Path) -> Iterator[Item]:

@@ -25,7 +25,7 @@ import numpy as np
 
 from model.text import Tokenizer, detokenize
 from model.vocab import Vocab
-from training.corpus import Bad, check_specs, iter_corpus
+from training.corpus import Bad, check_specs, is_tsv, iter_corpus, parse_tsv_line
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,9 @@ class PrepareConfig:
     max_len: int = 40  # questions keep their last max_len tokens; longer answers are skipped
     valid_permille: int = 10  # share of pairs held out for validation, per thousand (by hash)
     workers: int = 0  # segmenting processes; 0 = one per CPU core
-    chunk_size: int = 2000  # pairs per work unit
+    chunk_size: int = 2000  # pairs per work unit (YAML and two-file corpora)
+    block_bytes: int = 1 << 20  # bytes of a TSV file per work unit: workers read the file
+    # themselves, so the parent process only hands out byte ranges
     counter_cap: int = 300_000  # most distinct words counted at once (rare ones are pruned)
     fast: bool = True  # use rjieba when installed (identical segmentation, ~13x faster)
 
@@ -95,8 +97,9 @@ def _init_segmenter(fast: bool) -> None:
 
 def _segment_chunk(
     pairs: list[tuple[str, str]], max_len: int
-) -> tuple[list[str], Counter[str], dict[str, int], int]:
-    """-> lines "q tokens<TAB>a tokens", word counts, bad-line reasons, truncated questions."""
+) -> tuple[list[str], Counter[str], dict[str, int], int, int]:
+    """-> lines "q tokens<TAB>a tokens", word counts, bad-line reasons, truncated questions,
+    and 0 (the pairs read were counted by the parent)."""
     assert _tokenizer is not None
     lines: list[str] = []
     counts: Counter[str] = Counter()
@@ -118,7 +121,52 @@ def _segment_chunk(
         counts.update(qt)
         counts.update(at)
         lines.append(" ".join(qt) + "\t" + " ".join(at))
-    return lines, counts, bad, truncated
+    return lines, counts, bad, truncated, 0
+
+
+def _read_block(path: str, start: int, end: int) -> list[bytes]:
+    with open(path, "rb") as f:
+        f.seek(start)
+        lines = f.read(end - start).split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return lines
+
+
+def _segment_tsv_block(
+    path: str, start: int, end: int, max_len: int
+) -> tuple[list[str], Counter[str], dict[str, int], int, int]:
+    """Read, parse and segment bytes [start, end) of a TSV file (whole lines)."""
+    pairs, bad = [], {}
+    raws = _read_block(path, start, end)
+    for raw in raws:
+        item = parse_tsv_line(raw)
+        if isinstance(item, Bad):
+            bad[item.reason] = bad.get(item.reason, 0) + 1
+        else:
+            pairs.append(item)
+    lines, counts, seg_bad, truncated, _ = _segment_chunk(pairs, max_len)
+    for reason, n in seg_bad.items():
+        bad[reason] = bad.get(reason, 0) + n
+    return lines, counts, bad, truncated, len(raws)
+
+
+def _map_block(path: str, start: int, end: int, valid_permille: int, dtype: str) -> dict:
+    lines = [raw.decode("utf-8") for raw in _read_block(path, start, end)]
+    return _map_chunk(lines, valid_permille, dtype)
+
+
+def _byte_blocks(path: Path, size: int) -> Iterator[tuple[int, int]]:
+    """Cut a file into ranges of about ``size`` bytes that end at a newline."""
+    total = path.stat().st_size
+    with open(path, "rb") as f:
+        start = 0
+        while start < total:
+            f.seek(min(start + size, total))
+            f.readline()  # to the end of the line
+            end = min(f.tell(), total)
+            yield start, end
+            start = end
 
 
 def _init_mapper(itos: list[str]) -> None:
@@ -173,12 +221,12 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
-def _bounded_map(pool, func: Callable, chunks: Iterable, args: tuple, window: int) -> Iterator:
-    """Like ``pool.imap`` but with at most ``window`` chunks in flight, so a fast reader never
-    queues the whole corpus in memory. Results come back in order."""
+def _bounded_map(pool, tasks: Iterable[tuple[Callable, tuple]], window: int) -> Iterator:
+    """Run ``(func, args)`` tasks like ``pool.imap``, but with at most ``window`` in flight, so
+    a fast reader never queues the whole corpus in memory. Results come back in order."""
     pending: deque = deque()
-    for chunk in chunks:
-        pending.append(pool.apply_async(func, (chunk, *args)))
+    for func, args in tasks:
+        pending.append(pool.apply_async(func, args))
         if len(pending) >= window:
             yield pending.popleft().get()
     while pending:
@@ -213,16 +261,26 @@ def _pool(workers: int, initializer: Callable, initargs: tuple):
     return ctx.Pool(workers, initializer=initializer, initargs=initargs)
 
 
-def _pairs_and_bad(specs: list[str], stats: PrepareStats) -> Iterator[tuple[str, str]]:
+def _pairs_and_bad(spec: str, stats: PrepareStats) -> Iterator[tuple[str, str]]:
+    for item in iter_corpus(spec):
+        stats.pairs_read += 1
+        if isinstance(item, Bad):
+            stats.add_bad(item.reason)
+        else:
+            yield item
+
+
+def _segment_tasks(specs: list[str], cfg: PrepareConfig, stats: PrepareStats) -> Iterator:
+    """Pass-1 work units: byte ranges of TSV files, chunks of pairs for the other formats."""
     for spec in specs:
         if Path(spec).is_file():
             stats.bytes_read += Path(spec).stat().st_size
-        for item in iter_corpus(spec):
-            stats.pairs_read += 1
-            if isinstance(item, Bad):
-                stats.add_bad(item.reason)
-            else:
-                yield item
+        if is_tsv(spec):
+            for start, end in _byte_blocks(Path(spec), cfg.block_bytes):
+                yield _segment_tsv_block, (spec, start, end, cfg.max_len)
+        else:
+            for chunk in _chunks(_pairs_and_bad(spec, stats), cfg.chunk_size):
+                yield _segment_chunk, (chunk, cfg.max_len)
 
 
 def prepare(
@@ -252,10 +310,9 @@ def prepare(
         open(tmp, "w", encoding="utf-8") as f,
     ):
         bar = tqdm(desc="segmenting", unit=" pairs", disable=not progress, mininterval=1.0)
-        chunks = _chunks(_pairs_and_bad(specs, stats), cfg.chunk_size)
-        for lines, counts, bad, truncated in _bounded_map(
-            pool, _segment_chunk, chunks, (cfg.max_len,), 4 * workers
-        ):
+        tasks = _segment_tasks(specs, cfg, stats)
+        for lines, counts, bad, truncated, n_read in _bounded_map(pool, tasks, 4 * workers):
+            stats.pairs_read += n_read
             if lines:
                 f.write("\n".join(lines))
                 f.write("\n")
@@ -286,11 +343,11 @@ def prepare(
                 offsets[key].write(np.zeros(1, dtype=np.int64).tobytes())
             valid_tsv = stack.enter_context(open(out / "valid.tsv", "w", encoding="utf-8"))
             pool = stack.enter_context(_pool(workers, _init_mapper, (vocab.itos,)))
-            lines = (line.rstrip("\n") for line in stack.enter_context(open(tmp, encoding="utf-8")))
-            chunks = _chunks(lines, cfg.chunk_size * 5)
-            for part in _bounded_map(
-                pool, _map_chunk, chunks, (cfg.valid_permille, dtype), 4 * workers
-            ):
+            tasks = (
+                (_map_block, (str(tmp), start, end, cfg.valid_permille, dtype))
+                for start, end in _byte_blocks(tmp, cfg.block_bytes)
+            )
+            for part in _bounded_map(pool, tasks, 4 * workers):
                 stats.unk_tokens += part.pop("unk")
                 for line in part.pop("valid_lines"):
                     valid_tsv.write(line + "\n")
