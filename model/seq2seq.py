@@ -124,7 +124,9 @@ class Seq2Seq(nn.Module):
         states = self.drop(self._attend(dec_out, memory, keys, mask))  # (B, T, H)
         real = tgt_out != PAD_ID  # (B, T)
         if self.adaptive is not None:
-            return self.adaptive(self.out_proj(states[real]).float(), tgt_out[real]).loss
+            x = self.out_proj(states[real]).float()
+            with torch.autocast(x.device.type, enabled=False):  # its index_copy_ needs one dtype
+                return self.adaptive(x, tgt_out[real]).loss
         logits = self._logits(states[real])  # (N, V): output layer on real tokens only
         return F.cross_entropy(logits.float(), tgt_out[real])
 
@@ -138,7 +140,9 @@ class Seq2Seq(nn.Module):
         states = self._attend(dec_out, memory, keys, mask)  # (B, T, H)
         real = tgt_out != PAD_ID
         if self.adaptive is not None:
-            token_lp = self.adaptive(self.out_proj(states[real]).float(), tgt_out[real]).output
+            x = self.out_proj(states[real]).float()
+            with torch.autocast(x.device.type, enabled=False):
+                token_lp = self.adaptive(x, tgt_out[real]).output
         else:
             logp = torch.log_softmax(self._logits(states[real]).float(), dim=-1)
             token_lp = logp.gather(1, tgt_out[real][:, None])[:, 0]
@@ -161,7 +165,9 @@ class Seq2Seq(nn.Module):
         Linear and GRU layers (dynamic quantization: a large CPU speed-up for decoding)."""
         self.eval()
         with torch.no_grad():
-            if self.adaptive is not None:
+            # Fold the tied output layer into one Linear only when that is less work per step:
+            # (H -> V) instead of (H -> E) then (E -> V), i.e. when H <= E.
+            if self.adaptive is not None or self.cfg.hidden_size > self.cfg.emb_size:
                 return self._quantize() if quantize else self
             E, V = self.cfg.emb_size, self.cfg.vocab_size
             H = self.cfg.hidden_size
@@ -180,7 +186,12 @@ class Seq2Seq(nn.Module):
     def _quantize(self) -> Seq2Seq:
         from torch.ao.quantization import quantize_dynamic
 
-        quantize_dynamic(self, {nn.Linear, nn.GRU}, dtype=torch.qint8, inplace=True)
+        # Not the adaptive softmax: its small tail projections get slower in int8 (measured).
+        adaptive, self.adaptive = self.adaptive, None
+        try:
+            quantize_dynamic(self, {nn.Linear, nn.GRU}, dtype=torch.qint8, inplace=True)
+        finally:
+            self.adaptive = adaptive
         return self
 
 

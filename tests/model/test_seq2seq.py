@@ -58,13 +58,17 @@ def test_adaptive_softmax_step_gives_log_probs():
 
 
 def test_folded_output_layer_matches_training_logits():
-    m = _model()
+    torch.manual_seed(0)
+    m = Seq2Seq(Seq2SeqConfig(vocab_size=50, emb_size=24, hidden_size=16, dropout=0.0)).eval()
     src, src_len = batch_inputs([[5, 6, 7]])
     mem, keys, mask, h = m.encode(src, src_len)
     before, _ = m.step(torch.tensor([1]), h, mem, keys, mask)
     m.prepare_for_inference()
+    assert m._infer_out is not None  # hidden <= emb: folded into one Linear
     after, _ = m.step(torch.tensor([1]), h, mem, keys, mask)
     assert torch.allclose(before, after, atol=1e-4)
+    wide = _model().prepare_for_inference()  # hidden > emb: folding would be more work
+    assert wide._infer_out is None
 
 
 def test_beam_width_one_equals_greedy():
@@ -141,3 +145,26 @@ def test_sample_rank_and_mmi_rerank_keep_the_constraints():
         assert all(len(o) >= 2 and UNK_ID not in o for o in outs)
     opts = DecodeOptions(strategy="sample_rank", num_samples=4, seed=3)
     assert decode(m, [[5, 6]], opts) == decode(m, [[5, 6]], opts)
+
+
+def test_bf16_autocast_trains_with_the_adaptive_softmax():
+    m = _model(adaptive_cutoffs=[10, 30]).train()
+    src, src_len = batch_inputs([[5, 6, 7], [8, 9]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = m(
+            src,
+            src_len,
+            torch.tensor([[1, 10, 40], [1, 11, 0]]),
+            torch.tensor([[10, 40, EOS_ID], [11, EOS_ID, 0]]),
+        )
+    loss.backward()
+    assert torch.isfinite(loss) and m.adaptive.head.weight.grad is not None
+
+
+def test_quantizing_keeps_the_adaptive_softmax_in_fp32():
+    m = _model(adaptive_cutoffs=[10, 30]).prepare_for_inference(quantize=True)
+    assert type(m.adaptive.head) is torch.nn.Linear
+    assert type(m.encoder) is not torch.nn.GRU  # the GRUs are quantized
+    src, src_len = batch_inputs([[5, 6, 7]])
+    assert len(decode(m, [[5, 6, 7]], DecodeOptions(strategy="greedy", max_len=5))) == 1
+    del src, src_len
