@@ -80,3 +80,22 @@ def test_every_cli_command_resolves_and_has_help():
         except SystemExit as exit_:
             code = exit_.code
         assert code == 0, name
+
+
+def test_entry_point_asks_openmp_for_passive_waits(monkeypatch):
+    from xianliao.cli import main
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    try:
+        main(["eval", "--help"])
+    except SystemExit:
+        pass
+    import os
+
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # a user's choice wins
+    try:
+        main(["eval", "--help"])
+    except SystemExit:
+        pass
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
