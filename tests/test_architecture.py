@@ -1,6 +1,8 @@
 """The dependency rules of DESIGN.md, checked by parsing every import."""
 
 import ast
+import contextlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -86,16 +88,10 @@ def test_entry_point_asks_openmp_for_passive_waits(monkeypatch):
     from xianliao.cli import main
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    try:
+    with contextlib.suppress(SystemExit):
         main(["eval", "--help"])
-    except SystemExit:
-        pass
-    import os
-
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # a user's choice wins
-    try:
+    with contextlib.suppress(SystemExit):
         main(["eval", "--help"])
-    except SystemExit:
-        pass
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
