@@ -6,6 +6,7 @@ list of token-id lists (best first for beam search). Run them under ``torch.infe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -82,7 +83,15 @@ def _constrain(logp: Tensor, histories: list[list[int]], step: int, opts: Decode
     return logp
 
 
-def greedy(model: Seq2Seq, src: Tensor, src_len: Tensor, opts: DecodeOptions) -> list[list[int]]:
+def _token_by_token(
+    model: Seq2Seq,
+    src: Tensor,
+    src_len: Tensor,
+    opts: DecodeOptions,
+    pick: Callable[[Tensor], Tensor],
+) -> list[list[int]]:
+    """Decode the batch one token at a time; ``pick`` chooses tokens (B,) from the
+    constrained log-probs (B, V). Each input stops at its first EOS."""
     memory, keys, mask, hidden = model.encode(src, src_len)
     B = src.shape[0]
     tokens = torch.full((B,), GO_ID, dtype=torch.long, device=src.device)
@@ -90,8 +99,7 @@ def greedy(model: Seq2Seq, src: Tensor, src_len: Tensor, opts: DecodeOptions) ->
     done = [False] * B
     for step in range(opts.max_len):
         logp, hidden = model.step(tokens, hidden, memory, keys, mask)
-        logp = _constrain(logp, out, step, opts)
-        tokens = logp.argmax(dim=-1)
+        tokens = pick(_constrain(logp, out, step, opts))
         for b, tok in enumerate(tokens.tolist()):
             if done[b]:
                 continue
@@ -104,20 +112,19 @@ def greedy(model: Seq2Seq, src: Tensor, src_len: Tensor, opts: DecodeOptions) ->
     return out
 
 
+def greedy(model: Seq2Seq, src: Tensor, src_len: Tensor, opts: DecodeOptions) -> list[list[int]]:
+    return _token_by_token(model, src, src_len, opts, lambda logp: logp.argmax(dim=-1))
+
+
 def sample(model: Seq2Seq, src: Tensor, src_len: Tensor, opts: DecodeOptions) -> list[list[int]]:
     gen = torch.Generator(device=src.device)
     if opts.seed is not None:
         gen.manual_seed(opts.seed)
     else:
         gen.seed()
-    memory, keys, mask, hidden = model.encode(src, src_len)
-    B = src.shape[0]
-    tokens = torch.full((B,), GO_ID, dtype=torch.long, device=src.device)
-    out: list[list[int]] = [[] for _ in range(B)]
-    done = [False] * B
-    for step in range(opts.max_len):
-        logp, hidden = model.step(tokens, hidden, memory, keys, mask)
-        logits = _constrain(logp, out, step, opts) / max(opts.temperature, 1e-5)
+
+    def pick(logp: Tensor) -> Tensor:
+        logits = logp / max(opts.temperature, 1e-5)
         if opts.top_k > 0:
             kth = torch.topk(logits, min(opts.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, NEG_INF)
@@ -127,17 +134,9 @@ def sample(model: Seq2Seq, src: Tensor, src_len: Tensor, opts: DecodeOptions) ->
             drop = probs.cumsum(dim=-1) - probs > opts.top_p  # keep the first token always
             sorted_logits = sorted_logits.masked_fill(drop, NEG_INF)
             logits = torch.full_like(logits, NEG_INF).scatter(-1, order, sorted_logits)
-        tokens = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=gen)[:, 0]
-        for b, tok in enumerate(tokens.tolist()):
-            if done[b]:
-                continue
-            if tok == EOS_ID:
-                done[b] = True
-            else:
-                out[b].append(tok)
-        if all(done):
-            break
-    return out
+        return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=gen)[:, 0]
+
+    return _token_by_token(model, src, src_len, opts, pick)
 
 
 def _length_penalty(length: int, alpha: float) -> float:
