@@ -159,6 +159,8 @@ class RetrainSupervisor:
             *self.extra_args,
             *extra,
         ]
+        if "--threads" not in cmd:  # leave the other core(s) to the bot that keeps serving
+            cmd += ["--threads", "1"]
         log = open(out_dir / "retrain.log", "wb")  # noqa: SIM115 (closed by the watcher)
         try:
             process = await asyncio.create_subprocess_exec(
