@@ -168,3 +168,13 @@ def test_quantizing_keeps_the_adaptive_softmax_in_fp32():
     src, src_len = batch_inputs([[5, 6, 7]])
     assert len(decode(m, [[5, 6, 7]], DecodeOptions(strategy="greedy", max_len=5))) == 1
     del src, src_len
+
+
+def test_sampling_with_top_k_1_or_tiny_top_p_is_greedy():
+    torch.manual_seed(4)
+    m = Seq2Seq(Seq2SeqConfig(vocab_size=40, emb_size=16, hidden_size=16, dropout=0.0)).eval()
+    inputs = [[5, 6, 7], [9, 10], [11, 12, 13, 14]]
+    g = decode(m, inputs, DecodeOptions(strategy="greedy", max_len=10))
+    for over in ({"top_k": 1}, {"top_k": 0, "top_p": 1e-6}, {"top_k": 5, "top_p": 1e-6}):
+        opts = DecodeOptions(**{"strategy": "sample", "max_len": 10, "seed": 9, **over})
+        assert decode(m, inputs, opts) == g, over
