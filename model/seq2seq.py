@@ -161,17 +161,16 @@ class Seq2Seq(nn.Module):
         return torch.log_softmax(self._logits(state).float(), dim=-1), hidden
 
     def prepare_for_inference(self, *, quantize: bool = False) -> Seq2Seq:
-        """eval(); fold the tied output layer into one Linear and optionally int8-quantize the
-        Linear and GRU layers (dynamic quantization: a large CPU speed-up for decoding)."""
+        """eval(); fold the output layer into one Linear where that is less work, and optionally
+        int8-quantize the Linear and GRU layers (dynamic quantization), the adaptive softmax
+        excepted."""
         self.eval()
         with torch.no_grad():
             # Fold the tied output layer into one Linear only when that is less work per step:
             # (H -> V) instead of (H -> E) then (E -> V), i.e. when H <= E.
             if self.adaptive is not None or self.cfg.hidden_size > self.cfg.emb_size:
                 return self._quantize() if quantize else self
-            E, V = self.cfg.emb_size, self.cfg.vocab_size
-            H = self.cfg.hidden_size
-            out = nn.Linear(H, V)
+            out = nn.Linear(self.cfg.hidden_size, self.cfg.vocab_size)
             if self.out is None:
                 # logits = W_e (W_p s + b_p) + b_o  ==  (W_e W_p) s + (W_e b_p + b_o)
                 out.weight.copy_(self.embedding.weight @ self.out_proj.weight)
@@ -179,7 +178,6 @@ class Seq2Seq(nn.Module):
             else:
                 out.weight.copy_(self.out.weight @ self.out_proj.weight)
                 out.bias.copy_(self.out.weight @ self.out_proj.bias + self.out.bias)
-            del E
             self._infer_out = out
         return self._quantize() if quantize else self
 

@@ -90,7 +90,7 @@ def _pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _make_optimizer(model: Seq2Seq, cfg: TrainConfig, device: torch.device):
+def _make_optimizer(model: Seq2Seq, cfg: TrainConfig):
     try:
         return torch.optim.AdamW(
             model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
@@ -161,7 +161,7 @@ def train(
     model = Seq2Seq(mcfg).to(device)
     if init is not None:
         model.load_state_dict(init["state_dict"])
-    optimizer = _make_optimizer(model, cfg, device)
+    optimizer = _make_optimizer(model, cfg)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=2)
     sampler = BatchSampler(sources, cfg.batch_size, seed=cfg.seed, pool_batches=cfg.pool_batches)
     step, best_loss, loss_history = 0, math.inf, []
