@@ -10,13 +10,12 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import ValidationError
 from telegram import Bot, BotCommandScopeChat, BotCommandScopeDefault, Update
 from telegram.error import InvalidToken, NetworkError, TelegramError
 from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, ContextTypes
 
 from bot.admin_retrain import register_retrain
-from bot.config import Settings
+from bot.config import Settings, read_settings
 from bot.handlers import ADMIN_COMMANDS, USER_COMMANDS, BotDeps, register
 from bot.retrain import RetrainSupervisor
 from bot.runtime import StartupError, create_service, setup_logging
@@ -154,12 +153,8 @@ async def _check_bot_api(settings: Settings) -> str:
 def main(argv: list[str]) -> int:
     """Entry point of ``xianliao bot``."""
     args = _parse_args(argv)
-    try:
-        settings = Settings(_env_file=args.env_file)
-    except ValidationError as exc:
-        for err in exc.errors():
-            name = ".".join(str(p) for p in err["loc"]).upper()
-            print(f"xianliao bot: setting {name}: {err['msg']}", file=sys.stderr)
+    settings = read_settings(args.env_file, "xianliao bot")
+    if settings is None:
         return 2
     token = settings.token()
     if not token:

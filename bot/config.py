@@ -106,3 +106,19 @@ class Settings(BaseSettings):
     def token(self) -> str | None:
         """The bot token, or None when not set."""
         return self.telegram_bot_token.get_secret_value() if self.telegram_bot_token else None
+
+
+def read_settings(env_file: str | None, prog: str) -> Settings | None:
+    """Settings from the environment and ``env_file``; on invalid values, print one line per
+    bad setting (``prog: setting NAME: why``) to stderr and return None. For entry points."""
+    import sys
+
+    from pydantic import ValidationError
+
+    try:
+        return Settings(_env_file=env_file)
+    except ValidationError as exc:
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]).upper()
+            print(f"{prog}: setting {name}: {err['msg']}", file=sys.stderr)
+        return None

@@ -13,9 +13,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from pydantic import ValidationError
-
-from bot.config import Settings
+from bot.config import read_settings
 from bot.runtime import StartupError, create_service, setup_logging
 from bot.service import DialogueService, Incoming
 
@@ -86,12 +84,8 @@ def chat_loop(service: DialogueService, stdin: TextIO, stdout: TextIO, interacti
 def main(argv: list[str]) -> int:
     """Entry point of ``xianliao chat``."""
     args = _parse_args(argv)
-    try:
-        settings = Settings(_env_file=args.env_file)
-    except ValidationError as exc:
-        for err in exc.errors():
-            name = ".".join(str(p) for p in err["loc"]).upper()
-            print(f"xianliao chat: setting {name}: {err['msg']}", file=sys.stderr)
+    settings = read_settings(args.env_file, "xianliao chat")
+    if settings is None:
         return 2
     setup_logging("WARNING")
     try:

@@ -95,3 +95,17 @@ def test_entry_point_asks_openmp_for_passive_waits(monkeypatch):
     with contextlib.suppress(SystemExit):
         main(["eval", "--help"])
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+@pytest.mark.parametrize("command", ["chat", "bot", "retrain", "promote", "rollback", "quickstart"])
+def test_a_bad_setting_is_one_line_for_every_entry_point(command, monkeypatch, capsys):
+    from xianliao.cli import main
+
+    monkeypatch.setenv("ADMIN_USER_IDS", "alice")
+    args = [command, "--env-file", "/dev/null"] + (["x.pt"] if command == "promote" else [])
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"xianliao {command}: setting ADMIN_USER_IDS: Value error, ADMIN_USER_IDS "
+        "must be numeric Telegram user ids separated by commas"
+    ]

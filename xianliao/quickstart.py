@@ -28,14 +28,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--env-file", default=".env", help="settings file (default: .env)")
     a = p.parse_args(argv)
 
-    from pydantic import ValidationError
+    from bot.config import read_settings
 
-    from bot.config import Settings
-
-    try:
-        settings = Settings(_env_file=a.env_file)
-    except ValidationError as exc:
-        print(f"xianliao quickstart: bad setting: {exc.errors()[0]['msg']}", file=sys.stderr)
+    settings = read_settings(a.env_file, "xianliao quickstart")
+    if settings is None:
         return 2
     model_path = Path(settings.model_path)
     if a.retrain or not model_path.exists():

@@ -14,10 +14,11 @@ import sys
 from dataclasses import fields
 
 
-def _settings(env_file: str):
-    from bot.config import Settings
+def _settings(env_file: str, prog: str):
+    """The bot's settings, or None after printing what is wrong with them."""
+    from bot.config import read_settings
 
-    return Settings(_env_file=env_file)
+    return read_settings(env_file, prog)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -76,12 +77,8 @@ def retrain_main(argv: list[str]) -> int:
     p.add_argument("--progress-jsonl", metavar="FILE", help="append progress as JSON lines")
     a = p.parse_args(argv)
 
-    from pydantic import ValidationError
-
-    try:
-        s = _settings(a.env_file)
-    except ValidationError as exc:
-        print(f"xianliao retrain: bad setting: {exc.errors()[0]['msg']}", file=sys.stderr)
+    s = _settings(a.env_file, "xianliao retrain")
+    if s is None:
         return 2
     if a.threads:
         import torch
@@ -239,7 +236,9 @@ def promote_main(argv: list[str]) -> int:
     p.add_argument("checkpoint")
     _common(p)
     a = p.parse_args(argv)
-    s = _settings(a.env_file)
+    s = _settings(a.env_file, "xianliao promote")
+    if s is None:
+        return 2
     try:
         info = promote(
             a.checkpoint,
@@ -264,7 +263,9 @@ def rollback_main(argv: list[str]) -> int:
     )
     _common(p)
     a = p.parse_args(argv)
-    s = _settings(a.env_file)
+    s = _settings(a.env_file, "xianliao rollback")
+    if s is None:
+        return 2
     try:
         info = rollback(a.model or s.model_path, a.database_url or s.database_url, promoted_by=a.by)
     except (PromotionError, OSError) as exc:
