@@ -65,6 +65,7 @@ def test_review_edit_retrain_promote_rollback(fake_api, start_bot, db_path, live
     fake_api.callback(
         ADMIN_ID, night, night["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
     )
+    fake_api.wait_for(lambda: fake_api.callback_answers, what="the approval")
     fake_api.private_text(ADMIN_ID, f"/edit {hello_id} {EDITED}")
     fake_api.wait_for(lambda: any("edited" in t for t in _texts(fake_api, ADMIN_ID)), what="edit")
     assert sorted(db_rows(db_path, "SELECT id, review_status, edited_reply FROM exchanges")) == [
@@ -77,6 +78,7 @@ def test_review_edit_retrain_promote_rollback(fake_api, start_bot, db_path, live
     fake_api.private_text(ADMIN_ID, "/retrain")
     fake_api.wait_sent(ADMIN_ID, n + 1, timeout=30)
     fake_api.private_text(ADMIN_ID, "/retrain")
+    fake_api.wait_sent(ADMIN_ID, n + 2, timeout=30)  # updates run concurrently: one at a time
     fake_api.private_text(ADMIN_ID, "/retrain status")
     msgs = fake_api.wait_sent(ADMIN_ID, n + 3, timeout=30)
     assert "separate process" in msgs[n]["text"]
