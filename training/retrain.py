@@ -176,7 +176,7 @@ def retrain(
     progress_bar: bool = False,
 ) -> dict:
     """Export, prepare, train, compare. Returns the report (also in ``out_dir/report.json``)."""
-    from model.checkpoint import CheckpointError, load_checkpoint
+    from model.checkpoint import CheckpointError, export_for_inference, load_checkpoint
     from model.vocab import Vocab
     from training.prepare import PrepareConfig, prepare
     from training.train import TrainConfig, read_vocab, train
@@ -256,7 +256,7 @@ def retrain(
     new_ckpt = out / "run" / "best.pt"
     # The logs' last step matters most to an admin who edited answers: judge the final weights.
     last_weights = out / "candidate.pt"
-    _strip_to_inference(out / "run" / "last.pt", last_weights)
+    export_for_inference(out / "run" / "last.pt", last_weights)
     comparison = compare(
         cfg.model_path,
         str(last_weights),
@@ -278,14 +278,3 @@ def retrain(
     }
     (out / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2), "utf-8")
     return report
-
-
-def _strip_to_inference(last: Path, dest: Path) -> None:
-    """Copy a resumable checkpoint without its optimizer/sampler state."""
-    from model.checkpoint import load_checkpoint, save_checkpoint
-
-    ckpt = load_checkpoint(last)
-    ckpt.pop("optimizer", None)
-    ckpt.pop("resume", None)
-    ckpt.pop("format_version", None)
-    save_checkpoint(dest, ckpt)

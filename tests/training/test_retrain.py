@@ -244,3 +244,31 @@ def test_killed_run_leaves_the_live_model_and_is_marked_failed(tmp_path, live, t
         assert len(runs) == 2  # the refused run left no row
         assert runs[2].status == "succeeded" and json.loads(runs[2].metrics)["promoted"]
     engine.dispose()
+
+
+def test_quickstart_trains_and_serves_the_final_weights(tmp_path, monkeypatch):
+    pytest.importorskip("chatterbot_corpus")
+    from model.checkpoint import load_checkpoint
+    from xianliao.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MODEL_PATH", str(tmp_path / "runs" / "model.pt"))
+    assert (
+        main(
+            [
+                "quickstart",
+                "--env-file",
+                "/dev/null",
+                "--steps",
+                "30",
+                "--minutes",
+                "1",
+                "--train-only",
+            ]
+        )
+        == 0
+    )
+    served = load_checkpoint(tmp_path / "runs" / "model.pt")
+    assert served["train"]["step"] == 30  # the last step, whatever validation preferred
+    assert "optimizer" not in served
+    assert (tmp_path / "data" / "quickstart" / "vocab.txt").is_file()
