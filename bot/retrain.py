@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from storage.db import init_schema, make_engine, session_factory
-from storage.repositories import PromotionRepository, TrainingRunRepository
+from storage.repositories import TrainingRunRepository
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,19 @@ def process_alive(params_json: str | None) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def live_run_or_fail_stale(session, *, skip: int | None = None) -> int | None:
+    """The id of an unfinished training run whose process is alive (one run at a time), after
+    marking unfinished runs whose process is gone as failed. ``skip``: the caller's own run."""
+    runs = TrainingRunRepository(session)
+    for run in runs.active():
+        if run.id == skip:
+            continue
+        if process_alive(run.params):
+            return run.id
+        runs.finish(run.id, status="failed", log="its process ended without a report")
+    return None
 
 
 @dataclass
@@ -104,15 +117,7 @@ class RetrainSupervisor:
     async def _other_active_run(self) -> int | None:
         """A run started elsewhere (e.g. the CLI) whose process is alive; stale ones are failed."""
 
-        def work(session) -> int | None:
-            runs = TrainingRunRepository(session)
-            for run in runs.active():
-                if process_alive(run.params):
-                    return run.id
-                runs.finish(run.id, status="failed", log="its process ended without a report")
-            return None
-
-        return await self._db(work)
+        return await self._db(live_run_or_fail_stale)
 
     # ----- start / status / cancel ------------------------------------------------------------
     async def start(
@@ -358,13 +363,6 @@ class RetrainSupervisor:
                 return False
             repo.set_review_status(exchange_id, "approved", reviewer=reviewer)
             return True
-
-        return await self._db(work)
-
-    async def latest_promotion(self) -> str | None:
-        def work(session) -> str | None:
-            p = PromotionRepository(session).latest()
-            return None if p is None else p.checkpoint
 
         return await self._db(work)
 

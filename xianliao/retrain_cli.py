@@ -84,7 +84,7 @@ def retrain_main(argv: list[str]) -> int:
         import torch
 
         torch.set_num_threads(a.threads)
-    from bot.retrain import process_alive
+    from bot.retrain import live_run_or_fail_stale
     from storage.db import init_schema, make_engine, session_factory
     from storage.repositories import TrainingRunRepository
 
@@ -98,17 +98,14 @@ def retrain_main(argv: list[str]) -> int:
     params["pid"] = os.getpid()
     with sessions() as session:
         runs = TrainingRunRepository(session)
-        for other in runs.active():
-            if other.id == a.run_id:
-                continue
-            if process_alive(other.params):
-                print(
-                    f"xianliao retrain: run {other.id} is still in progress: one run at a time "
-                    "(cancel it with /retrain cancel)",
-                    file=sys.stderr,
-                )
-                return 1
-            runs.finish(other.id, status="failed", log="its process ended without a report")
+        other = live_run_or_fail_stale(session, skip=a.run_id)
+        if other is not None:
+            print(
+                f"xianliao retrain: run {other} is still in progress: one run at a time "
+                "(cancel it with /retrain cancel)",
+                file=sys.stderr,
+            )
+            return 1
         run = runs.get(a.run_id) if a.run_id else None
         if run is None:
             run = runs.create(started_by=a.by, params=params, status="running")
