@@ -96,3 +96,23 @@ class Tokenizer:
         if not text:
             return []
         return [tok for tok in self._cut(text) if not tok.isspace()]
+
+    def tokenize_joined(self, texts: list[str]) -> list[str]:
+        """For each text, its tokens joined by single spaces (``""`` when it has none): the
+        same tokens as :meth:`tokenize`, from one segmenter call over all the texts (words
+        never span the newlines between them). For ``prepare``'s many short lines."""
+        norm = [normalise(t) for t in texts]
+        keep = [i for i, t in enumerate(norm) if t]
+        out = [""] * len(texts)
+        if not keep:
+            return out
+        # Tokens joined by spaces: a newline token becomes " \n ", a space token "   ".
+        joined = " ".join(self._cut("\n".join(norm[i] for i in keep)))
+        parts = joined.split(" \n ")
+        if len(parts) != len(keep):  # a segmenter that glued a newline to a word
+            for i in keep:
+                out[i] = " ".join(self.tokenize(texts[i]))
+            return out
+        for i, part in zip(keep, parts, strict=True):
+            out[i] = part.replace("   ", " ") if "   " in part else part
+        return out

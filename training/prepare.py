@@ -97,31 +97,31 @@ def _init_segmenter(fast: bool) -> None:
 
 def _segment_chunk(
     pairs: list[tuple[str, str]], max_len: int
-) -> tuple[list[str], Counter[str], dict[str, int], int, int]:
-    """-> lines "q tokens<TAB>a tokens", word counts, bad-line reasons, truncated questions,
-    and 0 (the pairs read were counted by the parent)."""
+) -> tuple[str, Counter[str], dict[str, int], int, int]:
+    """-> the kept pairs as lines "q tokens<TAB>a tokens" joined by newlines, their word
+    counts, bad-line reasons, truncated questions, and 0 (the pairs read were counted by the
+    parent). The whole chunk goes through the segmenter in one call."""
     assert _tokenizer is not None
+    joined = _tokenizer.tokenize_joined([t for pair in pairs for t in pair])
     lines: list[str] = []
-    counts: Counter[str] = Counter()
     bad: dict[str, int] = {}
     truncated = 0
-    for q, a in pairs:
-        qt, at = _tokenizer.tokenize(q), _tokenizer.tokenize(a)
-        if not qt or not at:
+    too_long = f"answer longer than {max_len} tokens"
+    for i in range(0, len(joined), 2):
+        q, a = joined[i], joined[i + 1]
+        if not q or not a:
             reason = "empty question or answer after normalising"
             bad[reason] = bad.get(reason, 0) + 1
             continue
-        if len(at) > max_len:
-            reason = f"answer longer than {max_len} tokens"
-            bad[reason] = bad.get(reason, 0) + 1
+        if a.count(" ") >= max_len:
+            bad[too_long] = bad.get(too_long, 0) + 1
             continue
-        if len(qt) > max_len:
-            qt = qt[-max_len:]
+        if q.count(" ") >= max_len:
+            q = " ".join(q.split(" ")[-max_len:])
             truncated += 1
-        counts.update(qt)
-        counts.update(at)
-        lines.append(" ".join(qt) + "\t" + " ".join(at))
-    return lines, counts, bad, truncated, 0
+        lines.append(q + "\t" + a)
+    text = "\n".join(lines)
+    return text, Counter(text.split()), bad, truncated, 0
 
 
 def _read_block(path: str, start: int, end: int) -> list[bytes]:
@@ -135,25 +135,37 @@ def _read_block(path: str, start: int, end: int) -> list[bytes]:
 
 def _segment_tsv_block(
     path: str, start: int, end: int, max_len: int
-) -> tuple[list[str], Counter[str], dict[str, int], int, int]:
+) -> tuple[str, Counter[str], dict[str, int], int, int]:
     """Read, parse and segment bytes [start, end) of a TSV file (whole lines)."""
-    pairs, bad = [], {}
+    pairs: list[tuple[str, str]] = []
+    bad: dict[str, int] = {}
     raws = _read_block(path, start, end)
-    for raw in raws:
-        item = parse_tsv_line(raw)
+    try:  # the fast way: decode the block at once; lines with exactly one tab are pairs
+        lines = b"\n".join(raws).decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        lines = None
+    for i, raw in enumerate(raws):
+        if lines is not None:
+            fields = lines[i].split("\t")
+            if len(fields) == 2 and fields[0].strip() and not fields[1].endswith("\r"):
+                pairs.append((fields[0], fields[1]))
+                continue
+        item = parse_tsv_line(raw)  # anything unusual: the one careful parser decides
         if isinstance(item, Bad):
             bad[item.reason] = bad.get(item.reason, 0) + 1
         else:
             pairs.append(item)
-    lines, counts, seg_bad, truncated, _ = _segment_chunk(pairs, max_len)
+    text, counts, seg_bad, truncated, _ = _segment_chunk(pairs, max_len)
     for reason, n in seg_bad.items():
         bad[reason] = bad.get(reason, 0) + n
-    return lines, counts, bad, truncated, len(raws)
+    return text, counts, bad, truncated, len(raws)
 
 
 def _map_block(path: str, start: int, end: int, valid_permille: int, dtype: str) -> dict:
-    lines = [raw.decode("utf-8") for raw in _read_block(path, start, end)]
-    return _map_chunk(lines, valid_permille, dtype)
+    with open(path, "rb") as f:
+        f.seek(start)
+        text = f.read(end - start).decode("utf-8")
+    return _map_chunk(text.rstrip("\n"), valid_permille, dtype)
 
 
 def _byte_blocks(path: Path, size: int) -> Iterator[tuple[int, int]]:
@@ -174,37 +186,46 @@ def _init_mapper(itos: list[str]) -> None:
     _stoi = {tok: i for i, tok in enumerate(itos)}
 
 
-def _map_chunk(lines: list[str], valid_permille: int, dtype: str) -> dict[str, tuple]:
-    """Segmented lines -> per split: (src ids, src lengths, tgt ids, tgt lengths, unk count)."""
+def _map_chunk(text: str, valid_permille: int, dtype: str) -> dict[str, tuple]:
+    """Segmented lines (joined by newlines) -> per split: (src ids, src lengths, tgt ids,
+    tgt lengths), the unknown-word count, and the validation pairs as text. One dictionary
+    lookup per token over the whole chunk; the split is by a hash of each line."""
     assert _stoi is not None
     unk = _stoi["<unk>"]
-    out = {}
-    parts: dict[str, tuple[list[int], list[int], list[int], list[int]]] = {
-        s: ([], [], [], []) for s in SPLITS
-    }
-    n_unk = 0
+    lines = text.split("\n") if text else []
+    n = len(lines)
+    src_len = np.empty(n, dtype=np.int64)
+    tgt_len = np.empty(n, dtype=np.int64)
+    is_valid = np.zeros(n, dtype=bool)
     valid_lines = []
-    for line in lines:
-        q, a = line.split("\t")
-        qi = [_stoi.get(t, unk) for t in q.split(" ")]
-        ai = [_stoi.get(t, unk) for t in a.split(" ")]
-        n_unk += qi.count(unk) + ai.count(unk)
-        split = "valid" if zlib.crc32(line.encode()) % 1000 < valid_permille else "train"
-        if split == "valid":
+    for i, line in enumerate(lines):
+        tab = line.index("\t")
+        src_len[i] = line.count(" ", 0, tab) + 1
+        tgt_len[i] = line.count(" ", tab + 1) + 1
+        if zlib.crc32(line.encode()) % 1000 < valid_permille:
+            is_valid[i] = True
+            q, a = line[:tab], line[tab + 1 :]
             valid_lines.append(detokenize(q.split(" ")) + "\t" + detokenize(a.split(" ")))
-        src, src_len, tgt, tgt_len = parts[split]
-        src.extend(qi)
-        src_len.append(len(qi))
-        tgt.extend(ai)
-        tgt_len.append(len(ai))
-    for s, (src, src_len, tgt, tgt_len) in parts.items():
-        out[s] = (
-            np.asarray(src, dtype=dtype).tobytes(),
-            np.asarray(src_len, dtype=np.int64),
-            np.asarray(tgt, dtype=dtype).tobytes(),
-            np.asarray(tgt_len, dtype=np.int64),
+    get = _stoi.get
+    ids = np.array([get(t, unk) for t in text.split()], dtype=dtype)
+    # Token i belongs to line line_of[i]; the first src_len tokens of a line are its question.
+    pair_len = src_len + tgt_len
+    line_of = np.repeat(np.arange(n), pair_len)
+    starts = np.cumsum(pair_len) - pair_len
+    is_src = (np.arange(len(ids)) - starts[line_of]) < src_len[line_of]
+    tok_valid = is_valid[line_of]
+    out: dict[str, tuple] = {}
+    for split, tok_mask, line_mask in (
+        ("train", ~tok_valid, ~is_valid),
+        ("valid", tok_valid, is_valid),
+    ):
+        out[split] = (
+            ids[tok_mask & is_src].tobytes(),
+            src_len[line_mask],
+            ids[tok_mask & ~is_src].tobytes(),
+            tgt_len[line_mask],
         )
-    out["unk"] = n_unk
+    out["unk"] = int(np.count_nonzero(ids == unk))
     out["valid_lines"] = valid_lines
     return out
 
@@ -311,16 +332,16 @@ def prepare(
     ):
         bar = tqdm(desc="segmenting", unit=" pairs", disable=not progress, mininterval=1.0)
         tasks = _segment_tasks(specs, cfg, stats)
-        for lines, counts, bad, truncated, n_read in _bounded_map(pool, tasks, 4 * workers):
+        for text, counts, bad, truncated, n_read in _bounded_map(pool, tasks, 4 * workers):
             stats.pairs_read += n_read
-            if lines:
-                f.write("\n".join(lines))
+            if text:
+                f.write(text)
                 f.write("\n")
             counter.update(counts)
             for reason, n in bad.items():
                 stats.add_bad(reason, n)
             stats.questions_truncated += truncated
-            bar.update(len(lines) + sum(bad.values()))
+            bar.update(text.count("\n") + bool(text) + sum(bad.values()))
         bar.close()
     stats.distinct_words_seen = len(counter.counts)
     stats.counter_prunes = counter.prunes

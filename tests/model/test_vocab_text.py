@@ -123,3 +123,34 @@ def test_fast_normalise_matches_the_reference():
     except pytest.skip.Exception:
         pass
     assert [normalise(t) for t in texts] == [_reference_normalise(t) for t in texts]
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_tokenize_joined_matches_tokenize(fast):
+    """prepare segments a whole block in one call: every text must get the tokens it gets
+    alone, empty texts included, whichever segmenter runs."""
+    tok = Tokenizer(fast=fast)
+    texts = [
+        "你好",
+        "",
+        "   ",
+        "hello world 你好 吗",
+        "你确定吗 我请客",
+        "😀😀😀",
+        "a\u200bb",
+        "ＡＢＣ　ｄｅｆ",
+        "3.14% C++ c# a&b x-y",
+        "line\nbreak\tand tab",
+        "\u1680空\u2003格",
+        "全是<b>标记</b>*和*_下划线_",
+    ]
+    try:
+        from conftest import shared_corpus
+
+        with open(shared_corpus("dgk_subtitle_srt_extra.tsv"), encoding="utf-8") as f:
+            for _, line in zip(range(5000 if fast else 1500), f, strict=False):
+                texts.extend(line.rstrip("\n").split("\t"))
+    except pytest.skip.Exception:
+        pass
+    assert tok.tokenize_joined(texts) == [" ".join(tok.tokenize(t)) for t in texts]
+    assert tok.tokenize_joined([]) == [] and tok.tokenize_joined(["", " "]) == ["", ""]
