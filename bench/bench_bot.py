@@ -75,6 +75,41 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (the model worker processes, multiprocessing's
+    resource tracker), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def tree_cpu_s(pid: int) -> float:
+    return sum(proc_cpu_s(p) for p in descendants(pid))
+
+
+def tree_memory(pid: int) -> dict[str, int]:
+    """VmRSS and RssAnon (kB) summed over ``pid`` and its descendants."""
+    total = {"VmRSS": 0, "RssAnon": 0}
+    for p in descendants(pid):
+        mem = proc_memory(p)
+        for k in total:
+            total[k] += mem.get(k, 0)
+    return total
+
+
 def proc_memory(pid: int) -> dict[str, int]:
     """VmRSS, RssAnon and VmHWM (kB) of a process."""
     out: dict[str, int] = {}
@@ -174,11 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--think",
         type=float,
-        default=1.0,
-        help="mean seconds between a reply and "
-        "the user's next message (uniform 0.5x..1.5x); 0 = answer-and-send at once",
+        default=0.8,
+        help="mean seconds between a reply and the user's next message (uniform 0.5x..1.5x; "
+        "100 users x 0.8 s offer up to 125 messages/s); 0 = answer-and-send at once",
     )
-    p.add_argument("--threads", type=int, default=2, help="TORCH_THREADS of the bot")
+    p.add_argument(
+        "--workers", type=int, default=1, help="MODEL_WORKERS of the bot (0 = model in-process)"
+    )
+    p.add_argument("--threads", type=int, default=1, help="TORCH_THREADS of the bot")
     p.add_argument("--max-batch", type=int, default=16, help="MODEL_MAX_BATCH of the bot")
     p.add_argument(
         "--send-max-rate",
@@ -211,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             "ADMIN_USER_IDS": "",
             "TORCH_THREADS": str(a.threads),
             "MODEL_MAX_BATCH": str(a.max_batch),
+            "MODEL_WORKERS": str(a.workers),
             "RATE_LIMIT_MESSAGES": "0",
             "SEND_MAX_RATE": str(a.send_max_rate),
             "LOG_LEVEL": "WARNING",
@@ -228,13 +267,16 @@ def main(argv: list[str] | None = None) -> int:
             text=True,
         )
         peak = {"RssAnon": 0, "VmRSS": 0, "VmHWM": 0}
+        peak_tree = {"RssAnon": 0, "VmRSS": 0}
         stop_sampling = threading.Event()
 
         def sample() -> None:
             while not stop_sampling.is_set():
                 for k, v in proc_memory(bot.pid).items():
                     peak[k] = max(peak[k], v)
-                stop_sampling.wait(0.05)
+                for k, v in tree_memory(bot.pid).items():
+                    peak_tree[k] = max(peak_tree[k], v)
+                stop_sampling.wait(0.1)
 
         threading.Thread(target=sample, daemon=True).start()
         try:
@@ -247,11 +289,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(bot.stdout.read(), file=sys.stderr)
                 return 1
             idle = proc_memory(bot.pid)
+            idle_tree = tree_memory(bot.pid)
             cpu0 = proc_cpu_s(bot.pid)
+            tree_cpu0 = tree_cpu_s(bot.pid)
             bench_cpu0 = time.process_time()
             users.start()
             finished = users.done.wait(a.timeout)
             bot_cpu = proc_cpu_s(bot.pid) - cpu0
+            all_cpu = tree_cpu_s(bot.pid) - tree_cpu0
             bench_cpu = time.process_time() - bench_cpu0
         finally:
             bot.send_signal(signal.SIGINT)
@@ -281,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         "messages_per_user": a.messages,
         "think_s": a.think,
         "torch_threads": a.threads,
+        "model_workers": a.workers,
         "max_batch": a.max_batch,
         "send_max_rate": a.send_max_rate,
         "finished": finished,
@@ -299,12 +345,18 @@ def main(argv: list[str] | None = None) -> int:
         "lost_rows": expected - stored,
         "bot_cpu_s": round(bot_cpu, 2),
         "bot_cpu_ms_per_reply": round(bot_cpu * 1000 / max(users.replies, 1), 2),
+        "bot_and_workers_cpu_s": round(all_cpu, 2),
+        "bot_and_workers_cpu_ms_per_reply": round(all_cpu * 1000 / max(users.replies, 1), 2),
         "bench_process_cpu_s": round(bench_cpu, 2),
         "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
         "idle_rss_kb": idle.get("VmRSS"),
         "idle_rss_anon_kb": idle.get("RssAnon"),
         "peak_rss_kb": max(peak["VmRSS"], peak["VmHWM"]),
         "peak_rss_anon_kb": peak["RssAnon"],
+        "idle_all_processes_rss_kb": idle_tree["VmRSS"],
+        "idle_all_processes_rss_anon_kb": idle_tree["RssAnon"],
+        "peak_all_processes_rss_kb": peak_tree["VmRSS"],
+        "peak_all_processes_rss_anon_kb": peak_tree["RssAnon"],
         "cpu_count": os.cpu_count(),
     }
     print(json.dumps(results, indent=2, ensure_ascii=False))

@@ -162,7 +162,7 @@ def main(argv: list[str]) -> int:
         return 2
     setup_logging(settings.log_level, secrets=[token])
     try:
-        service = create_service(settings)
+        service = create_service(settings, workers=settings.model_workers)
     except StartupError as exc:
         print(f"xianliao bot: {exc}", file=sys.stderr)
         return 2

@@ -32,8 +32,13 @@ class Settings(BaseSettings):
     database_url: str = DEFAULT_DATABASE_URL
     model_path: Path = DEFAULT_MODEL_PATH
     model_device: str = "cpu"
-    torch_threads: int | None = None  # torch intra-op threads per process (None: torch default)
+    # torch intra-op threads per model process (unset: 1 in MODEL_WORKERS processes, else
+    # torch's default)
+    torch_threads: int | None = None
     model_max_batch: int = Field(default=16, ge=1)  # messages answered in one model call
+    # Processes that run the model beside the bot (so decoding and Telegram traffic use
+    # different cores); 0 runs it in the bot's own process. The terminal chat always uses 0.
+    model_workers: int = Field(default=1, ge=0, le=64)
     decode_options: Annotated[dict[str, Any], NoDecode] = {}  # JSON object, e.g. {"beam_size": 4}
     # Check MODEL_PATH every N seconds and swap in a new file (a promotion made with the CLI,
     # a copied checkpoint) without a restart; 0 turns it off (/reload still works).

@@ -24,9 +24,25 @@ class StartupError(Exception):
     """A problem that stops the program; the message is one line that says what to do."""
 
 
-def load_model(settings: Settings, path: Path | None = None) -> ReplyModel:
-    """Load the checkpoint (``MODEL_PATH`` unless ``path``), as a ``model.chatbot.ChatBot``."""
+def _load(settings: Settings, path: Path, workers: int) -> ReplyModel:
+    """A ``model.chatbot.ChatBot`` in this process, or a pool of ``workers`` processes."""
+    if workers > 0:
+        from bot.model_workers import ModelWorkerPool
+
+        return ModelWorkerPool(
+            path,
+            workers=workers,
+            device=settings.model_device,
+            threads=settings.torch_threads or 1,
+        )
     from model.chatbot import ChatBot
+
+    return ChatBot.load(path, device=settings.model_device, threads=settings.torch_threads)
+
+
+def load_model(settings: Settings, path: Path | None = None, workers: int = 0) -> ReplyModel:
+    """Load the checkpoint (``MODEL_PATH`` unless ``path``): in this process, or in
+    ``workers`` worker processes (:class:`bot.model_workers.ModelWorkerPool`)."""
     from model.checkpoint import CheckpointError
 
     path = Path(path or settings.model_path)
@@ -36,7 +52,7 @@ def load_model(settings: Settings, path: Path | None = None) -> ReplyModel:
             "(or 'xianliao quickstart'), or set MODEL_PATH in .env to a checkpoint file"
         )
     try:
-        return ChatBot.load(path, device=settings.model_device, threads=settings.torch_threads)
+        return _load(settings, path, workers)
     except CheckpointError as exc:
         raise StartupError(
             f"cannot use the checkpoint {path}: {exc} (train a new one with 'xianliao train' "
@@ -44,13 +60,11 @@ def load_model(settings: Settings, path: Path | None = None) -> ReplyModel:
         ) from None
 
 
-def model_loader(settings: Settings):  # noqa: ANN201 - returns a ModelLoader
-    """A loader for /reload: the same device and threads as at start-up."""
+def model_loader(settings: Settings, workers: int = 0):  # noqa: ANN201 - a ModelLoader
+    """A loader for /reload: the same device, threads and worker processes as at start-up."""
 
     def load(path: Path) -> ReplyModel:
-        from model.chatbot import ChatBot
-
-        return ChatBot.load(path, device=settings.model_device, threads=settings.torch_threads)
+        return _load(settings, Path(path), workers)
 
     return load
 
@@ -87,16 +101,17 @@ def open_sessions(database_url: str):  # noqa: ANN201 - sessionmaker
 
 
 def create_service(
-    settings: Settings, *, model_path: Path | None = None, log: bool = True
+    settings: Settings, *, model_path: Path | None = None, log: bool = True, workers: int = 0
 ) -> DialogueService:
-    """Load the model, open the database (unless ``log`` is False) and check both work."""
-    model = load_model(settings, model_path)
+    """Load the model (in ``workers`` worker processes, or here when 0), open the database
+    (unless ``log`` is False) and check both work."""
+    model = load_model(settings, model_path, workers)
     sessions = open_sessions(settings.database_url) if log else None
     service = DialogueService(
         model,
         sessions=sessions,
         model_path=Path(model_path or settings.model_path),
-        load_model=model_loader(settings),
+        load_model=model_loader(settings, workers),
         decode_options=settings.decode_options,
         max_input_chars=settings.max_input_chars,
         rate_limit=settings.rate_limit_messages,

@@ -1,10 +1,13 @@
 """The dialogue service: text in -> reply out + log. No Telegram here.
 
 The Telegram handlers and the terminal chat both go through :class:`DialogueService`, so they
-tokenise, answer and log the same way. Model inference runs on one worker thread and database
-work on another, never on the event loop. Messages that arrive while the model is busy are
-answered together in one batched model call (``reply_many`` when the model has it), which is
-what lets one CPU process serve many users at once without adding latency when it is idle.
+tokenise, answer and log the same way. Model inference runs off the event loop (on a thread that
+calls the model, which is either in this process or in worker processes, see
+:mod:`bot.model_workers`) and database work on another thread. Messages that arrive while
+model is busy are answered together in one batched model call (``reply_many`` when the model has
+it), up to the model's ``parallelism`` batches at once, which is what lets the bot serve many
+users at once without adding latency when it is idle. A chat's messages are never answered out
+of order.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.model_workers import ModelClosed
 from storage.models import REVIEW_PENDING, REVIEW_STATUSES
 from storage.repositories import (
     AuditRepository,
@@ -218,13 +222,16 @@ class DialogueService:
         self.max_input_chars = max_input_chars
         self.max_batch = max_batch
         self.rate_limiter = RateLimiter(rate_limit, rate_window_s)
-        self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="xianliao-model")
+        # Threads that wait on the model; at most the model's parallelism are busy at once.
+        self._model_pool = ThreadPoolExecutor(8, thread_name_prefix="xianliao-model")
         self._db_pool = ThreadPoolExecutor(1, thread_name_prefix="xianliao-db")
         self._queue: deque[_Pending] = deque()
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
         self._log_queue: deque[tuple[list[_Pending], list[_Answered]]] = deque()
         self._log_worker: asyncio.Task[None] | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._busy_chats: set[int] = set()  # chats with a message in a batch being answered
         self._reload_lock = threading.Lock()
 
     # ----- the model ---------------------------------------------------------------------------
@@ -259,6 +266,8 @@ class DialogueService:
         one message the model chokes on fails alone (its exception is returned in its place)."""
         try:
             return list(self._generate(model, texts))
+        except ModelClosed:
+            raise
         except Exception as exc:
             if len(texts) == 1:
                 return [exc]
@@ -267,6 +276,8 @@ class DialogueService:
         for text in texts:
             try:
                 out.append(self._generate(model, [text])[0])
+            except ModelClosed:
+                raise
             except Exception as exc:  # reported to the caller of respond()
                 out.append(exc)
         return out
@@ -284,6 +295,9 @@ class DialogueService:
             self._generate(model, ["你好"])  # fail here, not on the next user message
             old, self._model = self._model, model
             self.model_path = path
+        close = getattr(old, "close", None)
+        if close is not None:
+            close()  # worker processes stop after the batches they are answering
         logger.info("model reloaded from %s: %s -> %s", path, old.version, model.version)
         return model.version
 
@@ -328,41 +342,86 @@ class DialogueService:
         self._wake.set()
         return await future
 
+    def _parallelism(self) -> int:
+        """Batches the current model answers at once (worker processes; 1 in-process)."""
+        return max(1, int(getattr(self._model, "parallelism", 1)))
+
+    def _take_batch(self) -> list[_Pending]:
+        """Up to ``max_batch`` queued messages, oldest first, skipping chats that have a
+        message in a batch still being answered (so each chat's replies keep their order)."""
+        batch: list[_Pending] = []
+        kept: deque[_Pending] = deque()
+        while self._queue:
+            p = self._queue.popleft()
+            if p.future.done():
+                continue
+            if len(batch) < self.max_batch and p.incoming.chat_id not in self._busy_chats:
+                batch.append(p)
+            else:
+                kept.append(p)  # a skipped chat's later messages are skipped too
+        self._queue = kept
+        return batch
+
     async def _run(self) -> None:
-        """Answer whatever is queued, a batch per model call, until cancelled."""
+        """Answer whatever is queued, a batch per model call, up to the model's parallelism
+        batches at once, until cancelled."""
         assert self._wake is not None
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._queue:
-                batch = [
-                    self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))
-                ]
-                batch = [p for p in batch if not p.future.done()]
+            while self._queue and len(self._in_flight) < self._parallelism():
+                batch = self._take_batch()
                 if not batch:
-                    continue
+                    break
+                chats = {p.incoming.chat_id for p in batch}
+                self._busy_chats.update(chats)
+                task = loop.create_task(self._answer(batch, chats), name="xianliao-batch")
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+
+    async def _answer(self, batch: list[_Pending], chats: set[int]) -> None:
+        """One model call for ``batch``; its answers go to the log queue, in dispatch order."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
                 model = self._model
-                outcomes = await loop.run_in_executor(
-                    self._model_pool, self._generate_each, model, [p.text for p in batch]
-                )
-                now = time.monotonic()
-                items, answered = [], []
-                for p, outcome in zip(batch, outcomes, strict=True):
-                    if isinstance(outcome, BaseException):
-                        if not p.future.done():
-                            p.future.set_exception(outcome)
-                        continue
-                    items.append(
-                        (p.incoming, p.text, outcome, (now - p.incoming.received_at) * 1000, model)
+                try:
+                    outcomes = await loop.run_in_executor(
+                        self._model_pool, self._generate_each, model, [p.text for p in batch]
                     )
-                    answered.append(p)
-                if not items:
+                    break
+                except ModelClosed:
+                    if model is self._model:
+                        raise
+                    # replaced by a reload while this batch waited: use the new one
+            now = time.monotonic()
+            items, answered = [], []
+            for p, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    if not p.future.done():
+                        p.future.set_exception(outcome)
                     continue
-                # Log on the database thread while the model starts on the next batch.
+                items.append(
+                    (p.incoming, p.text, outcome, (now - p.incoming.received_at) * 1000, model)
+                )
+                answered.append(p)
+            if items:
+                # Log on the database thread while the model answers the next batch.
                 self._log_queue.append((answered, items))
                 if self._log_worker is None or self._log_worker.done():
                     self._log_worker = loop.create_task(self._log_run(), name="xianliao-log")
+        except Exception as exc:
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+        finally:
+            self._busy_chats.difference_update(chats)
+            # Leave the in-flight set now (not in a done callback, which runs after the
+            # dispatcher has already woken up and found no free slot).
+            self._in_flight.discard(asyncio.current_task())  # type: ignore[arg-type]
+            if self._wake is not None:
+                self._wake.set()
 
     async def _log_run(self) -> None:
         """Log what the model answered; everything queued meanwhile goes in one transaction."""
@@ -534,8 +593,12 @@ class DialogueService:
 
     async def aclose(self) -> None:
         """Stop the worker; answers still in flight are finished first (bounded by the pools)."""
-        while self._log_worker is not None and not self._log_worker.done():
-            await asyncio.gather(self._log_worker, return_exceptions=True)
+        while self._in_flight or (self._log_worker is not None and not self._log_worker.done()):
+            await asyncio.gather(
+                *self._in_flight,
+                *([self._log_worker] if self._log_worker else []),
+                return_exceptions=True,
+            )
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -550,3 +613,6 @@ class DialogueService:
         """Shut the worker threads down (after :meth:`aclose` in async code)."""
         self._model_pool.shutdown(wait=True)
         self._db_pool.shutdown(wait=True)
+        close = getattr(self._model, "close", None)
+        if close is not None:
+            close()

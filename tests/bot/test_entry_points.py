@@ -188,7 +188,7 @@ def test_bot_main_wires_polling_or_webhook(monkeypatch, tmp_path, webhook):
         monkeypatch.setenv("WEBHOOK_SECRET", "s3")
         monkeypatch.setenv("WEBHOOK_PORT", "9443")
     monkeypatch.setattr(
-        app_module, "create_service", lambda s: DialogueService(EchoModel(), sessions=None)
+        app_module, "create_service", lambda s, **kw: DialogueService(EchoModel(), sessions=None)
     )
     monkeypatch.setattr(app_module, "_check_bot_api", fake_check)
     monkeypatch.setattr(

@@ -186,3 +186,74 @@ def test_decode_options_are_passed_and_logged(sessions):
     with sessions() as s:
         [row] = ExchangeRepository(s).search()
         assert '"beam_size": 3' in row.decode_options and '"strategy": "echo"' in row.decode_options
+
+
+class ParallelEcho(EchoModel):
+    """An EchoModel that says it answers ``parallelism`` batches at once (like the worker
+    pool) and records how many calls overlapped and in which order texts were answered."""
+
+    def __init__(self, parallelism: int, delay: float) -> None:
+        super().__init__(delay=0)
+        self.parallelism = parallelism
+        self.pause = delay
+        self.running = 0
+        self.max_running = 0
+        self.order: list[str] = []
+        self.closed = False
+        self._count = __import__("threading").Lock()
+
+    def reply_many(self, texts, **options):
+        import time
+
+        with self._count:
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+            self.order.extend(texts)
+        time.sleep(self.pause)
+        with self._count:
+            self.running -= 1
+        return [f"你说：{t}" for t in texts]
+
+    def close(self):
+        self.closed = True
+
+
+def test_a_parallel_model_answers_several_batches_at_once_in_chat_order(sessions):
+    model = ParallelEcho(parallelism=3, delay=0.1)
+    service = make_service(sessions, model, max_batch=2)
+
+    async def scenario():
+        # chats 1-6 send one message each; chat 7 sends five in a row
+        coros = [service.respond(msg(f"问{i}", user_id=i, message_id=i)) for i in range(1, 7)]
+        coros += [service.respond(msg(f"七{j}", user_id=7, message_id=100 + j)) for j in range(5)]
+        done_order: list[str] = []
+
+        async def track(coro):
+            reply = await coro
+            done_order.append(reply.text)
+            return reply
+
+        replies = await asyncio.gather(*(track(c) for c in coros))
+        await service.aclose()
+        return replies, done_order
+
+    replies, done_order = asyncio.run(scenario())
+    service.close()
+    assert [r.text for r in replies[:6]] == [f"你说：问{i}" for i in range(1, 7)]
+    assert model.max_running == 3  # never more than the model's parallelism, and that many
+    chat7 = [t for t in done_order if t.startswith("你说：七")]
+    assert chat7 == [f"你说：七{j}" for j in range(5)]  # answered in the order sent
+    assert [t for t in model.order if t.startswith("七")] == [f"七{j}" for j in range(5)]
+    assert model.closed  # close() also closes the model (its worker processes)
+    with sessions() as s:
+        assert ExchangeRepository(s).count() == 11
+
+
+def test_reload_closes_the_replaced_model(sessions, tmp_path):
+    old = ParallelEcho(parallelism=2, delay=0)
+    service = make_service(
+        sessions, old, load_model=lambda p: EchoModel(version="v2"), model_path=tmp_path / "m.pt"
+    )
+    assert service.reload_sync() == "v2"
+    assert old.closed
+    service.close()

@@ -1,0 +1,75 @@
+"""The model in worker processes (bot.model_workers): same replies as in-process, bad files
+fail with the checkpoint's one-line error, a dead worker is replaced, close() stops them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from bot.model_workers import ModelClosed, ModelWorkerPool
+from model.checkpoint import CheckpointError
+
+GREEDY = {"strategy": "greedy"}
+
+
+def _gone(pid: int, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        # a zombie child that was not reaped yet counts as gone too
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rpartition(")")[2].split()[0] == "Z":
+                    return True
+        except OSError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_workers_answer_like_the_model_in_process(tiny_checkpoint):
+    from model.chatbot import ChatBot
+
+    local = ChatBot.load(tiny_checkpoint, threads=1)
+    pool = ModelWorkerPool(tiny_checkpoint, workers=2, threads=1)
+    try:
+        pids = pool.worker_pids()
+        assert len(set(pids)) == 2 and os.getpid() not in pids
+        assert pool.version == local.version
+        assert pool.decode_options == local.decode_options
+        texts = ["你好", "你叫什么名字", "😀😀", "qwxzv 未知词", "x" * 10_000]
+        assert pool.reply_many(texts, **GREEDY) == local.reply_many(texts, **GREEDY)
+        assert pool.reply("你好", **GREEDY) == local.reply("你好", **GREEDY)
+    finally:
+        pool.close()
+    assert all(_gone(pid) for pid in pids)
+    with pytest.raises(ModelClosed):
+        pool.reply("你好")
+
+
+def test_a_bad_checkpoint_fails_with_the_one_line_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError) as info:
+        ModelWorkerPool(bad, workers=1)
+    assert "\n" not in str(info.value) and str(bad) in str(info.value)
+
+
+def test_a_killed_worker_is_replaced(tiny_checkpoint):
+    pool = ModelWorkerPool(tiny_checkpoint, workers=1, threads=1)
+    try:
+        first = pool.reply("你好", **GREEDY)
+        (pid,) = pool.worker_pids()
+        os.kill(pid, signal.SIGKILL)
+        assert _gone(pid)
+        assert pool.reply("你好", **GREEDY) == first
+        (new_pid,) = pool.worker_pids()
+        assert new_pid != pid
+    finally:
+        pool.close()
