@@ -27,6 +27,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.model_workers import ModelClosed
@@ -46,6 +47,10 @@ TELEGRAM_MAX_CHARS = 4096  # Telegram's limit, counted here in UTF-16 code units
 EMPTY_INPUT_REPLY = "说点什么吧～"
 FALLBACK_REPLY = "嗯嗯。"
 TOO_LONG_REPLY = "消息太长啦，请控制在 {limit} 个字以内再发给我～"
+# A user or chat row written less than this long ago with the same names is not written again
+# (users.last_seen_at has a resolution of a minute anyway); saves two queries per transaction.
+SEEN_TTL_S = 50.0
+SEEN_MAX = 50_000  # remembered rows before the memory is cleared
 
 
 class ReplyModel(Protocol):
@@ -232,6 +237,9 @@ class DialogueService:
         self._log_worker: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._busy_chats: set[int] = set()  # chats with a message in a batch being answered
+        # Users and chats this process wrote recently: ("u"|"c", id) -> (attributes, when).
+        # Only the database thread uses it.
+        self._seen: dict[tuple[str, int], tuple[tuple, float]] = {}
         self._reload_lock = threading.Lock()
 
     # ----- the model ---------------------------------------------------------------------------
@@ -453,22 +461,42 @@ class DialogueService:
                 options[id(model)] = json.dumps(
                     self.effective_decode_options(model), ensure_ascii=False, sort_keys=True
                 )
+        try:
+            return self._log_rows(items, options, use_cache=True)
+        except IntegrityError:
+            # A user or chat this process remembered was deleted meanwhile (by another
+            # process): forget what we remember and write them again.
+            self._seen.clear()
+            return self._log_rows(items, options, use_cache=False)
+
+    def _fresh(self, key: tuple[str, int], attrs: tuple, now: float) -> bool:
+        """Whether this user/chat row was written with these attributes less than
+        ``SEEN_TTL_S`` ago by this process (then the transaction need not touch it)."""
+        seen = self._seen.get(key)
+        return seen is not None and seen[0] == attrs and now - seen[1] < SEEN_TTL_S
+
+    def _log_rows(
+        self, items: list[_Answered], options: dict[int, str], *, use_cache: bool
+    ) -> list[Reply]:
         out: list[Reply] = []
-        with self.sessions.begin() as session:
+        now = time.monotonic()
+        user_rows = {
+            inc.user_id: (inc.username, inc.first_name, inc.language_code) for inc, *_ in items
+        }
+        chat_rows = {inc.chat_id: (inc.chat_type, inc.chat_title) for inc, *_ in items}
+        if use_cache:
+            user_rows = {k: v for k, v in user_rows.items() if not self._fresh(("u", k), v, now)}
+            chat_rows = {k: v for k, v in chat_rows.items() if not self._fresh(("c", k), v, now)}
+        with self.sessions.begin() as session:  # type: ignore[union-attr]
             users, chats = UserRepository(session), ChatRepository(session)
             # One query each; holding the rows keeps them in the session for touch() below.
-            known = (
-                users.load(inc.user_id for inc, *_ in items),
-                chats.load(inc.chat_id for inc, *_ in items),
-            )
-            for inc, *_ in items:
+            known = (users.load(user_rows), chats.load(chat_rows))
+            for uid, (username, first_name, language_code) in user_rows.items():
                 users.touch(
-                    inc.user_id,
-                    username=inc.username,
-                    first_name=inc.first_name,
-                    language_code=inc.language_code,
+                    uid, username=username, first_name=first_name, language_code=language_code
                 )
-                chats.touch(inc.chat_id, type=inc.chat_type, title=inc.chat_title)
+            for cid, (chat_type, title) in chat_rows.items():
+                chats.touch(cid, type=chat_type, title=title)
             logged = ExchangeRepository(session).add_many(
                 [
                     {
@@ -498,6 +526,12 @@ class DialogueService:
                         exchange.id,
                     )
                     out.append(Reply(exchange.reply_text, exchange.id, duplicate=True))
+        if len(self._seen) > SEEN_MAX:
+            self._seen.clear()
+        for uid, attrs in user_rows.items():
+            self._seen[("u", uid)] = (attrs, now)
+        for cid, attrs in chat_rows.items():
+            self._seen[("c", cid)] = (attrs, now)
         return out
 
     # ----- everything else that touches the database ---------------------------------------------
@@ -522,7 +556,13 @@ class DialogueService:
     async def forget(self, user_id: int) -> dict[str, int]:
         """Delete everything stored about ``user_id``."""
         self.rate_limiter.forget(user_id)
-        removed = await self._db(lambda s: UserRepository(s).delete_user_data(user_id))
+
+        def work(s: Session) -> dict[str, int]:
+            self._seen.pop(("u", user_id), None)
+            self._seen.pop(("c", user_id), None)  # the private chat has the user's id
+            return UserRepository(s).delete_user_data(user_id)
+
+        removed = await self._db(work)
         logger.info("deleted the data of a user on request: %s", removed)
         return removed
 

@@ -257,3 +257,31 @@ def test_reload_closes_the_replaced_model(sessions, tmp_path):
     assert service.reload_sync() == "v2"
     assert old.closed
     service.close()
+
+
+def test_rows_written_recently_are_not_rewritten_but_deletions_are_survived(sessions):
+    from storage.models import User
+    from storage.repositories import UserRepository
+
+    service = make_service(sessions)
+
+    def named(text, message_id, first_name):
+        return Incoming(
+            text=text, user_id=5, chat_id=5, message_id=message_id, first_name=first_name
+        )
+
+    assert service.respond_sync(named("一", 1, "阿明")).exchange_id is not None
+    assert service.respond_sync(named("二", 2, "阿明")).exchange_id is not None
+    # a changed name is written at once, not after the remembered row expires
+    service.respond_sync(named("三", 3, "小明"))
+    with sessions() as s:
+        assert s.get(User, 5).first_name == "小明"
+    # another process deletes the user (e.g. xianliao review): the next message still lands
+    with sessions.begin() as s:
+        UserRepository(s).delete_user_data(5)
+    reply = service.respond_sync(named("四", 4, "小明"))
+    assert reply.exchange_id is not None
+    with sessions() as s:
+        assert s.get(User, 5).first_name == "小明"
+        assert [e.user_text for e in ExchangeRepository(s).search()] == ["四"]
+    service.close()
