@@ -91,15 +91,16 @@ def _token_by_token(
     pick: Callable[[Tensor], Tensor],
 ) -> list[list[int]]:
     """Decode the batch one token at a time; ``pick`` chooses tokens (B,) from the
-    constrained log-probs (B, V). Each input stops at its first EOS."""
+    constrained scores (B, V): log-probs or logits. Each input stops at its first EOS."""
     memory, keys, mask, hidden = model.encode(src, src_len)
     B = src.shape[0]
     tokens = torch.full((B,), GO_ID, dtype=torch.long, device=src.device)
     out: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
     for step in range(opts.max_len):
-        logp, hidden = model.step(tokens, hidden, memory, keys, mask)
-        tokens = pick(_constrain(logp, out, step, opts))
+        # Scores up to a per-row constant: argmax, top-k and softmax do not need log-probs.
+        scores, hidden = model.step(tokens, hidden, memory, keys, mask, normalize=False)
+        tokens = pick(_constrain(scores, out, step, opts))
         for b, tok in enumerate(tokens.tolist()):
             if done[b]:
                 continue

@@ -85,9 +85,13 @@ class Seq2Seq(nn.Module):
         hidden (L_dec, B, H) initial decoder state."""
         B, S = src.shape
         emb = self.drop(self.embedding(src))  # (B, S, E)
-        packed = pack_padded_sequence(emb, src_len.cpu(), batch_first=True, enforce_sorted=False)
-        out, h_n = self.encoder(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=S)  # (B, S, 2H)
+        lengths = src_len.cpu()
+        if bool((lengths == S).all()):  # no padding (always so for one message): no packing
+            out, h_n = self.encoder(emb)
+        else:
+            packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
+            out, h_n = self.encoder(packed)
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=S)  # (B, S, 2H)
         memory = torch.tanh(self.enc_proj(out))  # (B, S, H)
         keys = self.attn_key(memory)  # (B, S, H)
         mask = torch.arange(S, device=src.device)[None, :] < src_len.to(src.device)[:, None]
@@ -151,14 +155,24 @@ class Seq2Seq(nn.Module):
         return out.sum(dim=1)
 
     def step(
-        self, tokens: Tensor, hidden: Tensor, memory: Tensor, keys: Tensor, mask: Tensor
+        self,
+        tokens: Tensor,
+        hidden: Tensor,
+        memory: Tensor,
+        keys: Tensor,
+        mask: Tensor,
+        *,
+        normalize: bool = True,
     ) -> tuple[Tensor, Tensor]:
-        """One decoding step for inference. tokens (B,) -> log-probs (B, V), new hidden."""
+        """One decoding step for inference. tokens (B,) -> log-probs (B, V), new hidden.
+        ``normalize=False`` may return logits instead (log-probs up to a per-row constant),
+        which is all that greedy decoding and sampling need."""
         dec_out, hidden = self.decoder(self.embedding(tokens)[:, None, :], hidden)  # (B, 1, H)
         state = self._attend(dec_out, memory, keys, mask)[:, 0]  # (B, H)
         if self.adaptive is not None:
             return self.adaptive.log_prob(self.out_proj(state).float()), hidden
-        return torch.log_softmax(self._logits(state).float(), dim=-1), hidden
+        logits = self._logits(state).float()
+        return (torch.log_softmax(logits, dim=-1) if normalize else logits), hidden
 
     def prepare_for_inference(self, *, quantize: bool = False) -> Seq2Seq:
         """eval(); fold the output layer into one Linear where that is less work, and optionally
