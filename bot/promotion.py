@@ -34,7 +34,7 @@ def _atomic_copy(src: Path, dest: Path) -> None:
 
 def _archive(path: Path, history: Path) -> Path:
     """Keep a copy of a checkpoint as ``history/<sha256 prefix>.pt`` (once per content)."""
-    from model.checkpoint import file_digest
+    from model.errors import file_digest
 
     dest = history / f"{file_digest(path)[:16]}.pt"
     if not dest.exists():

@@ -43,7 +43,7 @@ def _load(settings: Settings, path: Path, workers: int) -> ReplyModel:
 def load_model(settings: Settings, path: Path | None = None, workers: int = 0) -> ReplyModel:
     """Load the checkpoint (``MODEL_PATH`` unless ``path``): in this process, or in
     ``workers`` worker processes (:class:`bot.model_workers.ModelWorkerPool`)."""
-    from model.checkpoint import CheckpointError
+    from model.errors import CheckpointError
 
     path = Path(path or settings.model_path)
     if not path.exists():

@@ -7,7 +7,6 @@ state). ``load_checkpoint`` is the only way to open one.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import tempfile
@@ -17,12 +16,10 @@ from typing import Any
 
 import torch
 
+from model.errors import CheckpointError, file_digest  # noqa: F401 - re-exported
+
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model_config", "vocab", "tokenizer", "state_dict", "train")
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used; the message is one line a user can act on."""
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
@@ -44,14 +41,6 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_checkpoint(path: str | os.PathLike, *, map_location: str = "cpu") -> dict[str, Any]:

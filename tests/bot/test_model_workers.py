@@ -73,3 +73,34 @@ def test_a_killed_worker_is_replaced(tiny_checkpoint):
         assert new_pid != pid
     finally:
         pool.close()
+
+
+def test_the_bot_process_does_not_load_torch_when_workers_hold_the_model(tiny_checkpoint, tmp_path):
+    """The point of the workers: torch (~100 MB) and the model live in them, not in the bot."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from bot.config import Settings\n"
+        "from bot.runtime import StartupError, load_model\n"
+        "s = Settings(_env_file=None, model_path=sys.argv[1], torch_threads=1)\n"
+        "pool = load_model(s, workers=1)\n"
+        "print(pool.reply('你好', strategy='greedy') != '')\n"
+        "try:\n"
+        "    load_model(s, path=sys.argv[2], workers=1)\n"
+        "except StartupError as exc:\n"
+        "    print('cannot use the checkpoint' in str(exc))\n"
+        "pool.close()\n"
+        "print('torch' in sys.modules)\n"
+    )
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00" * 100)
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tiny_checkpoint), str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True", "False"]
