@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed-max", type=int, default=1_000_000, help="largest seed-style baseline")
     p.add_argument("--skip-seed", action="store_true")
     p.add_argument("--keep", action="store_true", help="keep prepared data and runs")
+    p.add_argument("--prepare-only", action="store_true", help="measure prepare, not train")
+    p.add_argument("--prepare-args", default="", help="extra prepare options, e.g. '--workers 2'")
+    p.add_argument("--out-name", default="memory.json", help="file name in bench/out")
     a = p.parse_args(argv)
 
     work = Path(a.work)
@@ -75,7 +78,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{name}] prepare ({mb:.0f} MB)", flush=True)
         with open(work / f"prepare_{name}.log", "w") as log:
             pk = run_measured(
-                [XIANLIAO, "prepare", str(tsv), "--out", str(data), "--quiet"], log=log
+                [
+                    XIANLIAO,
+                    "prepare",
+                    str(tsv),
+                    "--out",
+                    str(data),
+                    "--quiet",
+                    *a.prepare_args.split(),
+                ],
+                log=log,
             )
         row["prepare"] = asdict(pk)
         meta = json.loads((data / "meta.json").read_text())
@@ -84,6 +96,19 @@ def main(argv: list[str] | None = None) -> int:
             for k in ("distinct_words_seen", "counter_prunes", "tokens", "unk_tokens", "seconds")
         }
         row["data_mb"] = round(sum(f.stat().st_size for f in data.iterdir()) / 1e6, 1)
+        if a.prepare_only:
+            d = row["prepare"]
+            print(
+                f"[{name}] prepare: RssAnon sum {d['rss_anon_mb']} MB, VmRSS sum "
+                f"{d['vm_rss_mb']} MB, parent RssAnon {d['parent_rss_anon_mb']} MB, "
+                f"{d['seconds']} s, {row['prepare_stats']}",
+                flush=True,
+            )
+            results["sizes"][name] = row
+            (OUT / a.out_name).write_text(json.dumps(results, indent=1))
+            if not a.keep:
+                shutil.rmtree(data, ignore_errors=True)
+            continue
         print(f"[{name}] train {a.steps} steps", flush=True)
         cmd = [XIANLIAO, "train", str(data), "--out", str(run), "--steps", str(a.steps)]
         cmd += ["--eval-every", "1000", "--quiet", "--threads", str(a.threads)]
@@ -119,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         if not a.keep:
             shutil.rmtree(run, ignore_errors=True)
-        (OUT / "memory.json").write_text(json.dumps(results, indent=1))
+        (OUT / a.out_name).write_text(json.dumps(results, indent=1))
     return 0
 
 

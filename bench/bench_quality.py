@@ -50,6 +50,12 @@ def main() -> int:
     p.add_argument("tsv", help="held-out question<TAB>answer pairs (DATA_DIR/valid.tsv)")
     p.add_argument("--limit", type=int, default=1000)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--extra",
+        default="{}",
+        help='more decodings as JSON, e.g. \'{"mmi": {"strategy": "sample_rank", "mmi_weight": 1}}\'',
+    )
+    p.add_argument("--out-name", default="quality.json", help="file name in bench/out")
     a = p.parse_args()
     bot = ChatBot.load(a.checkpoint, threads=a.threads)
     default = bot.options.to_dict()
@@ -58,22 +64,29 @@ def main() -> int:
         "beam 5": {"strategy": "beam", "beam_size": 5},
         f"default ({default['strategy']}, T={default['temperature']}, k={default['top_k']}, "
         f"p={default['top_p']})": {},
+        **json.loads(a.extra),
     }
     rows = {}
+    everyday = {}
     for name, over in configs.items():
         opts = DecodeOptions(**{**default, **over, "seed": 0})
         report, _ = evaluate(bot, a.tsv, limit=a.limit, options=opts)
         rows[name] = asdict(report)
         print(name, json.dumps(rows[name], ensure_ascii=False), flush=True)
+        everyday[name] = dict(
+            zip(EVERYDAY, bot.reply_many(EVERYDAY, **{**over, "seed": 0}), strict=True)
+        )
+        print(" | ".join(f"{q} -> {r}" for q, r in everyday[name].items()), flush=True)
     replies = bot.reply_many(EVERYDAY, seed=0)
     out = {
         "checkpoint": a.checkpoint,
         "version": bot.version,
         "metrics": rows,
         "everyday": dict(zip(EVERYDAY, replies, strict=True)),
+        "everyday_by_decoding": everyday,
     }
     Path("bench/out").mkdir(parents=True, exist_ok=True)
-    Path("bench/out/quality.json").write_text(json.dumps(out, ensure_ascii=False, indent=2))
+    Path("bench/out", a.out_name).write_text(json.dumps(out, ensure_ascii=False, indent=2))
     print(
         "\n| decoding | perplexity | generic share | distinct-1 | distinct-2 | char distinct-2 "
         "| replies with UNK | mean reply chars |\n|---|---:|---:|---:|---:|---:|---:|---:|"

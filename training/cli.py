@@ -38,6 +38,12 @@ def prepare_main(argv: list[str]) -> int:
     p.add_argument("--workers", type=int, default=d.workers, help="0 = one per CPU core")
     p.add_argument("--valid-permille", type=int, default=d.valid_permille)
     p.add_argument(
+        "--counter-cap",
+        type=int,
+        default=d.counter_cap,
+        help="most distinct words counted at once; the rarest are pruned beyond it (memory)",
+    )
+    p.add_argument(
         "--vocab-from",
         metavar="CHECKPOINT",
         help="reuse this checkpoint's vocabulary (for fine-tuning it)",
@@ -45,12 +51,15 @@ def prepare_main(argv: list[str]) -> int:
     p.add_argument("--no-fast", action="store_true", help="use jieba even if rjieba is installed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
+    if a.counter_cap < 2 * a.max_vocab:
+        p.error("--counter-cap must be at least twice --max-vocab (pruning keeps half of it)")
     cfg = PrepareConfig(
         min_freq=a.min_freq,
         max_vocab=a.max_vocab,
         max_len=a.max_len,
         workers=a.workers,
         valid_permille=a.valid_permille,
+        counter_cap=a.counter_cap,
         fast=not a.no_fast,
     )
     vocab = None

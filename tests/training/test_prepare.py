@@ -141,3 +141,20 @@ def test_small_blocks_give_the_same_data_as_one_block(tmp_path):
     assert outs["one"] == outs["small"]
     assert outs["one"][0] == 304 and sum(outs["one"][1].values()) == 301
     assert outs["one"][2] == {"1 fields instead of 2": 1, "not UTF-8": 1, "blank line": 1}
+
+
+def test_counter_cap_option_is_checked_and_used(tmp_path, capsys):
+    from training.cli import prepare_main
+
+    with pytest.raises(SystemExit) as info:
+        prepare_main(["x.tsv", "--out", str(tmp_path / "d"), "--counter-cap", "100"])
+    assert info.value.code == 2
+    assert "--counter-cap must be at least twice --max-vocab" in capsys.readouterr().err
+    corpus = tmp_path / "c.tsv"
+    corpus.write_text("".join(f"问题{i} 词{i}\t回答{i} 字{i % 7}\n" for i in range(300)), "utf-8")
+    out = tmp_path / "d"
+    argv = [str(corpus), "--out", str(out), "--max-vocab", "50", "--counter-cap", "100"]
+    assert prepare_main([*argv, "--workers", "1", "--quiet"]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["config"]["counter_cap"] == 100
+    assert meta["stats"]["counter_prunes"] > 0  # hundreds of distinct words, cap 100
