@@ -32,8 +32,8 @@ class Settings(BaseSettings):
     database_url: str = DEFAULT_DATABASE_URL
     model_path: Path = DEFAULT_MODEL_PATH
     model_device: str = "cpu"
-    # torch intra-op threads per model process (unset: 1 in MODEL_WORKERS processes, else
-    # torch's default)
+    # torch intra-op threads per model process (unset: 1). Decoding one reply is a chain of
+    # small ops that a second thread slows down (bench/RESULTS.md); use more workers instead.
     torch_threads: int | None = None
     model_max_batch: int = Field(default=16, ge=1)  # messages answered in one model call
     # Processes that run the model beside the bot (so decoding and Telegram traffic use

@@ -37,7 +37,7 @@ def _load(settings: Settings, path: Path, workers: int) -> ReplyModel:
         )
     from model.chatbot import ChatBot
 
-    return ChatBot.load(path, device=settings.model_device, threads=settings.torch_threads)
+    return ChatBot.load(path, device=settings.model_device, threads=settings.torch_threads or 1)
 
 
 def load_model(settings: Settings, path: Path | None = None, workers: int = 0) -> ReplyModel:

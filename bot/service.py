@@ -462,12 +462,12 @@ class DialogueService:
                     self.effective_decode_options(model), ensure_ascii=False, sort_keys=True
                 )
         try:
-            return self._log_rows(items, options, use_cache=True)
+            return self._log_rows(items, options, fast=True)
         except IntegrityError:
-            # A user or chat this process remembered was deleted meanwhile (by another
-            # process): forget what we remember and write them again.
+            # A message logged before (an update delivered again after a restart), or a user
+            # or chat this process remembered that another process deleted: the careful way.
             self._seen.clear()
-            return self._log_rows(items, options, use_cache=False)
+            return self._log_rows(items, options, fast=False)
 
     def _fresh(self, key: tuple[str, int], attrs: tuple, now: float) -> bool:
         """Whether this user/chat row was written with these attributes less than
@@ -476,15 +476,19 @@ class DialogueService:
         return seen is not None and seen[0] == attrs and now - seen[1] < SEEN_TTL_S
 
     def _log_rows(
-        self, items: list[_Answered], options: dict[int, str], *, use_cache: bool
+        self, items: list[_Answered], options: dict[int, str], *, fast: bool
     ) -> list[Reply]:
+        """One transaction. ``fast``: skip users/chats written recently and insert the
+        exchanges without looking for earlier copies (raises ``IntegrityError`` if there
+        are any); else touch every user and chat and answer redelivered messages with the
+        stored reply."""
         out: list[Reply] = []
         now = time.monotonic()
         user_rows = {
             inc.user_id: (inc.username, inc.first_name, inc.language_code) for inc, *_ in items
         }
         chat_rows = {inc.chat_id: (inc.chat_type, inc.chat_title) for inc, *_ in items}
-        if use_cache:
+        if fast:
             user_rows = {k: v for k, v in user_rows.items() if not self._fresh(("u", k), v, now)}
             chat_rows = {k: v for k, v in chat_rows.items() if not self._fresh(("c", k), v, now)}
         with self.sessions.begin() as session:  # type: ignore[union-attr]
@@ -497,22 +501,25 @@ class DialogueService:
                 )
             for cid, (chat_type, title) in chat_rows.items():
                 chats.touch(cid, type=chat_type, title=title)
-            logged = ExchangeRepository(session).add_many(
-                [
-                    {
-                        "user_id": inc.user_id,
-                        "chat_id": inc.chat_id,
-                        "message_id": inc.message_id,
-                        "user_text": text,
-                        "reply_text": reply,
-                        "latency_ms": latency,
-                        "model_version": model.version,
-                        "decode_options": options[id(model)],
-                        "source": inc.source,
-                    }
-                    for inc, text, reply, latency, model in items
-                ]
-            )
+            rows = [
+                {
+                    "user_id": inc.user_id,
+                    "chat_id": inc.chat_id,
+                    "message_id": inc.message_id,
+                    "user_text": text,
+                    "reply_text": reply,
+                    "latency_ms": latency,
+                    "model_version": model.version,
+                    "decode_options": options[id(model)],
+                    "source": inc.source,
+                }
+                for inc, text, reply, latency, model in items
+            ]
+            exchanges = ExchangeRepository(session)
+            if fast:
+                logged = [(e, True) for e in exchanges.insert_new(rows)]
+            else:
+                logged = exchanges.add_many(rows)
             session.flush()
             del known
             for (inc, _, reply, _, _), (exchange, created) in zip(items, logged, strict=True):

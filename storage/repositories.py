@@ -301,6 +301,16 @@ class ExchangeRepository:
             return [self.add(**r) for r in rows]
         return out
 
+    def insert_new(self, rows: Sequence[dict[str, Any]]) -> list[Exchange]:
+        """Insert exchanges that are expected to be new (``add``'s keyword arguments each), in
+        one flush and no other statement. A message that was already logged raises
+        ``IntegrityError`` and leaves the transaction unusable: roll back and use
+        :meth:`add_many`. The fast path for a bot that sees each update once."""
+        exchanges = [self._new(**r) for r in rows]
+        self.session.add_all(exchanges)
+        self.session.flush()
+        return exchanges
+
     @staticmethod
     def _new(
         *,

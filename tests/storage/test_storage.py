@@ -284,3 +284,28 @@ def test_add_many_logs_a_batch_once(factory):
         assert out[0][0].reply_text == "你好呀" and out[2][0] is out[1][0]
     with factory() as s:
         assert ExchangeRepository(s).count() == 3
+
+
+def test_insert_new_is_one_flush_and_refuses_a_message_logged_before(factory):
+    from sqlalchemy.exc import IntegrityError
+
+    def row(message_id):
+        return {
+            "user_id": 1,
+            "chat_id": 1,
+            "message_id": message_id,
+            "user_text": f"q{message_id}",
+            "reply_text": "r",
+            "latency_ms": 1.0,
+            "model_version": "v1",
+        }
+
+    with factory.begin() as s:
+        log(s, message_id=1)
+    with factory.begin() as s:
+        made = ExchangeRepository(s).insert_new([row(2), row(None)])
+        assert all(e.id is not None for e in made)
+    with pytest.raises(IntegrityError), factory.begin() as s:
+        ExchangeRepository(s).insert_new([row(3), row(1)])
+    with factory() as s:  # the failed batch left nothing behind
+        assert sorted(e.message_id or 0 for e in ExchangeRepository(s).search()) == [0, 1, 2]
