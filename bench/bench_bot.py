@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         "--workers", type=int, default=1, help="MODEL_WORKERS of the bot (0 = model in-process)"
     )
     p.add_argument("--threads", type=int, default=1, help="TORCH_THREADS of the bot")
-    p.add_argument("--max-batch", type=int, default=16, help="MODEL_MAX_BATCH of the bot")
+    p.add_argument("--max-batch", type=int, default=8, help="MODEL_MAX_BATCH of the bot")
     p.add_argument(
         "--send-max-rate",
         type=float,

@@ -35,7 +35,8 @@ class Settings(BaseSettings):
     # torch intra-op threads per model process (unset: 1). Decoding one reply is a chain of
     # small ops that a second thread slows down (bench/RESULTS.md); use more workers instead.
     torch_threads: int | None = None
-    model_max_batch: int = Field(default=16, ge=1)  # messages answered in one model call
+    # messages answered in one model call (8: the best p95 latency at 100 replies/s, bench)
+    model_max_batch: int = Field(default=8, ge=1)
     # Processes that run the model beside the bot (so decoding and Telegram traffic use
     # different cores); 0 runs it in the bot's own process. The terminal chat always uses 0.
     model_workers: int = Field(default=1, ge=0, le=64)

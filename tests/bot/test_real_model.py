@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,10 @@ def test_xianliao_bot_process_runs_and_never_logs_the_token(fake_api, tmp_path, 
     assert proc.returncode == 0, out
     assert TOKEN not in out and TOKEN.split(":")[1] not in out
     assert db_rows(tmp_path / "bot.db", "SELECT COUNT(*) FROM exchanges") == [(1,)]
+    # the defaults: the model in one worker process, the event loop on uvloop when installed
+    assert "loaded in 1 worker process" in out
+    if importlib.util.find_spec("uvloop") is not None:
+        assert "event loop: uvloop" in out
 
 
 @pytest.mark.slow  # a fresh interpreter loading torch: ~5 s
