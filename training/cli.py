@@ -41,7 +41,8 @@ def prepare_main(argv: list[str]) -> int:
         "--counter-cap",
         type=int,
         default=d.counter_cap,
-        help="most distinct words counted at once; the rarest are pruned beyond it (memory)",
+        help="most distinct words counted at once; the rarest are pruned beyond it "
+        "(memory; default: max(100000, 4 x --max-vocab))",
     )
     p.add_argument(
         "--vocab-from",
@@ -51,7 +52,7 @@ def prepare_main(argv: list[str]) -> int:
     p.add_argument("--no-fast", action="store_true", help="use jieba even if rjieba is installed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
-    if a.counter_cap < 2 * a.max_vocab:
+    if a.counter_cap and a.counter_cap < 2 * a.max_vocab:
         p.error("--counter-cap must be at least twice --max-vocab (pruning keeps half of it)")
     cfg = PrepareConfig(
         min_freq=a.min_freq,

@@ -43,7 +43,14 @@ class PrepareConfig:
     chunk_size: int = 2000  # pairs per work unit (YAML and two-file corpora)
     block_bytes: int = 1 << 20  # bytes of a TSV file per work unit: workers read the file
     # themselves, so the parent process only hands out byte ranges
-    counter_cap: int = 300_000  # most distinct words counted at once (rare ones are pruned)
+    # most distinct words counted at once, the rarest pruned beyond it; 0 = automatic:
+    # max(100,000, 4 x max_vocab), which kept 29,988 of the 30,000 words a 300k cap kept on
+    # 10M generated pairs (bench/RESULTS.md)
+    counter_cap: int = 0
+
+    def effective_counter_cap(self) -> int:
+        return self.counter_cap or max(100_000, 4 * self.max_vocab)
+
     fast: bool = True  # use rjieba when installed (identical segmentation, ~13x faster)
 
 
@@ -323,7 +330,7 @@ def prepare(
     stats = PrepareStats()
     workers = cfg.workers or os.cpu_count() or 1
     tmp = out / "segmented.tmp"
-    counter = BoundedCounter(cfg.counter_cap)
+    counter = BoundedCounter(cfg.effective_counter_cap())
 
     # Pass 1: segment once, count words.
     with (
@@ -332,7 +339,9 @@ def prepare(
     ):
         bar = tqdm(desc="segmenting", unit=" pairs", disable=not progress, mininterval=1.0)
         tasks = _segment_tasks(specs, cfg, stats)
-        for text, counts, bad, truncated, n_read in _bounded_map(pool, tasks, 4 * workers):
+        # Two blocks per worker in flight: one being worked on, one waiting (each result holds
+        # a block's text and its word counts, so this bounds the parent's memory).
+        for text, counts, bad, truncated, n_read in _bounded_map(pool, tasks, 2 * workers):
             stats.pairs_read += n_read
             if text:
                 f.write(text)
@@ -368,7 +377,7 @@ def prepare(
                 (_map_block, (str(tmp), start, end, cfg.valid_permille, dtype))
                 for start, end in _byte_blocks(tmp, cfg.block_bytes)
             )
-            for part in _bounded_map(pool, tasks, 4 * workers):
+            for part in _bounded_map(pool, tasks, 2 * workers):
                 stats.unk_tokens += part.pop("unk")
                 for line in part.pop("valid_lines"):
                     valid_tsv.write(line + "\n")
