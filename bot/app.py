@@ -176,12 +176,12 @@ def main(argv: list[str]) -> int:
         print(NO_TOKEN_MESSAGE, file=sys.stderr)
         return 2
     setup_logging(settings.log_level, secrets=[token])
-    _use_uvloop()
     try:
         service = create_service(settings, workers=settings.model_workers)
     except StartupError as exc:
         print(f"xianliao bot: {exc}", file=sys.stderr)
         return 2
+    _use_uvloop()
     try:
         username = asyncio.run(_check_bot_api(settings))
         logger.info("connected to the Bot API as @%s", username)

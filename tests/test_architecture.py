@@ -29,6 +29,7 @@ ALLOWED = {
         "bot",
         "sqlalchemy",
         "torch",
+        "uvloop",  # optional: the event loop of `xianliao bot` when installed
     },
 }
 
