@@ -14,6 +14,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import pickle
 import time
 import zlib
 from collections import Counter, deque
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from model.text import Tokenizer, detokenize
-from model.vocab import Vocab
+from model.vocab import UNK_ID, Vocab
 from training.corpus import Bad, check_specs, is_tsv, iter_corpus, parse_tsv_line
 
 logger = logging.getLogger(__name__)
@@ -102,15 +103,33 @@ def _init_segmenter(fast: bool) -> None:
     _tokenizer = Tokenizer(fast=fast)
 
 
-def _segment_chunk(
-    pairs: list[tuple[str, str]], max_len: int
-) -> tuple[str, Counter[str], dict[str, int], int, int]:
-    """-> the kept pairs as lines "q tokens<TAB>a tokens" joined by newlines, their word
-    counts, bad-line reasons, truncated questions, and 0 (the pairs read were counted by the
-    parent). The whole chunk goes through the segmenter in one call."""
+@dataclass
+class _Segmented:
+    """Pass 1's result for one work unit: its kept pairs as ids into the unit's own word list
+    (so pass 2 maps each distinct word once, not each token), plus what pass 2 needs."""
+
+    words: list[str]  # the unit's words, in order of first use: local id i is words[i]
+    ids: np.ndarray  # int32 local ids of every kept token, pair by pair: question, then answer
+    src_len: np.ndarray  # int64 question tokens per kept pair
+    tgt_len: np.ndarray  # int64 answer tokens per kept pair
+    valid: np.ndarray  # bool per kept pair: held out (by a hash of the segmented pair)
+    valid_lines: list[str]  # the held-out pairs as text, for valid.tsv
+    counts: np.ndarray  # int64 occurrences of each local word
+    bad: dict[str, int]
+    truncated: int
+    n_read: int  # pairs read by the worker (TSV blocks); 0 when the parent counted them
+
+
+def _segment_chunk(pairs: list[tuple[str, str]], max_len: int, valid_permille: int) -> _Segmented:
+    """Segment pairs (one segmenter call for the whole chunk), drop and count bad ones, decide
+    each pair's split, and encode the tokens as local ids."""
     assert _tokenizer is not None
     joined = _tokenizer.tokenize_joined([t for pair in pairs for t in pair])
     lines: list[str] = []
+    src_len: list[int] = []
+    tgt_len: list[int] = []
+    valid: list[bool] = []
+    valid_lines: list[str] = []
     bad: dict[str, int] = {}
     truncated = 0
     too_long = f"answer longer than {max_len} tokens"
@@ -120,15 +139,39 @@ def _segment_chunk(
             reason = "empty question or answer after normalising"
             bad[reason] = bad.get(reason, 0) + 1
             continue
-        if a.count(" ") >= max_len:
+        a_n = a.count(" ") + 1
+        if a_n > max_len:
             bad[too_long] = bad.get(too_long, 0) + 1
             continue
-        if q.count(" ") >= max_len:
+        q_n = q.count(" ") + 1
+        if q_n > max_len:
             q = " ".join(q.split(" ")[-max_len:])
+            q_n = max_len
             truncated += 1
-        lines.append(q + "\t" + a)
-    text = "\n".join(lines)
-    return text, Counter(text.split()), bad, truncated, 0
+        line = q + "\t" + a
+        lines.append(line)
+        src_len.append(q_n)
+        tgt_len.append(a_n)
+        held_out = zlib.crc32(line.encode()) % 1000 < valid_permille
+        valid.append(held_out)
+        if held_out:
+            valid_lines.append(detokenize(q.split(" ")) + "\t" + detokenize(a.split(" ")))
+    tokens = "\n".join(lines).split()
+    words = list(dict.fromkeys(tokens))  # in order of first use
+    local = {w: i for i, w in enumerate(words)}
+    ids = np.fromiter(map(local.__getitem__, tokens), dtype=np.int32, count=len(tokens))
+    return _Segmented(
+        words=words,
+        ids=ids,
+        src_len=np.array(src_len, dtype=np.int64),
+        tgt_len=np.array(tgt_len, dtype=np.int64),
+        valid=np.array(valid, dtype=bool),
+        valid_lines=valid_lines,
+        counts=np.bincount(ids, minlength=len(local)),
+        bad=bad,
+        truncated=truncated,
+        n_read=0,
+    )
 
 
 def _read_block(path: str, start: int, end: int) -> list[bytes]:
@@ -141,8 +184,8 @@ def _read_block(path: str, start: int, end: int) -> list[bytes]:
 
 
 def _segment_tsv_block(
-    path: str, start: int, end: int, max_len: int
-) -> tuple[str, Counter[str], dict[str, int], int, int]:
+    path: str, start: int, end: int, max_len: int, valid_permille: int
+) -> _Segmented:
     """Read, parse and segment bytes [start, end) of a TSV file (whole lines)."""
     pairs: list[tuple[str, str]] = []
     bad: dict[str, int] = {}
@@ -162,17 +205,11 @@ def _segment_tsv_block(
             bad[item.reason] = bad.get(item.reason, 0) + 1
         else:
             pairs.append(item)
-    text, counts, seg_bad, truncated, _ = _segment_chunk(pairs, max_len)
-    for reason, n in seg_bad.items():
-        bad[reason] = bad.get(reason, 0) + n
-    return text, counts, bad, truncated, len(raws)
-
-
-def _map_block(path: str, start: int, end: int, valid_permille: int, dtype: str) -> dict:
-    with open(path, "rb") as f:
-        f.seek(start)
-        text = f.read(end - start).decode("utf-8")
-    return _map_chunk(text.rstrip("\n"), valid_permille, dtype)
+    seg = _segment_chunk(pairs, max_len, valid_permille)
+    for reason, n in bad.items():
+        seg.bad[reason] = seg.bad.get(reason, 0) + n
+    seg.n_read = len(raws)
+    return seg
 
 
 def _byte_blocks(path: Path, size: int) -> Iterator[tuple[int, int]]:
@@ -188,53 +225,45 @@ def _byte_blocks(path: Path, size: int) -> Iterator[tuple[int, int]]:
             start = end
 
 
+def _split_arrays(seg: _Segmented, table: np.ndarray, dtype: str) -> tuple[dict, int]:
+    """Pass 2 for one unit: local ids -> vocabulary ids (``table``), cut into the train and
+    valid splits -> ({split: (src ids, src lengths, tgt ids, tgt lengths)}, UNK tokens)."""
+    ids = table[seg.ids].astype(dtype)
+    n = len(seg.src_len)
+    # Token i belongs to pair pair_of[i]; the first src_len tokens of a pair are its question.
+    pair_len = seg.src_len + seg.tgt_len
+    pair_of = np.repeat(np.arange(n), pair_len)
+    starts = np.cumsum(pair_len) - pair_len
+    is_src = (np.arange(len(ids)) - starts[pair_of]) < seg.src_len[pair_of]
+    tok_valid = seg.valid[pair_of]
+    out = {}
+    for split, tok_mask, pair_mask in (
+        ("train", ~tok_valid, ~seg.valid),
+        ("valid", tok_valid, seg.valid),
+    ):
+        out[split] = (
+            ids[tok_mask & is_src].tobytes(),
+            seg.src_len[pair_mask],
+            ids[tok_mask & ~is_src].tobytes(),
+            seg.tgt_len[pair_mask],
+        )
+    return out, int(np.count_nonzero(ids == UNK_ID))
+
+
 def _init_mapper(itos: list[str]) -> None:
     global _stoi
     _stoi = {tok: i for i, tok in enumerate(itos)}
 
 
-def _map_chunk(text: str, valid_permille: int, dtype: str) -> dict[str, tuple]:
-    """Segmented lines (joined by newlines) -> per split: (src ids, src lengths, tgt ids,
-    tgt lengths), the unknown-word count, and the validation pairs as text. One dictionary
-    lookup per token over the whole chunk; the split is by a hash of each line."""
+def _map_unit(path: str, offset: int, dtype: str) -> tuple[dict, int]:
+    """Pass 2 in a worker: read the unit pickled at ``offset`` of pass 1's file and map it."""
     assert _stoi is not None
-    unk = _stoi["<unk>"]
-    lines = text.split("\n") if text else []
-    n = len(lines)
-    src_len = np.empty(n, dtype=np.int64)
-    tgt_len = np.empty(n, dtype=np.int64)
-    is_valid = np.zeros(n, dtype=bool)
-    valid_lines = []
-    for i, line in enumerate(lines):
-        tab = line.index("\t")
-        src_len[i] = line.count(" ", 0, tab) + 1
-        tgt_len[i] = line.count(" ", tab + 1) + 1
-        if zlib.crc32(line.encode()) % 1000 < valid_permille:
-            is_valid[i] = True
-            q, a = line[:tab], line[tab + 1 :]
-            valid_lines.append(detokenize(q.split(" ")) + "\t" + detokenize(a.split(" ")))
+    with open(path, "rb") as f:
+        f.seek(offset)
+        seg = pickle.load(f)
     get = _stoi.get
-    ids = np.array([get(t, unk) for t in text.split()], dtype=dtype)
-    # Token i belongs to line line_of[i]; the first src_len tokens of a line are its question.
-    pair_len = src_len + tgt_len
-    line_of = np.repeat(np.arange(n), pair_len)
-    starts = np.cumsum(pair_len) - pair_len
-    is_src = (np.arange(len(ids)) - starts[line_of]) < src_len[line_of]
-    tok_valid = is_valid[line_of]
-    out: dict[str, tuple] = {}
-    for split, tok_mask, line_mask in (
-        ("train", ~tok_valid, ~is_valid),
-        ("valid", tok_valid, is_valid),
-    ):
-        out[split] = (
-            ids[tok_mask & is_src].tobytes(),
-            src_len[line_mask],
-            ids[tok_mask & ~is_src].tobytes(),
-            tgt_len[line_mask],
-        )
-    out["unk"] = int(np.count_nonzero(ids == unk))
-    out["valid_lines"] = valid_lines
-    return out
+    table = np.array([get(w, UNK_ID) for w in seg.words], dtype=np.int64)
+    return _split_arrays(seg, table, dtype)
 
 
 # ---- parent side ----------------------------------------------------------------------------
@@ -305,10 +334,10 @@ def _segment_tasks(specs: list[str], cfg: PrepareConfig, stats: PrepareStats) ->
             stats.bytes_read += Path(spec).stat().st_size
         if is_tsv(spec):
             for start, end in _byte_blocks(Path(spec), cfg.block_bytes):
-                yield _segment_tsv_block, (spec, start, end, cfg.max_len)
+                yield _segment_tsv_block, (spec, start, end, cfg.max_len, cfg.valid_permille)
         else:
             for chunk in _chunks(_pairs_and_bad(spec, stats), cfg.chunk_size):
-                yield _segment_chunk, (chunk, cfg.max_len)
+                yield _segment_chunk, (chunk, cfg.max_len, cfg.valid_permille)
 
 
 def prepare(
@@ -329,41 +358,46 @@ def prepare(
     out.mkdir(parents=True, exist_ok=True)
     stats = PrepareStats()
     workers = cfg.workers or os.cpu_count() or 1
-    tmp = out / "segmented.tmp"
+    tmp = out / "segmented.tmp"  # pass 1 -> pass 2: pickled _Segmented units
     counter = BoundedCounter(cfg.effective_counter_cap())
 
-    # Pass 1: segment once, count words.
-    with (
-        _pool(workers, _init_segmenter, (cfg.fast,)) as pool,
-        open(tmp, "w", encoding="utf-8") as f,
-    ):
-        bar = tqdm(desc="segmenting", unit=" pairs", disable=not progress, mininterval=1.0)
-        tasks = _segment_tasks(specs, cfg, stats)
-        # Two blocks per worker in flight: one being worked on, one waiting (each result holds
-        # a block's text and its word counts, so this bounds the parent's memory).
-        for text, counts, bad, truncated, n_read in _bounded_map(pool, tasks, 2 * workers):
-            stats.pairs_read += n_read
-            if text:
-                f.write(text)
-                f.write("\n")
-            counter.update(counts)
-            for reason, n in bad.items():
-                stats.add_bad(reason, n)
-            stats.questions_truncated += truncated
-            bar.update(text.count("\n") + bool(text) + sum(bad.values()))
-        bar.close()
-    stats.distinct_words_seen = len(counter.counts)
-    stats.counter_prunes = counter.prunes
-    if vocab is None:  # else: a given vocabulary (fine-tuning a checkpoint keeps its ids)
-        vocab = Vocab.build(counter.counts, min_freq=cfg.min_freq, max_size=cfg.max_vocab)
-    del counter
-    (out / "vocab.txt").write_text("\n".join(vocab.itos) + "\n", encoding="utf-8")
-    dtype = "uint16" if len(vocab) <= 65535 else "int32"
-
-    # Pass 2: map to ids, append to the split arrays; the validation pairs also go to
-    # valid.tsv (as text) for 'xianliao eval'.
-    totals = {(s, side): 0 for s in SPLITS for side in ("src", "tgt")}
+    # Pass 1: segment once, count words; each unit's local ids go to a temporary file, the
+    # held-out pairs straight to valid.tsv (as text, for 'xianliao eval').
+    positions: list[int] = []  # where each unit starts in ``tmp`` (one per MB of corpus)
     try:
+        with (
+            _pool(workers, _init_segmenter, (cfg.fast,)) as pool,
+            open(tmp, "wb") as f,
+            open(out / "valid.tsv", "w", encoding="utf-8") as valid_tsv,
+        ):
+            bar = tqdm(desc="segmenting", unit=" pairs", disable=not progress, mininterval=1.0)
+            tasks = _segment_tasks(specs, cfg, stats)
+            # Two units per worker in flight: one being worked on, one waiting (this bounds the
+            # parent's memory).
+            for seg in _bounded_map(pool, tasks, 2 * workers):
+                stats.pairs_read += seg.n_read
+                counter.update(dict(zip(seg.words, seg.counts.tolist(), strict=True)))
+                for line in seg.valid_lines:
+                    valid_tsv.write(line + "\n")
+                for reason, n in seg.bad.items():
+                    stats.add_bad(reason, n)
+                stats.questions_truncated += seg.truncated
+                seg.counts, seg.valid_lines = np.zeros(0), []  # not needed in pass 2
+                positions.append(f.tell())
+                pickle.dump(seg, f, protocol=pickle.HIGHEST_PROTOCOL)
+                bar.update(len(seg.src_len) + sum(seg.bad.values()))
+            bar.close()
+        stats.distinct_words_seen = len(counter.counts)
+        stats.counter_prunes = counter.prunes
+        if vocab is None:  # else: a given vocabulary (fine-tuning a checkpoint keeps its ids)
+            vocab = Vocab.build(counter.counts, min_freq=cfg.min_freq, max_size=cfg.max_vocab)
+        del counter
+        (out / "vocab.txt").write_text("\n".join(vocab.itos) + "\n", encoding="utf-8")
+        dtype = "uint16" if len(vocab) <= 65535 else "int32"
+
+        # Pass 2, in the workers: each unit's words -> vocabulary ids once, then its tokens by
+        # numpy indexing; the parent appends the results to the split arrays in order.
+        totals = {(s, side): 0 for s in SPLITS for side in ("src", "tgt")}
         with contextlib.ExitStack() as stack:
             files, offsets = {}, {}
             for key in totals:
@@ -371,16 +405,10 @@ def prepare(
                 files[key] = stack.enter_context(open(out / f"{s}.{side}.bin", "wb"))
                 offsets[key] = stack.enter_context(open(out / f"{s}.{side}.off", "wb"))
                 offsets[key].write(np.zeros(1, dtype=np.int64).tobytes())
-            valid_tsv = stack.enter_context(open(out / "valid.tsv", "w", encoding="utf-8"))
             pool = stack.enter_context(_pool(workers, _init_mapper, (vocab.itos,)))
-            tasks = (
-                (_map_block, (str(tmp), start, end, cfg.valid_permille, dtype))
-                for start, end in _byte_blocks(tmp, cfg.block_bytes)
-            )
-            for part in _bounded_map(pool, tasks, 2 * workers):
-                stats.unk_tokens += part.pop("unk")
-                for line in part.pop("valid_lines"):
-                    valid_tsv.write(line + "\n")
+            tasks = ((_map_unit, (str(tmp), pos, dtype)) for pos in positions)
+            for part, unk in _bounded_map(pool, tasks, 2 * workers):
+                stats.unk_tokens += unk
                 for s, (src, src_len, tgt, tgt_len) in part.items():
                     for side, data, lens in (("src", src, src_len), ("tgt", tgt, tgt_len)):
                         files[s, side].write(data)
