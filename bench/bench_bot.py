@@ -33,6 +33,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import _cpu_s as proc_cpu_s  # noqa: E402
+from common import tree  # noqa: E402
 
 from tests.fake_bot_api import TOKEN, FakeBotAPI  # noqa: E402
 
@@ -65,45 +69,16 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[max(0, math.ceil(p * len(ordered)) - 1)]
 
 
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds used so far by a process."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it (the model worker processes, multiprocessing's
-    resource tracker), from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rpartition(")")[2].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
-
-
 def tree_cpu_s(pid: int) -> float:
-    return sum(proc_cpu_s(p) for p in descendants(pid))
+    """CPU seconds of ``pid`` and every process below it (the model workers and
+    multiprocessing's resource tracker)."""
+    return sum(proc_cpu_s(p) for p in tree(pid))
 
 
 def tree_memory(pid: int) -> dict[str, int]:
     """VmRSS and RssAnon (kB) summed over ``pid`` and its descendants."""
     total = {"VmRSS": 0, "RssAnon": 0}
-    for p in descendants(pid):
+    for p in tree(pid):
         mem = proc_memory(p)
         for k in total:
             total[k] += mem.get(k, 0)
