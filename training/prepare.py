@@ -18,7 +18,7 @@ import pickle
 import time
 import zlib
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -83,7 +83,7 @@ class BoundedCounter:
         self.threshold = 1
         self.prunes = 0
 
-    def update(self, other: Counter[str]) -> None:
+    def update(self, other: Mapping[str, int]) -> None:
         self.counts.update(other)
         if len(self.counts) > self.cap:
             while len(self.counts) > self.cap // 2:
@@ -174,13 +174,12 @@ def _segment_chunk(pairs: list[tuple[str, str]], max_len: int, valid_permille: i
     )
 
 
-def _read_block(path: str, start: int, end: int) -> list[bytes]:
+def _read_block(path: str, start: int, end: int) -> bytes:
+    """Bytes [start, end) of a file, without the final newline."""
     with open(path, "rb") as f:
         f.seek(start)
-        lines = f.read(end - start).split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    return lines
+        data = f.read(end - start)
+    return data[:-1] if data.endswith(b"\n") else data
 
 
 def _segment_tsv_block(
@@ -189,9 +188,10 @@ def _segment_tsv_block(
     """Read, parse and segment bytes [start, end) of a TSV file (whole lines)."""
     pairs: list[tuple[str, str]] = []
     bad: dict[str, int] = {}
-    raws = _read_block(path, start, end)
+    data = _read_block(path, start, end)
+    raws = data.split(b"\n") if data else []
     try:  # the fast way: decode the block at once; lines with exactly one tab are pairs
-        lines = b"\n".join(raws).decode("utf-8").split("\n")
+        lines = data.decode("utf-8").split("\n") if data else []
     except UnicodeDecodeError:
         lines = None
     for i, raw in enumerate(raws):
