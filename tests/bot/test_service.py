@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import pytest
 from bot_helpers import EchoModel
@@ -200,11 +202,9 @@ class ParallelEcho(EchoModel):
         self.max_running = 0
         self.order: list[str] = []
         self.closed = False
-        self._count = __import__("threading").Lock()
+        self._count = threading.Lock()
 
     def reply_many(self, texts, **options):
-        import time
-
         with self._count:
             self.running += 1
             self.max_running = max(self.max_running, self.running)
