@@ -63,24 +63,35 @@ async def _until_progress(sup, timeout=120.0):
         await asyncio.sleep(0.2)
 
 
+def _collect(messages: list[str]):  # noqa: ANN202 - an async notify callback
+    async def notify(text: str) -> None:
+        messages.append(text)
+
+    return notify
+
+
+def _endless_run_supervisor(setup, **kwargs) -> RetrainSupervisor:
+    """A supervisor whose runs would train for a million steps (stopped by the test)."""
+    live, db, base = setup
+    return RetrainSupervisor(
+        database_url=db,
+        model_path=live,
+        base_data=base,
+        env_file="/dev/null",
+        extra_args=["--steps", "1000000"],
+        poll_s=0.2,
+        **kwargs,
+    )
+
+
 def test_killed_process_is_reported_failed_and_live_model_untouched(setup):
     live, db, base = setup
     digest = file_digest(live)
     messages: list[str] = []
-
-    async def notify(text: str) -> None:
-        messages.append(text)
+    notify = _collect(messages)
 
     async def scenario():
-        sup = RetrainSupervisor(
-            database_url=db,
-            model_path=live,
-            base_data=base,
-            env_file="/dev/null",
-            extra_args=["--steps", "1000000"],
-            poll_s=0.2,
-            progress_every_s=0.5,
-        )
+        sup = _endless_run_supervisor(setup, progress_every_s=0.5)
         run_id = await sup.start(1, notify)
         with pytest.raises(RetrainBusy):
             await sup.start(1, notify)
@@ -102,19 +113,10 @@ def test_cancel_stops_the_run_and_records_it(setup):
     live, db, base = setup
     digest = file_digest(live)
     messages: list[str] = []
-
-    async def notify(text: str) -> None:
-        messages.append(text)
+    notify = _collect(messages)
 
     async def scenario():
-        sup = RetrainSupervisor(
-            database_url=db,
-            model_path=live,
-            base_data=base,
-            env_file="/dev/null",
-            extra_args=["--steps", "1000000"],
-            poll_s=0.2,
-        )
+        sup = _endless_run_supervisor(setup)
         await sup.start(1, notify)
         await _until_progress(sup)
         assert await sup.cancel() is not None
