@@ -4,7 +4,7 @@ The Telegram handlers and the terminal chat both go through :class:`DialogueServ
 tokenise, answer and log the same way. Model inference runs off the event loop (on a thread that
 calls the model, which is either in this process or in worker processes, see
 :mod:`bot.model_workers`) and database work on another thread. Messages that arrive while
-model is busy are answered together in one batched model call (``reply_many`` when the model has
+the model is busy are answered together in one batched model call (``reply_many`` when the model has
 it), up to the model's ``parallelism`` batches at once, which is what lets the bot serve many
 users at once without adding latency when it is idle. A chat's messages are never answered out
 of order.
@@ -227,8 +227,9 @@ class DialogueService:
         self.max_input_chars = max_input_chars
         self.max_batch = max_batch
         self.rate_limiter = RateLimiter(rate_limit, rate_window_s)
-        # Threads that wait on the model; at most the model's parallelism are busy at once.
-        self._model_pool = ThreadPoolExecutor(8, thread_name_prefix="xianliao-model")
+        # Threads that wait on the model, one per batch in flight (at most the model's
+        # parallelism; MODEL_WORKERS is at most 64). Threads start only when needed.
+        self._model_pool = ThreadPoolExecutor(64, thread_name_prefix="xianliao-model")
         self._db_pool = ThreadPoolExecutor(1, thread_name_prefix="xianliao-db")
         self._queue: deque[_Pending] = deque()
         self._wake: asyncio.Event | None = None
