@@ -45,7 +45,7 @@ def _reply_many(texts: list[str], options: dict[str, Any]) -> list[str]:
 
 class ModelWorkerPool:
     """``workers`` processes, each holding the checkpoint at ``path``; one batch per process at
-    a time. Raises ``model.checkpoint.CheckpointError`` (from the workers) for a bad file."""
+    a time. Raises ``model.errors.CheckpointError`` (from the workers) for a bad file."""
 
     def __init__(
         self, path: str | os.PathLike, *, workers: int = 1, device: str = "cpu", threads: int = 1
@@ -109,23 +109,20 @@ class ModelWorkerPool:
             self._free.put(executor)
             with self._lock:
                 self._active -= 1
-                shut_now = self._closed and self._active == 0 and not self._shut
-                if shut_now:
-                    self._shut = True
-            if shut_now:
-                self._shutdown()
+            self._shutdown_if_idle()
 
     def close(self) -> None:
         """Stop the workers once the batches they are answering are done."""
         with self._lock:
             self._closed = True
-            shut_now = self._active == 0 and not self._shut
-            if shut_now:
-                self._shut = True
-        if shut_now:
-            self._shutdown()
+        self._shutdown_if_idle()
 
-    def _shutdown(self) -> None:
+    def _shutdown_if_idle(self) -> None:
+        """Once closed and answering nothing, shut the workers down (exactly once)."""
+        with self._lock:
+            if not self._closed or self._active or self._shut:
+                return
+            self._shut = True
         for executor in list(self._all):
             executor.shutdown(wait=False, cancel_futures=True)
 
