@@ -1,13 +1,16 @@
 """Reply latency (p50/p99) of ``ChatBot.reply``: greedy and beam 5, unquantized and dynamic int8,
 for a trained default model and a tutorial-size model (hidden 500, 2+2 layers, vocabulary 20k,
-random weights), on everyday questions from xiaohuangji_sample.tsv.
+random weights), on everyday questions from xiaohuangji_sample.tsv. Random weights never choose
+EOS, so the tutorial-size replies are ``--tutorial-max-len`` tokens long (6 by default): the
+latency of a whole 6-token reply, encoder included.
 
     .venv/bin/python bench/bench_latency.py --trained /work/runs/dgk_run/best.pt \
         --vocab-from /tmp/xl_dgk20k --threads 2
 
 The tutorial-size checkpoint is written to /tmp (its vocabulary is the first 20k words of
-``--vocab-from``/vocab.txt so questions map to real ids). Every question is answered by every
-variant in turn (interleaved), after a warm-up. Results: stdout and bench/out/latency.json.
+``--vocab-from``/vocab.txt so questions map to real ids). Each variant answers every question in
+a block of its own after a warm-up, in two rounds (the second in reverse order). Results: stdout
+and bench/out/latency.json.
 """
 
 from __future__ import annotations
@@ -70,25 +73,34 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-def bench_model(name: str, path: Path, qs: list[str], threads: int, warmup: int) -> dict:
+def bench_model(
+    name: str, path: Path, qs: list[str], threads: int, warmup: int, max_len: int = 30
+) -> dict:
+    opts = {"beam_size": 5, "max_len": max_len}
     bots = {
-        q: ChatBot.load(path, threads=threads, quantize=q, decode_options={"beam_size": 5})
+        q: ChatBot.load(path, threads=threads, quantize=q, decode_options=opts)
         for q in (False, True)
     }
     variants = [(s, q) for s in ("greedy", "beam") for q in (False, True)]
     times = {v: [] for v in variants}
     lengths = {v: [] for v in variants}
     replies = {v: [] for v in variants}
-    for i, text in enumerate(qs[:warmup] + qs):
-        for s, q in variants:
+    # Each variant answers all questions in a block of its own, as a serving process with one
+    # model does (its weights stay in cache between replies; interleaving the variants reply by
+    # reply made each one start from a cache full of another model's weights). Two rounds, the
+    # second in reverse order, spread any drift of the machine's speed evenly.
+    for rnd, order in enumerate((variants, variants[::-1])):
+        for s, q in order:
             bot = bots[q]
-            t = time.perf_counter()
-            r = bot.reply(text, strategy=s)
-            dt = time.perf_counter() - t
-            if i >= warmup:
-                times[s, q].append(dt * 1000)
-                replies[s, q].append(r)
-                lengths[s, q].append(len(bot.tokenizer.tokenize(r)))
+            for text in qs[:warmup]:
+                bot.reply(text, strategy=s)
+            for text in qs:
+                t = time.perf_counter()
+                r = bot.reply(text, strategy=s)
+                times[s, q].append((time.perf_counter() - t) * 1000)
+                if rnd == 0:
+                    replies[s, q].append(r)
+                    lengths[s, q].append(len(bot.tokenizer.tokenize(r)))
     rows = {}
     for s, q in variants:
         ts = times[s, q]
@@ -96,7 +108,7 @@ def bench_model(name: str, path: Path, qs: list[str], threads: int, warmup: int)
             "p50_ms": round(pct(ts, 50), 2),
             "p99_ms": round(pct(ts, 99), 2),
             "mean_ms": round(sum(ts) / len(ts), 2),
-            "mean_reply_tokens": round(sum(lengths[s, q]) / len(ts), 1),
+            "mean_reply_tokens": round(sum(lengths[s, q]) / len(lengths[s, q]), 1),
         }
     for s in ("greedy", "beam"):
         same = sum(a == b for a, b in zip(replies[s, False], replies[s, True], strict=True))
@@ -110,6 +122,7 @@ def bench_model(name: str, path: Path, qs: list[str], threads: int, warmup: int)
     return {
         "name": name,
         "checkpoint": str(path),
+        "max_len": max_len,
         "model": cfg.to_dict() | {"adaptive_cutoffs": cfg.adaptive_cutoffs},
         "questions": len(qs),
         "rows": rows,
@@ -128,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-tutorial", action="store_true", help="no adaptive tutorial-size model")
     p.add_argument("--out-name", default="latency.json", help="file name in bench/out")
     p.add_argument("--full-softmax", action="store_true", help="also tutorial size, full softmax")
+    p.add_argument(
+        "--tutorial-max-len",
+        type=int,
+        default=6,
+        help="reply length of the tutorial-size models (random weights never stop on their own)",
+    )
     a = p.parse_args(argv)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -144,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         todo.append(("tutorial-size-full-softmax", ck))
     for name, path in todo:
         print(f"{name}: {path}", flush=True)
-        r = bench_model(name, path, qs, a.threads, a.warmup)
+        max_len = 30 if name == "trained" else a.tutorial_max_len
+        r = bench_model(name, path, qs, a.threads, a.warmup, max_len)
         r["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
         print(json.dumps(r["rows"], indent=1), flush=True)
         res["models"].append(r)

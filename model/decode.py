@@ -67,8 +67,16 @@ def _banned_by_ngram(history: list[int], n: int) -> list[int]:
     ]
 
 
-def _constrain(logp: Tensor, histories: list[list[int]], step: int, opts: DecodeOptions) -> Tensor:
-    """Apply min length, UNK suppression and n-gram blocking to log-probs (N, V) in place."""
+def _constrain(
+    logp: Tensor,
+    histories: list[list[int]],
+    step: int,
+    opts: DecodeOptions,
+    limit: int | None = None,
+) -> Tensor:
+    """Apply min length, UNK suppression and n-gram blocking to log-probs (N, V) in place.
+    ``limit``: only the first ``limit`` columns are token ids (an adaptive softmax's head, whose
+    further columns stand for its tail clusters)."""
     logp[:, PAD_ID] = NEG_INF
     logp[:, GO_ID] = NEG_INF
     if opts.suppress_unk:
@@ -78,6 +86,8 @@ def _constrain(logp: Tensor, histories: list[list[int]], step: int, opts: Decode
     if opts.no_repeat_ngram > 0:
         for row, hist in enumerate(histories):
             banned = _banned_by_ngram(hist, opts.no_repeat_ngram)
+            if limit is not None:
+                banned = [t for t in banned if t < limit]
             if banned:
                 logp[row, banned] = NEG_INF
     return logp
@@ -89,9 +99,12 @@ def _token_by_token(
     src_len: Tensor,
     opts: DecodeOptions,
     pick: Callable[[Tensor], Tensor],
+    pick_state: Callable[[Tensor, list[list[int]], int], Tensor] | None = None,
 ) -> list[list[int]]:
     """Decode the batch one token at a time; ``pick`` chooses tokens (B,) from the
-    constrained scores (B, V): log-probs or logits. Each input stops at its first EOS."""
+    constrained scores (B, V): log-probs or logits. ``pick_state``, when given, chooses them
+    from the attentional states (B, H), the histories and the step instead. Each input stops
+    at its first EOS."""
     memory, keys, mask, hidden = model.encode(src, src_len)
     B = src.shape[0]
     tokens = torch.full((B,), GO_ID, dtype=torch.long, device=src.device)
@@ -99,8 +112,12 @@ def _token_by_token(
     done = [False] * B
     for step in range(opts.max_len):
         # Scores up to a per-row constant: argmax, top-k and softmax do not need log-probs.
-        scores, hidden = model.step(tokens, hidden, memory, keys, mask, normalize=False)
-        tokens = pick(_constrain(scores, out, step, opts))
+        if pick_state is not None:
+            state, hidden = model.step_state(tokens, hidden, memory, keys, mask)
+            tokens = pick_state(state, out, step)
+        else:
+            scores, hidden = model.step(tokens, hidden, memory, keys, mask, normalize=False)
+            tokens = pick(_constrain(scores, out, step, opts))
         for b, tok in enumerate(tokens.tolist()):
             if done[b]:
                 continue
@@ -114,7 +131,28 @@ def _token_by_token(
 
 
 def greedy(model: Seq2Seq, src: Tensor, src_len: Tensor, opts: DecodeOptions) -> list[list[int]]:
-    return _token_by_token(model, src, src_len, opts, lambda logp: logp.argmax(dim=-1))
+    argmax = lambda logp: logp.argmax(dim=-1)  # noqa: E731
+    if model.adaptive is None:
+        return _token_by_token(model, src, src_len, opts, argmax)
+    asm = model.adaptive
+    short = asm.shortlist_size
+
+    def pick_state(state: Tensor, histories: list[list[int]], step: int) -> Tensor:
+        # The adaptive softmax's head scores the shortlist words and one entry per tail
+        # cluster, in the same units (a tail word's probability is its cluster's times its
+        # share in the cluster). When the best allowed head entry is a word, no tail word can
+        # beat it: the tails are skipped, and the result is the same as the full argmax.
+        head = _constrain(model.head_scores(state), histories, step, opts, limit=short)
+        tokens = head.argmax(dim=-1)
+        far = (tokens >= short).nonzero()[:, 0]  # a cluster won: score the full vocabulary
+        if far.numel():
+            rows = far.tolist()
+            full = model.state_scores(state[far])
+            full = _constrain(full, [histories[i] for i in rows], step, opts)
+            tokens[far] = full.argmax(dim=-1)
+        return tokens
+
+    return _token_by_token(model, src, src_len, opts, argmax, pick_state)
 
 
 def sample(model: Seq2Seq, src: Tensor, src_len: Tensor, opts: DecodeOptions) -> list[list[int]]:

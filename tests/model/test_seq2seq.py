@@ -161,13 +161,21 @@ def test_bf16_autocast_trains_with_the_adaptive_softmax():
     assert torch.isfinite(loss) and m.adaptive.head.weight.grad is not None
 
 
-def test_quantizing_keeps_the_adaptive_softmax_in_fp32():
-    m = _model(adaptive_cutoffs=[10, 30]).prepare_for_inference(quantize=True)
-    assert type(m.adaptive.head) is torch.nn.Linear
-    assert type(m.encoder) is not torch.nn.GRU  # the GRUs are quantized
+def test_quantizing_keeps_the_adaptive_softmax_tails_in_fp32():
+    m = _model(adaptive_cutoffs=[10, 30])
     src, src_len = batch_inputs([[5, 6, 7]])
-    assert len(decode(m, [[5, 6, 7]], DecodeOptions(strategy="greedy", max_len=5))) == 1
-    del src, src_len
+    x = torch.randn(4, 16)
+    with torch.inference_mode():
+        ref = m.adaptive.log_prob(x)
+    m.prepare_for_inference(quantize=True)
+    assert type(m.adaptive.head) is not torch.nn.Linear  # the head is int8
+    assert all(type(t[1]) is torch.nn.Linear for t in m.adaptive.tail)  # the tails are not
+    assert type(m.encoder) is not torch.nn.GRU  # the GRUs are quantized
+    with torch.inference_mode():
+        got = m.adaptive.log_prob(x)
+        assert len(decode(m, [[5, 6, 7]], DecodeOptions(strategy="greedy", max_len=5))) == 1
+    assert torch.allclose(got.exp().sum(dim=1), torch.ones(4), atol=1e-4)  # still normalised
+    assert (got - ref).abs().max() < 0.1  # and close to fp32
 
 
 def test_sampling_with_top_k_1_or_tiny_top_p_is_greedy():
@@ -178,3 +186,43 @@ def test_sampling_with_top_k_1_or_tiny_top_p_is_greedy():
     for over in ({"top_k": 1}, {"top_k": 0, "top_p": 1e-6}, {"top_k": 5, "top_p": 1e-6}):
         opts = DecodeOptions(**{"strategy": "sample", "max_len": 10, "seed": 9, **over})
         assert decode(m, inputs, opts) == g, over
+
+
+def test_adaptive_greedy_skips_the_tails_without_changing_the_reply():
+    """Greedy decoding with an adaptive softmax scores the tails only when a tail cluster beats
+    every allowed shortlist word; the replies equal the argmax over the full vocabulary, also
+    under n-gram blocking and min length, and tail words still come out."""
+    from model.decode import _token_by_token
+
+    m = _model(adaptive_cutoffs=[10, 30])
+    head = torch.nn.Linear(16, 12)  # the head with a bias, to make its two cluster entries
+    with torch.no_grad():  # win now and then
+        head.weight.copy_(m.adaptive.head.weight)
+        head.bias.zero_()
+        head.bias[10:] = 3.0
+    m.adaptive.head = head
+    inputs = [[5, 6, 7], [9, 10], [11, 12, 13, 14], [40, 41], [20], [33, 34, 35, 36, 37]]
+    src, src_len = batch_inputs(inputs)
+    seen_tail = False
+    for ngram, min_len in ((0, 1), (1, 3), (2, 1)):
+        opts = DecodeOptions(strategy="greedy", max_len=12, no_repeat_ngram=ngram, min_len=min_len)
+        fast = greedy(m, src, src_len, opts)
+        full = _token_by_token(m, src, src_len, opts, lambda s: s.argmax(dim=-1))
+        assert fast == full
+        seen_tail |= any(t >= 10 for reply in fast for t in reply)
+    assert seen_tail  # the fallback to the full vocabulary was exercised
+
+
+def test_folded_adaptive_head_matches_the_training_path():
+    m = _model(adaptive_cutoffs=[10, 30])
+    state = torch.randn(5, 24)
+    inputs = [[5, 6, 7], [9, 10], [40, 41]]
+    opts = DecodeOptions(strategy="greedy", max_len=8)
+    with torch.inference_mode():
+        ref = m.adaptive.head(m.out_proj(state))
+        before = decode(m, inputs, opts)
+    m.prepare_for_inference()
+    assert m._infer_head is not None  # hidden 24 x head 12 is less work than 24x16 + 16x12
+    with torch.inference_mode():
+        assert torch.allclose(m.head_scores(state), ref, atol=1e-5)
+        assert decode(m, inputs, opts) == before
