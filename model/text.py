@@ -13,6 +13,8 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
+import numpy as np
+
 logger = logging.getLogger(__name__)
 
 TOKENIZER_NAME = "jieba"
@@ -97,22 +99,41 @@ class Tokenizer:
             return []
         return [tok for tok in self._cut(text) if not tok.isspace()]
 
-    def tokenize_joined(self, texts: list[str]) -> list[str]:
-        """For each text, its tokens joined by single spaces (``""`` when it has none): the
-        same tokens as :meth:`tokenize`, from one segmenter call over all the texts (words
-        never span the newlines between them). For ``prepare``'s many short lines."""
-        norm = [normalise(t) for t in texts]
+    def tokenize_block(
+        self, texts: list[str], *, normalised: bool = False
+    ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """The tokens of many texts from one segmenter call (words never span the newlines
+        put between the texts), as ``(words, ids, lengths)``: ``ids`` (int32) indexes ``words``
+        for every token of every text in order, ``lengths`` (int64) counts each text's tokens
+        (0 for an empty text). The same tokens as :meth:`tokenize` text by text. ``words`` may
+        hold entries no id points to. ``normalised=True``: the texts went through
+        ``normalise`` already. For ``prepare``'s many short lines."""
+        norm = texts if normalised else [normalise(t) for t in texts]
         keep = [i for i, t in enumerate(norm) if t]
-        out = [""] * len(texts)
+        lengths = np.zeros(len(texts), dtype=np.int64)
         if not keep:
-            return out
-        # Tokens joined by spaces: a newline token becomes " \n ", a space token "   ".
-        joined = " ".join(self._cut("\n".join(norm[i] for i in keep)))
-        parts = joined.split(" \n ")
-        if len(parts) != len(keep):  # a segmenter that glued a newline to a word
-            for i in keep:
-                out[i] = " ".join(self.tokenize(texts[i]))
-            return out
-        for i, part in zip(keep, parts, strict=True):
-            out[i] = part.replace("   ", " ") if "   " in part else part
-        return out
+            return [], np.zeros(0, dtype=np.int32), lengths
+        toks = self._cut("\n".join(norm[i] for i in keep))
+        words = list(dict.fromkeys(toks))
+        index = dict(zip(words, range(len(words)), strict=True))
+        ids = np.array(list(map(index.__getitem__, toks)), dtype=np.int32)
+        is_newline = ids == index.get("\n", -1)
+        if int(np.count_nonzero(is_newline)) != len(keep) - 1:
+            # A segmenter that glued a newline to a word: text by text instead.
+            return self._tokenize_each(norm, keep, lengths)
+        text_of = np.cumsum(is_newline)  # each token's position in ``keep``
+        space = np.fromiter((w.isspace() for w in words), dtype=bool, count=len(words))
+        real = ~space[ids]  # whitespace tokens (and the newlines) are not tokens
+        lengths[keep] = np.bincount(text_of[real], minlength=len(keep))
+        return words, ids[real], lengths
+
+    def _tokenize_each(
+        self, norm: list[str], keep: list[int], lengths: np.ndarray
+    ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        index: dict[str, int] = {}
+        ids: list[int] = []
+        for i in keep:
+            toks = [tok for tok in self._cut(norm[i]) if not tok.isspace()]
+            ids.extend(index.setdefault(tok, len(index)) for tok in toks)
+            lengths[i] = len(toks)
+        return list(index), np.array(ids, dtype=np.int32), lengths

@@ -17,15 +17,15 @@ import os
 import pickle
 import time
 import zlib
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from model.text import Tokenizer, detokenize
-from model.vocab import UNK_ID, Vocab
+from model.text import Tokenizer, detokenize, normalise
+from model.vocab import SPECIALS, UNK_ID, Vocab
 from training.corpus import Bad, check_specs, is_tsv, iter_corpus, parse_tsv_line
 
 logger = logging.getLogger(__name__)
@@ -75,22 +75,78 @@ class PrepareStats:
 class BoundedCounter:
     """Word counts in bounded memory: when more than ``cap`` distinct words are held, the rarest
     (count <= a rising threshold) are dropped, as word2vec does. Frequent words, the ones the
-    vocabulary keeps, are counted exactly unless they were pruned while still rare."""
+    vocabulary keeps, are counted exactly unless they were pruned while still rare.
+
+    The counts live in one numpy array indexed through a word -> slot dict: merging a block's
+    counts is a few passes at C speed (no Python loop per word, no int object per count), and
+    pruning rebuilds the dict after clearing the old one, so two never coexist."""
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
-        self.counts: Counter[str] = Counter()
+        self.index: dict[str, int] = {}  # word -> slot in _counts
+        self.words: list[str] = []  # slot -> word
+        self._counts = np.zeros(1024, dtype=np.int64)
         self.threshold = 1
         self.prunes = 0
 
-    def update(self, other: Mapping[str, int]) -> None:
-        self.counts.update(other)
-        if len(self.counts) > self.cap:
-            while len(self.counts) > self.cap // 2:
-                t = self.threshold
-                self.counts = Counter({w: c for w, c in self.counts.items() if c > t})
-                self.threshold += 1
-            self.prunes += 1
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def update(self, words: Mapping[str, int] | list[str], counts=None) -> None:
+        """Add ``counts[i]`` occurrences of ``words[i]`` (or a word -> count mapping)."""
+        if counts is None:
+            words, counts = list(words), list(words.values())
+        index = self.index
+        missing = [w for w, slot in zip(words, map(index.get, words), strict=True) if slot is None]
+        if missing:
+            missing = list(dict.fromkeys(missing))
+            first = len(self.words)
+            index.update(zip(missing, range(first, first + len(missing)), strict=True))
+            self.words.extend(missing)
+            if len(self.words) > len(self._counts):
+                grown = np.zeros(max(2 * len(self._counts), len(self.words)), dtype=np.int64)
+                grown[: len(self._counts)] = self._counts
+                self._counts = grown
+        slots = np.fromiter(map(index.__getitem__, words), dtype=np.int64, count=len(words))
+        np.add.at(self._counts, slots, np.asarray(counts, dtype=np.int64))
+        if len(self.words) > self.cap:
+            self._prune()
+
+    def _prune(self) -> None:
+        n = len(self.words)
+        counts = self._counts[:n]
+        t = self.threshold
+        while True:  # drop counts <= t, raising t, until at most cap/2 words are left
+            keep = counts > t
+            t += 1
+            if np.count_nonzero(keep) <= self.cap // 2:
+                break
+        self.threshold = t
+        kept = np.flatnonzero(keep)
+        words = self.words
+        self.index.clear()
+        self.words = [words[i] for i in kept.tolist()]
+        del words
+        self.index = dict(zip(self.words, range(len(self.words)), strict=True))
+        self._counts[: len(kept)] = counts[kept]
+        self._counts[len(kept) :] = 0
+        self.prunes += 1
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """All counts as a dict (tests, small corpora)."""
+        return dict(zip(self.words, self._counts[: len(self.words)].tolist(), strict=True))
+
+    def top(self, n: int, min_count: int = 1) -> dict[str, int]:
+        """The words that can be among the ``n`` most frequent with at least ``min_count``
+        occurrences: every word counted at least as often as the n-th (ties included, so a
+        tie-breaking sort over the result gives the same top n as one over all words)."""
+        counts = self._counts[: len(self.words)]
+        eligible = np.flatnonzero(counts >= min_count)
+        if len(eligible) > n > 0:
+            nth = np.partition(counts[eligible], len(eligible) - n)[len(eligible) - n]
+            eligible = eligible[counts[eligible] >= nth]
+        return {self.words[i]: int(counts[i]) for i in eligible.tolist()}
 
 
 # ---- worker side ----------------------------------------------------------------------------
@@ -122,54 +178,65 @@ class _Segmented:
 
 def _segment_chunk(pairs: list[tuple[str, str]], max_len: int, valid_permille: int) -> _Segmented:
     """Segment pairs (one segmenter call for the whole chunk), drop and count bad ones, decide
-    each pair's split, and encode the tokens as local ids."""
+    each pair's split, and encode the tokens as local ids. Per pair, only the split's hash runs
+    in Python; the rest is numpy over the chunk's tokens."""
     assert _tokenizer is not None
-    joined = _tokenizer.tokenize_joined([t for pair in pairs for t in pair])
-    lines: list[str] = []
-    src_len: list[int] = []
-    tgt_len: list[int] = []
-    valid: list[bool] = []
-    valid_lines: list[str] = []
+    norm = [normalise(t) for pair in pairs for t in pair]
+    words, ids, lengths = _tokenizer.tokenize_block(norm, normalised=True)
+    q_len, a_len = lengths[0::2], lengths[1::2]
+    empty = (q_len == 0) | (a_len == 0)
+    too_long = ~empty & (a_len > max_len)
+    kept = ~empty & ~too_long
     bad: dict[str, int] = {}
-    truncated = 0
-    too_long = f"answer longer than {max_len} tokens"
-    for i in range(0, len(joined), 2):
-        q, a = joined[i], joined[i + 1]
-        if not q or not a:
-            reason = "empty question or answer after normalising"
-            bad[reason] = bad.get(reason, 0) + 1
-            continue
-        a_n = a.count(" ") + 1
-        if a_n > max_len:
-            bad[too_long] = bad.get(too_long, 0) + 1
-            continue
-        q_n = q.count(" ") + 1
-        if q_n > max_len:
-            q = " ".join(q.split(" ")[-max_len:])
-            q_n = max_len
-            truncated += 1
-        line = q + "\t" + a
-        lines.append(line)
-        src_len.append(q_n)
-        tgt_len.append(a_n)
-        held_out = zlib.crc32(line.encode()) % 1000 < valid_permille
-        valid.append(held_out)
-        if held_out:
-            valid_lines.append(detokenize(q.split(" ")) + "\t" + detokenize(a.split(" ")))
-    tokens = "\n".join(lines).split()
-    words = list(dict.fromkeys(tokens))  # in order of first use
-    local = {w: i for i, w in enumerate(words)}
-    ids = np.fromiter(map(local.__getitem__, tokens), dtype=np.int32, count=len(tokens))
+    for reason, mask in (
+        ("empty question or answer after normalising", empty),
+        (f"answer longer than {max_len} tokens", too_long),
+    ):
+        if n := int(np.count_nonzero(mask)):
+            bad[reason] = n
+    # Each token's text (question 2i, answer 2i+1) and position in it. A kept pair keeps its
+    # answer and the last max_len tokens of its question.
+    text_of = np.repeat(np.arange(len(lengths)), lengths)
+    pos = np.arange(len(ids)) - (np.cumsum(lengths) - lengths)[text_of]
+    pair_of = text_of // 2
+    cut_before = np.where(text_of % 2 == 0, np.maximum(q_len - max_len, 0)[pair_of], 0)
+    ids = ids[kept[pair_of] & (pos >= cut_before)]
+    src_len = np.minimum(q_len, max_len)[kept]
+    tgt_len = a_len[kept]
+    # The split: a hash of the normalised pair, so equal pairs always land on the same side.
+    kept_rows = np.flatnonzero(kept).tolist()
+    valid = (
+        np.array(
+            [zlib.crc32(f"{norm[2 * i]}\t{norm[2 * i + 1]}".encode()) % 1000 for i in kept_rows],
+            dtype=np.int64,
+        ).reshape(-1)
+        < valid_permille
+    )
+    # Words no kept token uses (the newline, spaces, dropped or cut tokens) are left out.
+    counts = np.bincount(ids, minlength=len(words))
+    used = counts > 0
+    if not used.all():
+        ids = (np.cumsum(used) - 1)[ids].astype(np.int32)
+        words = [w for w, u in zip(words, used.tolist(), strict=True) if u]
+        counts = counts[used]
+    valid_lines = []
+    if valid.any():
+        ends = np.cumsum(src_len + tgt_len)
+        for k in np.flatnonzero(valid).tolist():
+            start = int(ends[k] - src_len[k] - tgt_len[k])
+            toks = [words[i] for i in ids[start : int(ends[k])].tolist()]
+            q, a = toks[: src_len[k]], toks[src_len[k] :]
+            valid_lines.append(detokenize(q) + "\t" + detokenize(a))
     return _Segmented(
         words=words,
-        ids=ids,
-        src_len=np.array(src_len, dtype=np.int64),
-        tgt_len=np.array(tgt_len, dtype=np.int64),
-        valid=np.array(valid, dtype=bool),
+        ids=ids.astype(np.int32, copy=False),
+        src_len=src_len,
+        tgt_len=tgt_len,
+        valid=valid,
         valid_lines=valid_lines,
-        counts=np.bincount(ids, minlength=len(local)),
+        counts=counts,
         bad=bad,
-        truncated=truncated,
+        truncated=int(np.count_nonzero(kept & (q_len > max_len))),
         n_read=0,
     )
 
@@ -376,7 +443,7 @@ def prepare(
             # parent's memory).
             for seg in _bounded_map(pool, tasks, 2 * workers):
                 stats.pairs_read += seg.n_read
-                counter.update(dict(zip(seg.words, seg.counts.tolist(), strict=True)))
+                counter.update(seg.words, seg.counts)
                 for line in seg.valid_lines:
                     valid_tsv.write(line + "\n")
                 for reason, n in seg.bad.items():
@@ -387,10 +454,12 @@ def prepare(
                 pickle.dump(seg, f, protocol=pickle.HIGHEST_PROTOCOL)
                 bar.update(len(seg.src_len) + sum(seg.bad.values()))
             bar.close()
-        stats.distinct_words_seen = len(counter.counts)
+        stats.distinct_words_seen = len(counter)
         stats.counter_prunes = counter.prunes
         if vocab is None:  # else: a given vocabulary (fine-tuning a checkpoint keeps its ids)
-            vocab = Vocab.build(counter.counts, min_freq=cfg.min_freq, max_size=cfg.max_vocab)
+            # Only the candidates go to the sort (+ the specials, which Vocab.build skips).
+            top = counter.top(cfg.max_vocab + len(SPECIALS), min_count=cfg.min_freq)
+            vocab = Vocab.build(top, min_freq=cfg.min_freq, max_size=cfg.max_vocab)
         del counter
         (out / "vocab.txt").write_text("\n".join(vocab.itos) + "\n", encoding="utf-8")
         dtype = "uint16" if len(vocab) <= 65535 else "int32"

@@ -1,5 +1,6 @@
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from model.text import Tokenizer, detokenize, normalise
@@ -124,8 +125,14 @@ def test_fast_normalise_matches_the_reference():
     assert [normalise(t) for t in texts] == [_reference_normalise(t) for t in texts]
 
 
+def _block_tokens(words, ids, lengths) -> list[list[str]]:
+    toks = [words[i] for i in ids.tolist()]
+    ends = np.cumsum(lengths).tolist()
+    return [toks[e - n : e] for e, n in zip(ends, lengths.tolist(), strict=True)]
+
+
 @pytest.mark.parametrize("fast", [False, True])
-def test_tokenize_joined_matches_tokenize(fast):
+def test_tokenize_block_matches_tokenize(fast):
     """prepare segments a whole block in one call: every text must get the tokens it gets
     alone, empty texts included, whichever segmenter runs."""
     tok = Tokenizer(fast=fast)
@@ -144,5 +151,17 @@ def test_tokenize_joined_matches_tokenize(fast):
         "全是<b>标记</b>*和*_下划线_",
     ]
     texts += corpus_texts("dgk_subtitle_srt_extra.tsv", 5000 if fast else 1500)
-    assert tok.tokenize_joined(texts) == [" ".join(tok.tokenize(t)) for t in texts]
-    assert tok.tokenize_joined([]) == [] and tok.tokenize_joined(["", " "]) == ["", ""]
+    assert _block_tokens(*tok.tokenize_block(texts)) == [tok.tokenize(t) for t in texts]
+    normalised = [normalise(t) for t in texts]
+    assert _block_tokens(*tok.tokenize_block(normalised, normalised=True)) == [
+        tok.tokenize(t) for t in texts
+    ]
+    words, ids, lengths = tok.tokenize_block(["", " "])
+    assert len(ids) == 0 and lengths.tolist() == [0, 0]
+
+
+def test_tokenize_block_falls_back_when_a_word_spans_the_newline():
+    tok = Tokenizer(fast=False)
+    tok._cut = lambda text: [text[i : i + 2] for i in range(0, len(text), 2)]  # glues "好\n"
+    texts = ["你好", "我很好", "谢谢你啊", "", "嗯"]
+    assert _block_tokens(*tok.tokenize_block(texts)) == [tok.tokenize(t) for t in texts]

@@ -113,6 +113,44 @@ def test_bounded_counter_keeps_frequent_words_and_stays_bounded():
     assert c.prunes > 0
 
 
+def test_bounded_counter_matches_a_plain_counter_with_the_same_pruning_rule():
+    """The numpy-backed counter against the rule written with a plain Counter: same counts,
+    same pruning threshold, same words kept, over blocks that repeat, add and prune words."""
+    import random
+    from collections import Counter
+
+    rng = random.Random(7)
+    cap = 300
+    c = BoundedCounter(cap)
+    ref, threshold, prunes = Counter(), 1, 0
+    for block in range(60):
+        words = [f"w{rng.randint(0, 40)}" for _ in range(50)]  # frequent ones
+        words += [f"r{block}_{rng.randint(0, 400)}" for _ in range(120)]  # mostly rare ones
+        block_counts = Counter(words)
+        c.update(list(block_counts), np.array(list(block_counts.values())))
+        ref.update(block_counts)
+        if len(ref) > cap:
+            while len(ref) > cap // 2:
+                ref = Counter({w: n for w, n in ref.items() if n > threshold})
+                threshold += 1
+            prunes += 1
+        assert c.counts == dict(ref)
+        assert len(c) <= cap
+    assert (c.prunes, c.threshold) == (prunes, threshold) and prunes > 3
+
+
+def test_counter_top_gives_the_same_vocabulary_as_all_counts():
+    c = BoundedCounter(cap=10_000)
+    counts = {f"词{i}": (i * 7919) % 13 + 1 for i in range(500)}  # many ties
+    counts["<unk>"] = 99  # a special in the text is never a vocabulary entry
+    c.update(counts)
+    for max_size, min_freq in ((30, 2), (100, 1), (400, 5), (10_000, 2)):
+        full = Vocab.build(c.counts, min_freq=min_freq, max_size=max_size)
+        top = c.top(max_size + 4, min_count=min_freq)
+        assert len(top) < len(counts) or max_size >= 400
+        assert Vocab.build(top, min_freq=min_freq, max_size=max_size).itos == full.itos
+
+
 def test_small_blocks_give_the_same_data_as_one_block(tmp_path):
     """TSV files are cut into byte ranges that workers read themselves: the cut must not change
     anything (no line lost, doubled or split, same order, same bad-line counts)."""
