@@ -1,10 +1,12 @@
 """``xianliao prepare``: corpus -> vocabulary + flat binary token-id arrays, in bounded memory.
 
-Pass 1 streams the corpus in chunks to worker processes that normalise and segment each line
-once (the slow step), writes the segmented text to a temporary file and counts words in a
-bounded counter. Pass 2 maps the segmented text to ids (in the workers too) and appends them to
-``{train,valid}.{src,tgt}.bin`` with ``.off`` offset arrays. Nothing grows with the corpus except
-the output files.
+Pass 1 streams the corpus in chunks (1 MB byte ranges of a TSV file, which the workers read
+themselves) to worker processes that normalise and segment each line once (the slow step). Each
+worker keeps its chunks' tokens as ids into the chunk's own word list, in a temporary file of its
+own; the parent only merges the chunks' word counts into a bounded counter. Pass 2 maps each
+chunk's words to vocabulary ids once and its tokens by numpy indexing (in the workers too); the
+parent appends the results to ``{train,valid}.{src,tgt}.bin`` with ``.off`` offset arrays.
+Nothing grows with the corpus except the output files.
 """
 
 from __future__ import annotations
@@ -97,18 +99,20 @@ class BoundedCounter:
         if counts is None:
             words, counts = list(words), list(words.values())
         index = self.index
-        missing = [w for w, slot in zip(words, map(index.get, words), strict=True) if slot is None]
-        if missing:
-            missing = list(dict.fromkeys(missing))
-            first = len(self.words)
-            index.update(zip(missing, range(first, first + len(missing)), strict=True))
-            self.words.extend(missing)
+        slots = list(map(index.get, words))  # one dict lookup per word: the costly part
+        new = [i for i, slot in enumerate(slots) if slot is None]
+        if new:
+            for i in new:  # a word new to the counter (maybe twice in ``words``)
+                slot = index.get(words[i])
+                if slot is None:
+                    slot = index[words[i]] = len(self.words)
+                    self.words.append(words[i])
+                slots[i] = slot
             if len(self.words) > len(self._counts):
                 grown = np.zeros(max(2 * len(self._counts), len(self.words)), dtype=np.int64)
                 grown[: len(self._counts)] = self._counts
                 self._counts = grown
-        slots = np.fromiter(map(index.__getitem__, words), dtype=np.int64, count=len(words))
-        np.add.at(self._counts, slots, np.asarray(counts, dtype=np.int64))
+        np.add.at(self._counts, np.array(slots, dtype=np.int64), np.asarray(counts, np.int64))
         if len(self.words) > self.cap:
             self._prune()
 
@@ -152,11 +156,64 @@ class BoundedCounter:
 # ---- worker side ----------------------------------------------------------------------------
 _tokenizer: Tokenizer | None = None
 _stoi: dict[str, int] | None = None
+_unit_dir: str | None = None  # where pass 1 keeps its units for pass 2
+_unit_file = None  # this process's unit file, opened on first use
 
 
-def _init_segmenter(fast: bool) -> None:
-    global _tokenizer
+def _init_segmenter(fast: bool, unit_dir: str | None = None) -> None:
+    global _tokenizer, _unit_dir
     _tokenizer = Tokenizer(fast=fast)
+    _unit_dir = unit_dir
+
+
+def _close_unit_file() -> None:
+    global _unit_file
+    if _unit_file is not None:
+        _unit_file.close()
+        _unit_file = None
+
+
+@dataclass
+class _Counted:
+    """What the parent gets back from pass 1 for a unit: counts and statistics; the unit itself
+    stays on disk (``unit``: file and offset) until pass 2 maps it."""
+
+    words: list[str]
+    counts: np.ndarray
+    valid_lines: list[str]
+    bad: dict[str, int]
+    truncated: int
+    n_read: int
+    pairs: int
+    unit: tuple[str, int]
+
+
+def _stored(seg: _Segmented) -> _Counted:
+    """In a worker: append what pass 2 needs to this process's unit file (the parent never
+    handles token ids) and return the rest."""
+    global _unit_file
+    assert _unit_dir is not None
+    if _unit_file is None:
+        # Open for the life of the worker process; flushed after every unit.
+        _unit_file = open(Path(_unit_dir) / f"units.{os.getpid()}.tmp", "wb")  # noqa: SIM115
+    pos = _unit_file.tell()
+    unit = (seg.words, seg.ids, seg.src_len, seg.tgt_len, seg.valid)
+    pickle.dump(unit, _unit_file, protocol=pickle.HIGHEST_PROTOCOL)
+    _unit_file.flush()  # a pool worker may end with os._exit: nothing may stay buffered
+    return _Counted(
+        words=seg.words,
+        counts=seg.counts,
+        valid_lines=seg.valid_lines,
+        bad=seg.bad,
+        truncated=seg.truncated,
+        n_read=seg.n_read,
+        pairs=len(seg.src_len),
+        unit=(_unit_file.name, pos),
+    )
+
+
+def _segment_and_store(func: Callable[..., _Segmented], *args) -> _Counted:
+    return _stored(func(*args))
 
 
 @dataclass
@@ -292,27 +349,34 @@ def _byte_blocks(path: Path, size: int) -> Iterator[tuple[int, int]]:
             start = end
 
 
-def _split_arrays(seg: _Segmented, table: np.ndarray, dtype: str) -> tuple[dict, int]:
+def _split_arrays(
+    local_ids: np.ndarray,
+    src_len: np.ndarray,
+    tgt_len: np.ndarray,
+    valid: np.ndarray,
+    table: np.ndarray,
+    dtype: str,
+) -> tuple[dict, int]:
     """Pass 2 for one unit: local ids -> vocabulary ids (``table``), cut into the train and
     valid splits -> ({split: (src ids, src lengths, tgt ids, tgt lengths)}, UNK tokens)."""
-    ids = table[seg.ids].astype(dtype)
-    n = len(seg.src_len)
+    ids = table[local_ids].astype(dtype)
+    n = len(src_len)
     # Token i belongs to pair pair_of[i]; the first src_len tokens of a pair are its question.
-    pair_len = seg.src_len + seg.tgt_len
+    pair_len = src_len + tgt_len
     pair_of = np.repeat(np.arange(n), pair_len)
     starts = np.cumsum(pair_len) - pair_len
-    is_src = (np.arange(len(ids)) - starts[pair_of]) < seg.src_len[pair_of]
-    tok_valid = seg.valid[pair_of]
+    is_src = (np.arange(len(ids)) - starts[pair_of]) < src_len[pair_of]
+    tok_valid = valid[pair_of]
     out = {}
     for split, tok_mask, pair_mask in (
-        ("train", ~tok_valid, ~seg.valid),
-        ("valid", tok_valid, seg.valid),
+        ("train", ~tok_valid, ~valid),
+        ("valid", tok_valid, valid),
     ):
         out[split] = (
             ids[tok_mask & is_src].tobytes(),
-            seg.src_len[pair_mask],
+            src_len[pair_mask],
             ids[tok_mask & ~is_src].tobytes(),
-            seg.tgt_len[pair_mask],
+            tgt_len[pair_mask],
         )
     return out, int(np.count_nonzero(ids == UNK_ID))
 
@@ -323,14 +387,13 @@ def _init_mapper(itos: list[str]) -> None:
 
 
 def _map_unit(path: str, offset: int, dtype: str) -> tuple[dict, int]:
-    """Pass 2 in a worker: read the unit pickled at ``offset`` of pass 1's file and map it."""
+    """Pass 2 in a worker: read the unit pass 1 stored at ``offset`` of ``path``, map it."""
     assert _stoi is not None
     with open(path, "rb") as f:
         f.seek(offset)
-        seg = pickle.load(f)
-    get = _stoi.get
-    table = np.array([get(w, UNK_ID) for w in seg.words], dtype=np.int64)
-    return _split_arrays(seg, table, dtype)
+        words, ids, src_len, tgt_len, valid = pickle.load(f)
+    table = np.array(list(map(_stoi.get, words, [UNK_ID] * len(words))), dtype=np.int64)
+    return _split_arrays(ids, src_len, tgt_len, valid, table, dtype)
 
 
 # ---- parent side ----------------------------------------------------------------------------
@@ -401,10 +464,12 @@ def _segment_tasks(specs: list[str], cfg: PrepareConfig, stats: PrepareStats) ->
             stats.bytes_read += Path(spec).stat().st_size
         if is_tsv(spec):
             for start, end in _byte_blocks(Path(spec), cfg.block_bytes):
-                yield _segment_tsv_block, (spec, start, end, cfg.max_len, cfg.valid_permille)
+                args = (spec, start, end, cfg.max_len, cfg.valid_permille)
+                yield _segment_and_store, (_segment_tsv_block, *args)
         else:
             for chunk in _chunks(_pairs_and_bad(spec, stats), cfg.chunk_size):
-                yield _segment_chunk, (chunk, cfg.max_len, cfg.valid_permille)
+                args = (chunk, cfg.max_len, cfg.valid_permille)
+                yield _segment_and_store, (_segment_chunk, *args)
 
 
 def prepare(
@@ -425,16 +490,17 @@ def prepare(
     out.mkdir(parents=True, exist_ok=True)
     stats = PrepareStats()
     workers = cfg.workers or os.cpu_count() or 1
-    tmp = out / "segmented.tmp"  # pass 1 -> pass 2: pickled _Segmented units
     counter = BoundedCounter(cfg.effective_counter_cap())
+    for stale in out.glob("units.*.tmp"):  # left by a run that was killed
+        stale.unlink()
 
-    # Pass 1: segment once, count words; each unit's local ids go to a temporary file, the
-    # held-out pairs straight to valid.tsv (as text, for 'xianliao eval').
-    positions: list[int] = []  # where each unit starts in ``tmp`` (one per MB of corpus)
+    # Pass 1: segment once, count words. The workers keep each unit's local ids in files of
+    # their own (out/units.PID.tmp) for pass 2; the held-out pairs go straight to valid.tsv
+    # (as text, for 'xianliao eval').
+    units: list[tuple[str, int]] = []  # (file, offset) of each unit, in corpus order
     try:
         with (
-            _pool(workers, _init_segmenter, (cfg.fast,)) as pool,
-            open(tmp, "wb") as f,
+            _pool(workers, _init_segmenter, (cfg.fast, str(out))) as pool,
             open(out / "valid.tsv", "w", encoding="utf-8") as valid_tsv,
         ):
             bar = tqdm(desc="segmenting", unit=" pairs", disable=not progress, mininterval=1.0)
@@ -449,11 +515,10 @@ def prepare(
                 for reason, n in seg.bad.items():
                     stats.add_bad(reason, n)
                 stats.questions_truncated += seg.truncated
-                seg.counts, seg.valid_lines = np.zeros(0), []  # not needed in pass 2
-                positions.append(f.tell())
-                pickle.dump(seg, f, protocol=pickle.HIGHEST_PROTOCOL)
-                bar.update(len(seg.src_len) + sum(seg.bad.values()))
+                units.append(seg.unit)
+                bar.update(seg.pairs + sum(seg.bad.values()))
             bar.close()
+        _close_unit_file()  # workers=1: this process was the worker
         stats.distinct_words_seen = len(counter)
         stats.counter_prunes = counter.prunes
         if vocab is None:  # else: a given vocabulary (fine-tuning a checkpoint keeps its ids)
@@ -475,7 +540,7 @@ def prepare(
                 offsets[key] = stack.enter_context(open(out / f"{s}.{side}.off", "wb"))
                 offsets[key].write(np.zeros(1, dtype=np.int64).tobytes())
             pool = stack.enter_context(_pool(workers, _init_mapper, (vocab.itos,)))
-            tasks = ((_map_unit, (str(tmp), pos, dtype)) for pos in positions)
+            tasks = ((_map_unit, (path, pos, dtype)) for path, pos in units)
             for part, unk in _bounded_map(pool, tasks, 2 * workers):
                 stats.unk_tokens += unk
                 for s, (src, src_len, tgt, tgt_len) in part.items():
@@ -487,7 +552,9 @@ def prepare(
                             totals[s, side] = int(ends[-1])
                     stats.pairs_written[s] += len(src_len)
     finally:
-        tmp.unlink(missing_ok=True)
+        _close_unit_file()
+        for path in out.glob("units.*.tmp"):
+            path.unlink(missing_ok=True)
     stats.tokens = sum(totals.values())
     stats.seconds = round(time.perf_counter() - t0, 3)
     meta = {

@@ -167,6 +167,7 @@ def test_small_blocks_give_the_same_data_as_one_block(tmp_path):
             _cfg(workers=2, block_bytes=block, valid_permille=100),
             progress=False,
         )
+        assert not list(out.glob("*.tmp"))  # the workers' unit files are gone
         outs[name] = (
             stats.pairs_read,
             stats.pairs_written,
