@@ -139,6 +139,18 @@ def test_bounded_counter_matches_a_plain_counter_with_the_same_pruning_rule():
     assert (c.prunes, c.threshold) == (prunes, threshold) and prunes > 3
 
 
+def test_word_hashes_are_stable_and_tell_words_apart():
+    from training.prepare import pack_words, word_hashes
+
+    words = [f"词{i}" for i in range(100_000)] + [str(i) for i in range(100_000)]
+    words += ["", "a", "aa", "a" * 5000, "a" * 5001, "ab", "ba", "\0", "\0\0", "你好", "好你"]
+    h = word_hashes(*pack_words(words))
+    assert len(np.unique(h)) == len(words)  # no collision among 200k close words
+    # a word's hash does not depend on its neighbours or its place in the buffer
+    again = word_hashes(*pack_words(["x", "你好", "a" * 5000, "词7"]))
+    assert again[1:].tolist() == [h[words.index(w)] for w in ("你好", "a" * 5000, "词7")]
+
+
 def test_counter_top_gives_the_same_vocabulary_as_all_counts():
     c = BoundedCounter(cap=10_000)
     counts = {f"词{i}": (i * 7919) % 13 + 1 for i in range(500)}  # many ties
