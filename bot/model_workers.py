@@ -30,12 +30,14 @@ class ModelClosed(RuntimeError):
     """The pool was closed (replaced by a reload): answer with the current model instead."""
 
 
-def _load(path: str, device: str, threads: int) -> tuple[str, dict[str, Any]]:
+def _load(
+    path: str, device: str, threads: int, quantize: bool = False
+) -> tuple[str, dict[str, Any]]:
     """In the worker: load the checkpoint once; returns (version, decode options)."""
     global _BOT
     from model.chatbot import ChatBot
 
-    _BOT = ChatBot.load(path, device=device, threads=threads)
+    _BOT = ChatBot.load(path, device=device, threads=threads, quantize=quantize)
     return _BOT.version, _BOT.decode_options
 
 
@@ -48,13 +50,20 @@ class ModelWorkerPool:
     a time. Raises ``model.errors.CheckpointError`` (from the workers) for a bad file."""
 
     def __init__(
-        self, path: str | os.PathLike, *, workers: int = 1, device: str = "cpu", threads: int = 1
+        self,
+        path: str | os.PathLike,
+        *,
+        workers: int = 1,
+        device: str = "cpu",
+        threads: int = 1,
+        quantize: bool = False,
     ) -> None:
         if workers < 1:
             raise ValueError("a worker pool needs at least one worker")
         self.path = str(Path(path))
         self.device = device
         self.threads = max(1, threads)
+        self.quantize = quantize
         self.parallelism = workers
         self._ctx = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()
@@ -78,7 +87,7 @@ class ModelWorkerPool:
     def _start(self):  # noqa: ANN202 - (executor, future of _load)
         executor = ProcessPoolExecutor(1, mp_context=self._ctx)
         self._all.append(executor)
-        return executor, executor.submit(_load, self.path, self.device, self.threads)
+        return executor, executor.submit(_load, self.path, self.device, self.threads, self.quantize)
 
     @property
     def decode_options(self) -> dict[str, Any]:

@@ -34,10 +34,16 @@ def _load(settings: Settings, path: Path, workers: int) -> ReplyModel:
             workers=workers,
             device=settings.model_device,
             threads=settings.torch_threads or 1,
+            quantize=settings.model_quantize,
         )
     from model.chatbot import ChatBot
 
-    return ChatBot.load(path, device=settings.model_device, threads=settings.torch_threads or 1)
+    return ChatBot.load(
+        path,
+        device=settings.model_device,
+        threads=settings.torch_threads or 1,
+        quantize=settings.model_quantize,
+    )
 
 
 def load_model(settings: Settings, path: Path | None = None, workers: int = 0) -> ReplyModel:

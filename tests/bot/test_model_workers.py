@@ -104,3 +104,22 @@ def test_the_bot_process_does_not_load_torch_when_workers_hold_the_model(tiny_ch
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "True", "False"]
+
+
+def test_model_quantize_loads_an_int8_model_in_process_and_in_workers(tiny_checkpoint):
+    import torch
+
+    from bot.config import Settings
+    from bot.runtime import load_model
+
+    plain = load_model(Settings(_env_file=None, model_path=tiny_checkpoint, torch_threads=1))
+    assert type(plain.model.encoder) is torch.nn.GRU
+    s = Settings(_env_file=None, model_path=tiny_checkpoint, torch_threads=1, model_quantize=True)
+    local = load_model(s)
+    assert "quantized" in type(local.model.encoder).__module__
+    pool = load_model(s, workers=1)
+    try:
+        texts = ["你好", "你叫什么名字", "😀😀", "qwxzv 未知词"]
+        assert pool.reply_many(texts, **GREEDY) == local.reply_many(texts, **GREEDY)
+    finally:
+        pool.close()
