@@ -7,6 +7,7 @@ runs only on non-padding positions and its weights are tied to the input embeddi
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -15,6 +16,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from model.vocab import PAD_ID
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,6 +81,9 @@ class Seq2Seq(nn.Module):
             self.out = nn.Linear(E, cfg.vocab_size)
         self._infer_out: nn.Module | None = None
         self._infer_head: nn.Module | None = None
+        # The inference path compiled with TorchScript (``prepare_for_inference``); kept out of
+        # the module tree (and so out of state_dict) on purpose.
+        object.__setattr__(self, "_core", None)
 
     # ---- encoder ---------------------------------------------------------------------------
     def encode(self, src: Tensor, src_len: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -85,9 +91,13 @@ class Seq2Seq(nn.Module):
         Outputs: memory (B, S, H), keys (B, S, H), mask (B, S) True on real tokens,
         hidden (L_dec, B, H) initial decoder state."""
         B, S = src.shape
-        emb = self.drop(self.embedding(src))  # (B, S, E)
         lengths = src_len.cpu()
-        if bool((lengths == S).all()):  # no padding (always so for one message): no packing
+        unpadded = bool((lengths == S).all())  # always so for one message: no packing
+        if unpadded and self._core is not None and not self.training:
+            memory, keys, hidden = self._core.encode(src)
+            return memory, keys, torch.ones(B, S, dtype=torch.bool, device=src.device), hidden
+        emb = self.drop(self.embedding(src))  # (B, S, E)
+        if unpadded:
             out, h_n = self.encoder(emb)
         else:
             packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
@@ -168,14 +178,33 @@ class Seq2Seq(nn.Module):
         """One decoding step for inference. tokens (B,) -> log-probs (B, V), new hidden.
         ``normalize=False`` may return logits instead (log-probs up to a per-row constant),
         which is all that greedy decoding and sampling need."""
+        if self.adaptive is not None:
+            state, hidden = self.step_state(tokens, hidden, memory, keys, mask)
+            return self.state_scores(state), hidden
+        _, logits, hidden = self.step_scores(tokens, hidden, memory, keys, mask)
+        return (torch.log_softmax(logits, dim=-1) if normalize else logits), hidden
+
+    def step_scores(
+        self, tokens: Tensor, hidden: Tensor, memory: Tensor, keys: Tensor, mask: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One decoding step -> (attentional state (B, H), first scores, new hidden). The
+        first scores are the logits (B, V) with a full softmax, the head logits
+        (``head_scores``) with an adaptive one. One TorchScript call when compiled."""
+        if self._core is not None and not self.training:
+            return self._core(tokens, hidden, memory, keys, mask)
         state, hidden = self.step_state(tokens, hidden, memory, keys, mask)
-        return self.state_scores(state, normalize=normalize), hidden
+        if self.adaptive is not None:
+            return state, self.head_scores(state), hidden
+        return state, self._logits(state).float(), hidden
 
     def step_state(
         self, tokens: Tensor, hidden: Tensor, memory: Tensor, keys: Tensor, mask: Tensor
     ) -> tuple[Tensor, Tensor]:
         """One decoding step up to the output layer: tokens (B,) -> attentional state (B, H),
         new hidden."""
+        if self._core is not None and not self.training:
+            state, _, hidden = self._core(tokens, hidden, memory, keys, mask)
+            return state, hidden
         dec_out, hidden = self.decoder(self.embedding(tokens)[:, None, :], hidden)  # (B, 1, H)
         return self._attend(dec_out, memory, keys, mask)[:, 0], hidden
 
@@ -194,10 +223,21 @@ class Seq2Seq(nn.Module):
             return self._infer_head(state).float()
         return self.adaptive.head(self.out_proj(state).float())
 
-    def prepare_for_inference(self, *, quantize: bool = False) -> Seq2Seq:
-        """eval(); fold the output layer into one Linear where that is less work, and optionally
-        int8-quantize the Linear and GRU layers (dynamic quantization), the adaptive softmax
-        excepted."""
+    def prepare_for_inference(self, *, quantize: bool = False, compile: bool = True) -> Seq2Seq:
+        """eval(); fold the output layer into one Linear where that is less work, optionally
+        int8-quantize the Linear and GRU layers (dynamic quantization) and the adaptive
+        softmax's head, and compile the encoder and the decoding step with TorchScript
+        (``compile``): in eager mode every int8 Linear call costs ~60 us of Python dispatch,
+        more than the matmul of a small layer."""
+        self._prepare(quantize=quantize)
+        if compile:
+            try:
+                object.__setattr__(self, "_core", torch.jit.script(_InferenceCore(self)))
+            except Exception as exc:  # noqa: BLE001 - eager decoding works the same, slower
+                logger.warning("TorchScript unavailable, decoding in eager mode: %s", exc)
+        return self
+
+    def _prepare(self, *, quantize: bool) -> Seq2Seq:
         self.eval()
         with torch.no_grad():
             # Fold the tied output layer into one Linear only when that is less work per step:
@@ -248,6 +288,69 @@ class Seq2Seq(nn.Module):
         finally:
             self.adaptive = adaptive
         return self
+
+
+class _TiedOutput(nn.Module):
+    """The tied output layer as a module: (H) -> (E) -> logits over the vocabulary."""
+
+    def __init__(self, proj: nn.Module, weight: Tensor, bias: Tensor) -> None:
+        super().__init__()
+        self.proj = proj
+        self.weight = weight
+        self.bias = bias
+
+    def forward(self, state: Tensor) -> Tensor:
+        return F.linear(self.proj(state), self.weight, self.bias)
+
+
+class _InferenceCore(nn.Module):
+    """``Seq2Seq.encode`` (unpadded input) and ``Seq2Seq.step_scores`` in a form TorchScript
+    compiles. It holds the model's own submodules: no copies of the weights. Dropout is left
+    out (inference only)."""
+
+    def __init__(self, model: Seq2Seq) -> None:
+        super().__init__()
+        self.embedding = model.embedding
+        self.encoder = model.encoder
+        self.enc_proj = model.enc_proj
+        self.attn_key = model.attn_key
+        self.bridge = model.bridge
+        self.decoder = model.decoder
+        self.combine = model.combine
+        self.enc_layers = model.cfg.enc_layers
+        self.dec_layers = model.cfg.dec_layers
+        if model.adaptive is not None:  # the head logits
+            head = model._infer_head
+            self.scorer = (
+                head if head is not None else nn.Sequential(model.out_proj, model.adaptive.head)
+            )
+        elif model._infer_out is not None:
+            self.scorer = model._infer_out
+        elif model.out is None:
+            self.scorer = _TiedOutput(model.out_proj, model.embedding.weight, model.out_bias)
+        else:
+            self.scorer = nn.Sequential(model.out_proj, model.out)
+
+    @torch.jit.export
+    def encode(self, src: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        B = src.size(0)
+        out, h_n = self.encoder(self.embedding(src))
+        memory = torch.tanh(self.enc_proj(out))
+        keys = self.attn_key(memory)
+        h_n = h_n.view(self.enc_layers, 2, B, -1)
+        last = torch.cat([h_n[-1, 0], h_n[-1, 1]], dim=-1)
+        h0 = torch.tanh(self.bridge(last))
+        return memory, keys, h0.unsqueeze(0).expand(self.dec_layers, B, -1).contiguous()
+
+    def forward(
+        self, tokens: Tensor, hidden: Tensor, memory: Tensor, keys: Tensor, mask: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        dec_out, hidden = self.decoder(self.embedding(tokens).unsqueeze(1), hidden)
+        scores = torch.bmm(dec_out, keys.transpose(1, 2))
+        scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
+        context = torch.bmm(torch.softmax(scores, dim=-1), memory)
+        state = torch.tanh(self.combine(torch.cat([dec_out, context], dim=-1))).squeeze(1)
+        return state, self.scorer(state).float(), hidden
 
 
 def default_cutoffs(vocab_size: int) -> list[int]:

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from model.decode import DecodeOptions, _banned_by_ngram, batch_inputs, beam_search, decode, greedy
@@ -226,3 +227,49 @@ def test_folded_adaptive_head_matches_the_training_path():
     with torch.inference_mode():
         assert torch.allclose(m.head_scores(state), ref, atol=1e-5)
         assert decode(m, inputs, opts) == before
+
+
+@pytest.mark.parametrize("quantize", [False, True])
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        {"emb_size": 16, "hidden_size": 24},  # tied output, not folded
+        {"emb_size": 24, "hidden_size": 16},  # tied output folded into one Linear
+        {"emb_size": 16, "hidden_size": 24, "adaptive_cutoffs": [10, 30]},  # folded head
+        {"emb_size": 16, "hidden_size": 16, "adaptive_cutoffs": [10, 30]},  # head not folded
+        {"emb_size": 16, "hidden_size": 16, "tie_embeddings": False},  # untied output layer
+    ],
+)
+def test_compiled_inference_decodes_exactly_like_eager(sizes, quantize):
+    """prepare_for_inference compiles the encoder and the decoding step with TorchScript: the
+    replies (every strategy, padded and unpadded batches) and the step's tensors must be the
+    same as in eager mode."""
+
+    def build(compile: bool) -> Seq2Seq:
+        torch.manual_seed(0)
+        m = Seq2Seq(Seq2SeqConfig(vocab_size=50, dropout=0.0, enc_layers=2, dec_layers=2, **sizes))
+        return m.prepare_for_inference(quantize=quantize, compile=compile)
+
+    eager, compiled = build(False), build(True)
+    assert eager._core is None and compiled._core is not None
+    for inputs in ([[5, 6, 7]], [[5, 6, 7], [9, 10], [11, 12, 13, 14]]):
+        for opts in (
+            DecodeOptions(strategy="greedy", max_len=10),
+            DecodeOptions(strategy="beam", beam_size=3, max_len=10),
+            DecodeOptions(strategy="sample", seed=3, max_len=10),
+        ):
+            with torch.inference_mode():
+                assert decode(compiled, inputs, opts) == decode(eager, inputs, opts)
+    src, src_len = batch_inputs([[5, 6, 7], [8, 9, 10]])
+    with torch.inference_mode():
+        enc_e, enc_c = eager.encode(src, src_len), compiled.encode(src, src_len)
+        for a, b in zip(enc_e, enc_c, strict=True):
+            assert torch.equal(a, b)
+        tokens = torch.tensor([5, 6])
+        for a, b in zip(
+            eager.step_scores(tokens, *(enc_e[3], enc_e[0], enc_e[1], enc_e[2])),
+            compiled.step_scores(tokens, *(enc_c[3], enc_c[0], enc_c[1], enc_c[2])),
+            strict=True,
+        ):
+            assert torch.allclose(a, b, atol=1e-6)
+    assert "_core" not in str(list(compiled.state_dict()))  # the checkpoint format is untouched
