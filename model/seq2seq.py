@@ -203,7 +203,7 @@ class Seq2Seq(nn.Module):
         """One decoding step up to the output layer: tokens (B,) -> attentional state (B, H),
         new hidden."""
         if self._core is not None and not self.training:
-            state, _, hidden = self._core(tokens, hidden, memory, keys, mask)
+            state, _, hidden = self._core(tokens, hidden, memory, keys, mask, False)
             return state, hidden
         dec_out, hidden = self.decoder(self.embedding(tokens)[:, None, :], hidden)  # (B, 1, H)
         return self._attend(dec_out, memory, keys, mask)[:, 0], hidden
@@ -343,13 +343,22 @@ class _InferenceCore(nn.Module):
         return memory, keys, h0.unsqueeze(0).expand(self.dec_layers, B, -1).contiguous()
 
     def forward(
-        self, tokens: Tensor, hidden: Tensor, memory: Tensor, keys: Tensor, mask: Tensor
+        self,
+        tokens: Tensor,
+        hidden: Tensor,
+        memory: Tensor,
+        keys: Tensor,
+        mask: Tensor,
+        score: bool = True,
     ) -> tuple[Tensor, Tensor, Tensor]:
+        """-> (state, first scores or an empty tensor when not ``score``, hidden)."""
         dec_out, hidden = self.decoder(self.embedding(tokens).unsqueeze(1), hidden)
         scores = torch.bmm(dec_out, keys.transpose(1, 2))
         scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
         context = torch.bmm(torch.softmax(scores, dim=-1), memory)
         state = torch.tanh(self.combine(torch.cat([dec_out, context], dim=-1))).squeeze(1)
+        if not score:
+            return state, torch.empty(0), hidden
         return state, self.scorer(state).float(), hidden
 
 
