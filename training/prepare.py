@@ -296,7 +296,7 @@ class _Segmented:
     ids: np.ndarray  # int32 local ids of every kept token, pair by pair: question, then answer
     src_len: np.ndarray  # int64 question tokens per kept pair
     tgt_len: np.ndarray  # int64 answer tokens per kept pair
-    valid: np.ndarray  # bool per kept pair: held out (by a hash of the segmented pair)
+    valid: np.ndarray  # bool per kept pair: held out (by a hash of the normalised pair)
     valid_lines: list[str]  # the held-out pairs as text, for valid.tsv
     counts: np.ndarray  # int64 occurrences of each local word
     bad: dict[str, int]
