@@ -99,12 +99,12 @@ def _token_by_token(
     src_len: Tensor,
     opts: DecodeOptions,
     pick: Callable[[Tensor], Tensor],
-    pick_state: Callable[[Tensor, list[list[int]], int], Tensor] | None = None,
+    pick_state: Callable[[Tensor, Tensor, list[list[int]], int], Tensor] | None = None,
 ) -> list[list[int]]:
     """Decode the batch one token at a time; ``pick`` chooses tokens (B,) from the
     constrained scores (B, V): log-probs or logits. ``pick_state``, when given, chooses them
-    from the attentional states (B, H), the histories and the step instead. Each input stops
-    at its first EOS."""
+    instead from the attentional states (B, H), the step's first scores (``step_scores``),
+    the histories and the step. Each input stops at its first EOS."""
     memory, keys, mask, hidden = model.encode(src, src_len)
     B = src.shape[0]
     tokens = torch.full((B,), GO_ID, dtype=torch.long, device=src.device)
@@ -113,8 +113,8 @@ def _token_by_token(
     for step in range(opts.max_len):
         # Scores up to a per-row constant: argmax, top-k and softmax do not need log-probs.
         if pick_state is not None:
-            state, hidden = model.step_state(tokens, hidden, memory, keys, mask)
-            tokens = pick_state(state, out, step)
+            state, first, hidden = model.step_scores(tokens, hidden, memory, keys, mask)
+            tokens = pick_state(state, first, out, step)
         else:
             scores, hidden = model.step(tokens, hidden, memory, keys, mask, normalize=False)
             tokens = pick(_constrain(scores, out, step, opts))
@@ -137,12 +137,12 @@ def greedy(model: Seq2Seq, src: Tensor, src_len: Tensor, opts: DecodeOptions) ->
     asm = model.adaptive
     short = asm.shortlist_size
 
-    def pick_state(state: Tensor, histories: list[list[int]], step: int) -> Tensor:
+    def pick_state(state: Tensor, head: Tensor, histories: list[list[int]], step: int) -> Tensor:
         # The adaptive softmax's head scores the shortlist words and one entry per tail
         # cluster, in the same units (a tail word's probability is its cluster's times its
         # share in the cluster). When the best allowed head entry is a word, no tail word can
         # beat it: the tails are skipped, and the result is the same as the full argmax.
-        head = _constrain(model.head_scores(state), histories, step, opts, limit=short)
+        head = _constrain(head, histories, step, opts, limit=short)
         tokens = head.argmax(dim=-1)
         far = (tokens >= short).nonzero()[:, 0]  # a cluster won: score the full vocabulary
         if far.numel():
