@@ -237,26 +237,31 @@ class Seq2Seq(nn.Module):
                 logger.warning("TorchScript unavailable, decoding in eager mode: %s", exc)
         return self
 
-    def _prepare(self, *, quantize: bool) -> Seq2Seq:
+    def _prepare(self, *, quantize: bool) -> None:
         self.eval()
         with torch.no_grad():
-            # Fold the tied output layer into one Linear only when that is less work per step:
-            # (H -> V) instead of (H -> E) then (E -> V), i.e. when H <= E.
             if self.adaptive is not None:
                 self._fold_head()
-                return self._quantize() if quantize else self
-            if self.cfg.hidden_size > self.cfg.emb_size:
-                return self._quantize() if quantize else self
-            out = nn.Linear(self.cfg.hidden_size, self.cfg.vocab_size)
-            if self.out is None:
-                # logits = W_e (W_p s + b_p) + b_o  ==  (W_e W_p) s + (W_e b_p + b_o)
-                out.weight.copy_(self.embedding.weight @ self.out_proj.weight)
-                out.bias.copy_(self.embedding.weight @ self.out_proj.bias + self.out_bias)
             else:
-                out.weight.copy_(self.out.weight @ self.out_proj.weight)
-                out.bias.copy_(self.out.weight @ self.out_proj.bias + self.out.bias)
-            self._infer_out = out
-        return self._quantize() if quantize else self
+                self._fold_output()
+        if quantize:
+            self._quantize()
+
+    def _fold_output(self) -> None:
+        """For ``_logits``: the output layer after ``out_proj`` as one Linear (H -> V), only
+        when that is less work per step: (H -> V) instead of (H -> E) then (E -> V), i.e.
+        when H <= E."""
+        if self.cfg.hidden_size > self.cfg.emb_size:
+            return
+        out = nn.Linear(self.cfg.hidden_size, self.cfg.vocab_size)
+        if self.out is None:
+            # logits = W_e (W_p s + b_p) + b_o  ==  (W_e W_p) s + (W_e b_p + b_o)
+            out.weight.copy_(self.embedding.weight @ self.out_proj.weight)
+            out.bias.copy_(self.embedding.weight @ self.out_proj.bias + self.out_bias)
+        else:
+            out.weight.copy_(self.out.weight @ self.out_proj.weight)
+            out.bias.copy_(self.out.weight @ self.out_proj.bias + self.out.bias)
+        self._infer_out = out
 
     def _fold_head(self) -> None:
         """For ``head_scores``: the adaptive head after ``out_proj`` as one Linear (H -> head),
@@ -273,7 +278,7 @@ class Seq2Seq(nn.Module):
         folded.bias.copy_(bias + head.bias if head.bias is not None else bias)
         self._infer_head = folded
 
-    def _quantize(self) -> Seq2Seq:
+    def _quantize(self) -> None:
         from torch.ao.quantization import quantize_dynamic
 
         # Of the adaptive softmax only the head: its small tail projections get slower in int8,
@@ -287,7 +292,6 @@ class Seq2Seq(nn.Module):
                 adaptive.head = head[0]
         finally:
             self.adaptive = adaptive
-        return self
 
 
 class _TiedOutput(nn.Module):
