@@ -41,6 +41,23 @@ class Seq2SeqConfig:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
+def _attention_input(dec_out: Tensor, memory: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+    """Luong attention for decoder outputs (B, T, H), all T steps in one matmul:
+    [h_t; c_t] (B, T, 2H), the input of the ``combine`` layer. Shared by the eager model and
+    the TorchScript core."""
+    scores = torch.bmm(dec_out, keys.transpose(1, 2))  # (B, T, S)
+    scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
+    context = torch.bmm(torch.softmax(scores, dim=-1), memory)  # (B, T, H)
+    return torch.cat([dec_out, context], dim=-1)
+
+
+def _final_states(h_n: Tensor, layers: int, batch: int) -> Tensor:
+    """The bi-GRU's final states (layers * 2, B, H) -> the top layer's, both directions
+    side by side: (B, 2H)."""
+    h_n = h_n.view(layers, 2, batch, -1)  # (L, dir, B, H)
+    return torch.cat([h_n[-1, 0], h_n[-1, 1]], dim=-1)
+
+
 class Seq2Seq(nn.Module):
     def __init__(self, cfg: Seq2SeqConfig) -> None:
         super().__init__()
@@ -106,21 +123,14 @@ class Seq2Seq(nn.Module):
         memory = torch.tanh(self.enc_proj(out))  # (B, S, H)
         keys = self.attn_key(memory)  # (B, S, H)
         mask = torch.arange(S, device=src.device)[None, :] < src_len.to(src.device)[:, None]
-        L = self.cfg.enc_layers
-        h_n = h_n.view(L, 2, B, -1)  # (L, dir, B, H)
-        last = torch.cat([h_n[-1, 0], h_n[-1, 1]], dim=-1)  # (B, 2H) top layer, both directions
-        h0 = torch.tanh(self.bridge(last))  # (B, H)
+        h0 = torch.tanh(self.bridge(_final_states(h_n, self.cfg.enc_layers, B)))  # (B, H)
         hidden = h0.unsqueeze(0).expand(self.cfg.dec_layers, B, -1).contiguous()
         return memory, keys, mask, hidden
 
     # ---- decoder ---------------------------------------------------------------------------
     def _attend(self, dec_out: Tensor, memory: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
         """dec_out (B, T, H) -> attentional states (B, T, H), all T steps in one matmul."""
-        scores = torch.bmm(dec_out, keys.transpose(1, 2))  # (B, T, S)
-        scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
-        weights = torch.softmax(scores, dim=-1)
-        context = torch.bmm(weights, memory)  # (B, T, H)
-        return torch.tanh(self.combine(torch.cat([dec_out, context], dim=-1)))
+        return torch.tanh(self.combine(_attention_input(dec_out, memory, keys, mask)))
 
     def _logits(self, state: Tensor) -> Tensor:
         """Attentional states (..., H) -> vocabulary logits (..., V)."""
@@ -341,9 +351,7 @@ class _InferenceCore(nn.Module):
         out, h_n = self.encoder(self.embedding(src))
         memory = torch.tanh(self.enc_proj(out))
         keys = self.attn_key(memory)
-        h_n = h_n.view(self.enc_layers, 2, B, -1)
-        last = torch.cat([h_n[-1, 0], h_n[-1, 1]], dim=-1)
-        h0 = torch.tanh(self.bridge(last))
+        h0 = torch.tanh(self.bridge(_final_states(h_n, self.enc_layers, B)))
         return memory, keys, h0.unsqueeze(0).expand(self.dec_layers, B, -1).contiguous()
 
     def forward(
@@ -357,10 +365,7 @@ class _InferenceCore(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """-> (state, first scores or an empty tensor when not ``score``, hidden)."""
         dec_out, hidden = self.decoder(self.embedding(tokens).unsqueeze(1), hidden)
-        scores = torch.bmm(dec_out, keys.transpose(1, 2))
-        scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
-        context = torch.bmm(torch.softmax(scores, dim=-1), memory)
-        state = torch.tanh(self.combine(torch.cat([dec_out, context], dim=-1))).squeeze(1)
+        state = torch.tanh(self.combine(_attention_input(dec_out, memory, keys, mask))).squeeze(1)
         if not score:
             return state, torch.empty(0), hidden
         return state, self.scorer(state).float(), hidden
