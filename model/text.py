@@ -95,9 +95,11 @@ class Tokenizer:
 
     def tokenize(self, text: str) -> list[str]:
         text = normalise(text)
-        if not text:
-            return []
-        return [tok for tok in self._cut(text) if not tok.isspace()]
+        return self._segment(text) if text else []
+
+    def _segment(self, normalised: str) -> list[str]:
+        """Segment normalised text; whitespace tokens are not tokens."""
+        return [tok for tok in self._cut(normalised) if not tok.isspace()]
 
     def tokenize_block(
         self, texts: list[str], *, normalised: bool = False
@@ -133,7 +135,7 @@ class Tokenizer:
         index: dict[str, int] = {}
         ids: list[int] = []
         for i in keep:
-            toks = [tok for tok in self._cut(norm[i]) if not tok.isspace()]
+            toks = self._segment(norm[i])
             ids.extend(index.setdefault(tok, len(index)) for tok in toks)
             lengths[i] = len(toks)
         return list(index), np.array(ids, dtype=np.int32), lengths
