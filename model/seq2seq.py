@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from model.vocab import PAD_ID
+from model.vocab import GO_ID, PAD_ID, UNK_ID
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,9 @@ class Seq2SeqConfig:
     enc_layers: int = 1  # stacked bi-GRU layers in the encoder
     dec_layers: int = 1  # stacked GRU layers in the decoder
     dropout: float = 0.1  # on embeddings and on the attentional hidden state
+    word_dropout: float = 0.0  # training only: this share of the answer words the decoder is
+    # fed (teacher forcing) become <unk>, so it must lean on the question to predict the next
+    # word instead of continuing its own text (word dropout, Bowman et al. 2016)
     tie_embeddings: bool = True  # output layer shares the embedding matrix (full softmax only)
     adaptive_cutoffs: list[int] = field(default_factory=list)  # adaptive softmax clusters
     # (torch.nn.AdaptiveLogSoftmaxWithLoss); empty = full softmax. Frequent words go in the
@@ -145,6 +148,10 @@ class Seq2Seq(nn.Module):
         """Teacher-forced loss. src (B, S), src_len (B,), tgt_in = GO + answer (B, T),
         tgt_out = answer + EOS (B, T), PAD-filled. Returns the mean token cross-entropy."""
         memory, keys, mask, hidden = self.encode(src, src_len)
+        if self.training and self.cfg.word_dropout > 0:
+            hide = torch.rand(tgt_in.shape, device=tgt_in.device) < self.cfg.word_dropout
+            hide &= (tgt_in != PAD_ID) & (tgt_in != GO_ID)
+            tgt_in = tgt_in.masked_fill(hide, UNK_ID)
         dec_out, _ = self.decoder(self.drop(self.embedding(tgt_in)), hidden)  # (B, T, H)
         states = self.drop(self._attend(dec_out, memory, keys, mask))  # (B, T, H)
         real = tgt_out != PAD_ID  # (B, T)

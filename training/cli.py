@@ -122,6 +122,12 @@ def train_main(argv: list[str]) -> int:
     p.add_argument("--emb-size", type=int, default=None, help="embedding size (default 256)")
     p.add_argument("--layers", type=int, default=None, help="encoder and decoder layers")
     p.add_argument("--dropout", type=float, default=None)
+    p.add_argument(
+        "--word-dropout",
+        type=float,
+        default=None,
+        help="share of answer words fed to the decoder as <unk> while training (default 0)",
+    )
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--lr-rule", choices=["plateau", "seed"], default=d.lr_rule)
     p.add_argument("--eval-every", type=int, default=d.eval_every)
@@ -142,6 +148,7 @@ def train_main(argv: list[str]) -> int:
             "enc_layers": a.layers,
             "dec_layers": a.layers,
             "dropout": a.dropout,
+            "word_dropout": a.word_dropout,
         }.items()
         if v is not None
     }

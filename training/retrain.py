@@ -232,7 +232,8 @@ def retrain(
         init_from = None
     model_sizes = {
         k: live["model_config"][k]
-        for k in ("emb_size", "hidden_size", "enc_layers", "dec_layers", "dropout")
+        for k in ("emb_size", "hidden_size", "enc_layers", "dec_layers", "dropout", "word_dropout")
+        if k in live["model_config"]  # word_dropout: not in checkpoints older than it
     }
     del live  # only its vocabulary and sizes were needed; training loads it again
     tcfg = TrainConfig(

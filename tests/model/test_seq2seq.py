@@ -273,3 +273,23 @@ def test_compiled_inference_decodes_exactly_like_eager(sizes, quantize):
         ):
             assert torch.allclose(a, b, atol=1e-6)
     assert "_core" not in str(list(compiled.state_dict()))  # the checkpoint format is untouched
+
+
+def test_word_dropout_hides_answer_words_from_the_decoder_only_while_training():
+    """word_dropout 1.0 feeds the decoder GO then <unk> for every answer word: the loss is then
+    exactly that of an all-<unk> teacher-forcing input, PAD stays PAD; eval mode ignores it."""
+    src, src_len = batch_inputs([[5, 6], [7, 8, 9]])
+    tgt_in = torch.tensor([[1, 10, 11, PAD_ID], [1, 12, 13, 14]])
+    tgt_out = torch.tensor([[10, 11, EOS_ID, PAD_ID], [12, 13, 14, EOS_ID]])
+    hidden_in = torch.tensor([[1, UNK_ID, UNK_ID, PAD_ID], [1, UNK_ID, UNK_ID, UNK_ID]])
+    plain = _model()
+    dropped = _model(word_dropout=1.0)
+    dropped.load_state_dict(plain.state_dict())
+    dropped.train()  # dropout=0.0: training mode only switches word dropout on
+    expect = plain(src, src_len, hidden_in, tgt_out)
+    assert torch.allclose(dropped(src, src_len, tgt_in, tgt_out), expect, atol=1e-6)
+    assert not torch.allclose(plain(src, src_len, tgt_in, tgt_out), expect, atol=1e-3)
+    dropped.eval()
+    assert torch.allclose(
+        dropped(src, src_len, tgt_in, tgt_out), plain(src, src_len, tgt_in, tgt_out), atol=1e-6
+    )

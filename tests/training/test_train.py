@@ -99,6 +99,8 @@ def test_cli_prepare_train_eval(tmp_path, tiny_tsv):
         "24",
         "--emb-size",
         "16",
+        "--word-dropout",
+        "0.2",
         "--quiet",
         "--threads",
         "1",
@@ -106,6 +108,8 @@ def test_cli_prepare_train_eval(tmp_path, tiny_tsv):
     assert p.returncode == 0, p.stderr
     result = json.loads(p.stdout.strip().splitlines()[-1])
     assert result["steps"] == 12
+    saved = torch.load(result["checkpoint"], weights_only=True)["model_config"]
+    assert saved["word_dropout"] == 0.2 and saved["hidden_size"] == 24
     for key in ("target_tokens_per_s", "peak_rss_mb", "last_loss", "valid_ppl", "checkpoint"):
         assert result[key] is not None and result[key] != 0, key
     p = _xianliao("eval", result["checkpoint"], str(tiny_tsv), "--json", "--threads", "1")
