@@ -330,3 +330,43 @@ def test_adaptive_top_k_from_the_head_equals_the_full_top_k():
     src, src_len = batch_inputs([[5, 6, 7], [9, 10], [40, 41]])
     replies = sample(m, src, src_len, DecodeOptions(strategy="sample", top_k=5, seed=3))
     assert all(UNK_ID not in r for r in replies) and any(replies)
+
+
+def test_adaptive_beam_search_skips_the_tails_without_changing_the_beams(monkeypatch):
+    """Beam search with an adaptive softmax scores the tails only for inputs where a beam plus
+    its best cluster could reach the 2K best extensions: the same hypotheses and scores as
+    scoring the full vocabulary at every step."""
+    import model.decode as dec
+
+    m = _model(adaptive_cutoffs=[10, 30])
+    head = torch.nn.Linear(16, 12)
+    with torch.no_grad():
+        head.weight.copy_(m.adaptive.head.weight * 300)
+        head.bias.zero_()  # states are small: spread the scores so that clusters win now and then
+    m.adaptive.head = head
+    src, src_len = batch_inputs([[5, 6, 7], [9, 10], [11, 12, 13, 14], [40, 41], [20]])
+    opts = DecodeOptions(strategy="beam", beam_size=3, max_len=10, no_repeat_ngram=2)
+    full_rows = []
+    real_state_scores = m.state_scores
+    monkeypatch.setattr(
+        m, "state_scores", lambda s: full_rows.append(len(s)) or real_state_scores(s)
+    )
+    steps = []
+    real_step_scores = m.step_scores
+    monkeypatch.setattr(m, "step_scores", lambda *a: steps.append(1) or real_step_scores(*a))
+    fast = beam_search(m, src, src_len, opts)
+    monkeypatch.undo()
+
+    def every_step_full(model, scores, tokens, hidden, memory, keys, mask, histories, step, o):
+        logp, hidden = model.step(tokens, hidden, memory, keys, mask)
+        logp = dec._constrain(logp, histories, step, o)
+        return (*dec._top_extensions(logp, scores, scores.shape[1]), hidden)
+
+    monkeypatch.setattr(dec, "_beam_candidates", every_step_full)
+    full = beam_search(m, src, src_len, opts)
+    assert [[ids for _, ids in h] for h in fast] == [[ids for _, ids in h] for h in full]
+    for hf, hs in zip(fast, full, strict=True):
+        assert all(abs(a - b) < 1e-4 for (a, _), (b, _) in zip(hf, hs, strict=True))
+    assert full_rows, "no step needed the tails: the test does not exercise the fallback"
+    assert len(full_rows) < len(steps)  # ... and some steps skipped them
+    assert any(t >= 10 for h in fast for _, ids in h for t in ids)
