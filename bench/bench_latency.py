@@ -1,4 +1,5 @@
-"""Reply latency (p50/p99) of ``ChatBot.reply``: greedy and beam 5, unquantized and dynamic int8,
+"""Reply latency (p50/p99) of ``ChatBot.reply``: greedy and beam 5 (and, with ``--strategies``,
+the bot's default sampling), unquantized and dynamic int8,
 for a trained default model and a tutorial-size model (hidden 500, 2+2 layers, vocabulary 20k,
 random weights), on everyday questions from xiaohuangji_sample.tsv. Random weights never choose
 EOS, so the tutorial-size replies are ``--tutorial-max-len`` tokens long (6 by default): the
@@ -74,14 +75,21 @@ def pct(xs: list[float], p: float) -> float:
 
 
 def bench_model(
-    name: str, path: Path, qs: list[str], threads: int, warmup: int, max_len: int = 30
+    name: str,
+    path: Path,
+    qs: list[str],
+    threads: int,
+    warmup: int,
+    max_len: int = 30,
+    strategies: tuple[str, ...] = ("greedy", "beam"),
 ) -> dict:
-    opts = {"beam_size": 5, "max_len": max_len}
+    # Sampling draws with a fixed seed per reply, so int8 and fp32 see the same random numbers.
+    opts = {"beam_size": 5, "max_len": max_len, "seed": 0}
     bots = {
         q: ChatBot.load(path, threads=threads, quantize=q, decode_options=opts)
         for q in (False, True)
     }
-    variants = [(s, q) for s in ("greedy", "beam") for q in (False, True)]
+    variants = [(s, q) for s in strategies for q in (False, True)]
     times = {v: [] for v in variants}
     lengths = {v: [] for v in variants}
     replies = {v: [] for v in variants}
@@ -110,12 +118,12 @@ def bench_model(
             "mean_ms": round(sum(ts) / len(ts), 2),
             "mean_reply_tokens": round(sum(lengths[s, q]) / len(lengths[s, q]), 1),
         }
-    for s in ("greedy", "beam"):
+    for s in strategies:
         same = sum(a == b for a, b in zip(replies[s, False], replies[s, True], strict=True))
         rows[f"{s}-int8"]["same_reply_as_fp32_pct"] = round(100 * same / len(qs), 1)
         rows[f"{s}-int8"]["speedup_p50"] = round(rows[s]["p50_ms"] / rows[f"{s}-int8"]["p50_ms"], 2)
     examples = [
-        {"q": qs[i], "beam": replies["beam", False][i], "beam_int8": replies["beam", True][i]}
+        {"q": qs[i]} | {f"{s}{'_int8' if q else ''}": replies[s, q][i] for s, q in variants}
         for i in range(min(8, len(qs)))
     ]
     cfg = bots[False].model.cfg
@@ -147,6 +155,13 @@ def main(argv: list[str] | None = None) -> int:
         default=6,
         help="reply length of the tutorial-size models (random weights never stop on their own)",
     )
+    p.add_argument(
+        "--strategies",
+        nargs="+",
+        default=["greedy", "beam"],
+        choices=["greedy", "beam", "sample"],
+        help="decodings to time (sample: the bot's default, top-k 20 / top-p 0.9, seeded)",
+    )
     a = p.parse_args(argv)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -164,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in todo:
         print(f"{name}: {path}", flush=True)
         max_len = 30 if name == "trained" else a.tutorial_max_len
-        r = bench_model(name, path, qs, a.threads, a.warmup, max_len)
+        r = bench_model(name, path, qs, a.threads, a.warmup, max_len, tuple(a.strategies))
         r["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
         print(json.dumps(r["rows"], indent=1), flush=True)
         res["models"].append(r)
