@@ -216,52 +216,6 @@ def _length_penalty(length: int, alpha: float) -> float:
     return ((5.0 + length) / 6.0) ** alpha
 
 
-def _beam_candidates(
-    model: Seq2Seq,
-    scores: Tensor,
-    tokens: Tensor,
-    hidden: Tensor,
-    memory: Tensor,
-    keys: Tensor,
-    mask: Tensor,
-    histories: list[list[int]],
-    step: int,
-    opts: DecodeOptions,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One beam-search step: the 2K best extensions per input, as (scores, beams, tokens),
-    each (B, 2K), best first, plus the new hidden state. ``scores`` (B, K) are the beams'.
-
-    With an adaptive softmax the head's log-softmax already gives the exact log-prob of each
-    shortlist word, and a tail word's log-prob is at most its cluster's entry. So an input
-    needs the full vocabulary only when one of its beams plus its best cluster could beat the
-    2K-th best shortlist extension; otherwise the tails are never scored."""
-    B, K = scores.shape
-    if model.adaptive is None:
-        logp, hidden = model.step(tokens, hidden, memory, keys, mask)  # (B*K, V)
-        return (*_top_extensions(_constrain(logp, histories, step, opts), scores, K), hidden)
-    short = model.adaptive.shortlist_size
-    state, head, hidden = model.step_scores(tokens, hidden, memory, keys, mask)
-    head = _constrain(torch.log_softmax(head, dim=-1), histories, step, opts, limit=short)
-    top_scores, beams, toks = _top_extensions(head[:, :short], scores, K)
-    bound = (scores.view(B * K) + head[:, short:].max(dim=-1).values).view(B, K).max(-1).values
-    far = (bound > top_scores[:, -1]).nonzero()[:, 0]
-    if far.numel():
-        rows = (far[:, None] * K + torch.arange(K, device=far.device)).view(-1)
-        full = model.state_scores(state[rows])
-        full = _constrain(full, [histories[i] for i in rows.tolist()], step, opts)
-        top_scores[far], beams[far], toks[far] = _top_extensions(full, scores[far], K)
-    return top_scores, beams, toks, hidden
-
-
-def _top_extensions(logp: Tensor, scores: Tensor, K: int) -> tuple[Tensor, Tensor, Tensor]:
-    """logp (B*K, W) token log-probs of each beam, scores (B, K) -> the 2K best (beam score +
-    token log-prob) per input, with their beams and tokens, each (B, 2K)."""
-    B, W = scores.shape[0], logp.shape[-1]
-    cand = (scores.reshape(B * K, 1) + logp).view(B, K * W)
-    top_scores, top_idx = cand.topk(min(2 * K, K * W), dim=-1)
-    return top_scores, top_idx // W, top_idx % W
-
-
 def beam_search(
     model: Seq2Seq, src: Tensor, src_len: Tensor, opts: DecodeOptions
 ) -> list[list[tuple[float, list[int]]]]:
@@ -280,21 +234,23 @@ def beam_search(
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
     closed = [False] * B
     for step in range(opts.max_len):
-        top_scores, top_beams, top_tokens, hidden = _beam_candidates(
-            model, scores, tokens, hidden, memory, keys, mask, histories, step, opts
-        )
+        logp, hidden = model.step(tokens, hidden, memory, keys, mask)  # (B*K, V)
+        logp = _constrain(logp, histories, step, opts)
+        V = logp.shape[-1]
+        cand = (scores.view(B * K, 1) + logp).view(B, K * V)
+        top_scores, top_idx = cand.topk(min(2 * K, K * V), dim=-1)  # (B, 2K)
         new_scores = torch.full((B, K), NEG_INF, device=src.device)
         parents = torch.zeros(B * K, dtype=torch.long, device=src.device)
         next_tokens = torch.full((B * K,), EOS_ID, dtype=torch.long, device=src.device)
         new_histories: list[list[int]] = [[] for _ in range(B * K)]
-        rows = zip(top_scores.tolist(), top_beams.tolist(), top_tokens.tolist(), strict=True)
-        for b, (row_s, row_beam, row_tok) in enumerate(rows):
+        for b, (row_s, row_i) in enumerate(zip(top_scores.tolist(), top_idx.tolist(), strict=True)):
             if closed[b]:
                 continue
             slot = 0
-            for s, beam, tok in zip(row_s, row_beam, row_tok, strict=True):
+            for s, idx in zip(row_s, row_i, strict=True):
                 if s == NEG_INF:
                     break
+                beam, tok = divmod(idx, V)
                 parent = b * K + beam
                 if tok == EOS_ID:
                     hist = histories[parent]
