@@ -155,31 +155,6 @@ def greedy(model: Seq2Seq, src: Tensor, src_len: Tensor, opts: DecodeOptions) ->
     return _token_by_token(model, src, src_len, opts, argmax, pick_state)
 
 
-def _head_first_top_k(
-    model: Seq2Seq,
-    state: Tensor,
-    head: Tensor,
-    histories: list[list[int]],
-    step: int,
-    opts: DecodeOptions,
-    k: int,
-) -> tuple[Tensor, Tensor]:
-    """The k best allowed tokens (B, k) and their scores, sorted, from an adaptive softmax's
-    head logits (B, shortlist + clusters) where no tail word can be among them, else from the
-    full vocabulary. Scores are log-probs up to a per-row constant: what top-k/top-p sampling
-    needs. A tail word's log-prob is at most its cluster's head entry, so when the k-th best
-    allowed shortlist word beats every cluster, the top k are all shortlist words."""
-    short = model.adaptive.shortlist_size
-    head = _constrain(head, histories, step, opts, limit=short)
-    values, indices = head[:, :short].topk(k, dim=-1)
-    far = (head[:, short:].max(dim=-1).values > values[:, -1]).nonzero()[:, 0]
-    if far.numel():
-        rows = far.tolist()
-        full = _constrain(model.state_scores(state[far]), [histories[i] for i in rows], step, opts)
-        values[far], indices[far] = full.topk(k, dim=-1)
-    return values, indices
-
-
 def sample(model: Seq2Seq, src: Tensor, src_len: Tensor, opts: DecodeOptions) -> list[list[int]]:
     gen = torch.Generator(device=src.device)
     if opts.seed is not None:
@@ -187,10 +162,11 @@ def sample(model: Seq2Seq, src: Tensor, src_len: Tensor, opts: DecodeOptions) ->
     else:
         gen.seed()
 
-    def choose(values: Tensor, indices: Tensor) -> Tensor:
+    def pick(logp: Tensor) -> Tensor:
         # Work on the top-k candidates only (sorted): the same distribution as masking the
         # full vocabulary, without sorting or sampling over 30k entries per step.
-        values = values / max(opts.temperature, 1e-5)
+        k = opts.top_k if opts.top_k > 0 else logp.shape[-1]
+        values, indices = torch.topk(logp / max(opts.temperature, 1e-5), min(k, logp.shape[-1]))
         if 0.0 < opts.top_p < 1.0:
             probs = torch.softmax(values, dim=-1)
             drop = probs.cumsum(dim=-1) - probs > opts.top_p  # keep the first token always
@@ -198,18 +174,7 @@ def sample(model: Seq2Seq, src: Tensor, src_len: Tensor, opts: DecodeOptions) ->
         choice = torch.multinomial(torch.softmax(values, dim=-1), 1, generator=gen)
         return indices.gather(-1, choice)[:, 0]
 
-    def pick(logp: Tensor) -> Tensor:
-        k = opts.top_k if opts.top_k > 0 else logp.shape[-1]
-        return choose(*torch.topk(logp, min(k, logp.shape[-1])))
-
-    asm = model.adaptive
-    if asm is None or not 0 < opts.top_k <= asm.shortlist_size:
-        return _token_by_token(model, src, src_len, opts, pick)
-
-    def pick_state(state: Tensor, head: Tensor, histories: list[list[int]], step: int) -> Tensor:
-        return choose(*_head_first_top_k(model, state, head, histories, step, opts, opts.top_k))
-
-    return _token_by_token(model, src, src_len, opts, pick, pick_state)
+    return _token_by_token(model, src, src_len, opts, pick)
 
 
 def _length_penalty(length: int, alpha: float) -> float:

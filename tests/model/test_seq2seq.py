@@ -1,15 +1,7 @@
 import pytest
 import torch
 
-from model.decode import (
-    DecodeOptions,
-    _banned_by_ngram,
-    batch_inputs,
-    beam_search,
-    decode,
-    greedy,
-    sample,
-)
+from model.decode import DecodeOptions, _banned_by_ngram, batch_inputs, beam_search, decode, greedy
 from model.seq2seq import Seq2Seq, Seq2SeqConfig, default_cutoffs
 from model.vocab import EOS_ID, PAD_ID, UNK_ID
 
@@ -301,32 +293,3 @@ def test_word_dropout_hides_answer_words_from_the_decoder_only_while_training():
     assert torch.allclose(
         dropped(src, src_len, tgt_in, tgt_out), plain(src, src_len, tgt_in, tgt_out), atol=1e-6
     )
-
-
-def test_adaptive_top_k_from_the_head_equals_the_full_top_k():
-    """Sampling's top-k with an adaptive softmax comes from the head unless a tail cluster
-    beats the k-th allowed shortlist word: the same tokens and the same sampling distribution
-    as the top k of the full, constrained vocabulary, on both paths."""
-    from model.decode import _constrain, _head_first_top_k
-
-    m = _model(adaptive_cutoffs=[10, 30])
-    with torch.no_grad():
-        m.adaptive.head.weight.mul_(3.0)  # spread the scores: clusters win in some rows
-    torch.manual_seed(1)
-    state = torch.randn(64, 24)
-    histories = [[int(t) for t in torch.randint(4, 50, (4,))] for _ in range(64)]
-    opts = DecodeOptions(no_repeat_ngram=1, min_len=2)
-    head = m.head_scores(state)
-    paths = set()
-    for k in (1, 3, 8):
-        values, indices = _head_first_top_k(m, state, head.clone(), histories, 0, opts, k)
-        full = _constrain(m.state_scores(state), histories, 0, opts)
-        f_values, f_indices = full.topk(k, dim=-1)
-        assert torch.equal(indices, f_indices)
-        assert torch.allclose(values.softmax(-1), f_values.softmax(-1), atol=1e-5)
-        kth = _constrain(head.clone(), histories, 0, opts, limit=10)[:, :10].topk(k).values[:, -1]
-        paths |= set((head[:, 10:].max(dim=-1).values > kth).tolist())
-    assert paths == {True, False}  # both the head-only and the full-vocabulary rows ran
-    src, src_len = batch_inputs([[5, 6, 7], [9, 10], [40, 41]])
-    replies = sample(m, src, src_len, DecodeOptions(strategy="sample", top_k=5, seed=3))
-    assert all(UNK_ID not in r for r in replies) and any(replies)
