@@ -65,6 +65,8 @@ class Seq2Seq(nn.Module):
     def __init__(self, cfg: Seq2SeqConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        if not 0.0 <= cfg.word_dropout <= 1.0:  # as nn.Dropout checks its own probability
+            raise ValueError(f"word dropout has to be between 0 and 1, but got {cfg.word_dropout}")
         E, H = cfg.emb_size, cfg.hidden_size
         self.embedding = nn.Embedding(cfg.vocab_size, E, padding_idx=PAD_ID)
         self.drop = nn.Dropout(cfg.dropout)

@@ -293,3 +293,6 @@ def test_word_dropout_hides_answer_words_from_the_decoder_only_while_training():
     assert torch.allclose(
         dropped(src, src_len, tgt_in, tgt_out), plain(src, src_len, tgt_in, tgt_out), atol=1e-6
     )
+    for bad in (1.5, -0.2):
+        with pytest.raises(ValueError, match="word dropout has to be between 0 and 1"):
+            _model(word_dropout=bad)
