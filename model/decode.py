@@ -36,6 +36,9 @@ class DecodeOptions:
     num_samples: int = 8  # candidates drawn per input (strategy "sample_rank")
     mmi_weight: float = 0.0  # beam: rerank the n-best by log p(y|x) - w * log p(y|<neutral>),
     # which demotes replies that fit any question (MMI-antiLM, Li et al. 2016); 0 = off
+    bidi_weight: float = 0.0  # beam and sample_rank: also add w * log p(x|y) per question token,
+    # how well the reply leads back to the question (MMI-bidi, Li et al. 2016): promotes replies
+    # about what was asked. Needs a model trained with --both-directions; 0 = off
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,6 +54,26 @@ class DecodeOptions:
                 f"strategy must be one of {', '.join(STRATEGIES)}, not {opts.strategy!r}"
             )
         return opts
+
+
+# The default decoding of a model trained with --both-directions: draw several replies and keep
+# the one that best answers the question and best leads back to it (MMI-bidi). Tuned on DGK
+# (bench/RESULTS.md section 20) with everyday questions other than bench_quality's 20.
+BIDI_DEFAULTS = {
+    "strategy": "sample_rank",
+    "num_samples": 32,
+    "temperature": 1.0,
+    "bidi_weight": 1.0,
+    "mmi_weight": 0.5,
+}
+
+
+def default_options(train_info: object) -> DecodeOptions:
+    """The default decoding for a checkpoint, from its ``train`` entry."""
+    config = train_info.get("config") if isinstance(train_info, dict) else None
+    if isinstance(config, dict) and config.get("both_directions"):
+        return DecodeOptions(**BIDI_DEFAULTS)
+    return DecodeOptions()
 
 
 def _banned_by_ngram(history: list[int], n: int) -> list[int]:
@@ -286,10 +309,13 @@ def decode(model: Seq2Seq, id_lists: list[list[int]], opts: DecodeOptions) -> li
     if opts.strategy == "sample_rank":
         n = max(1, opts.num_samples)
         drawn = sample(model, src.repeat_interleave(n, 0), src_len.repeat_interleave(n, 0), opts)
-        hyps = [[(0.0, ids) for ids in drawn[b * n : (b + 1) * n]] for b in range(len(id_lists))]
+        hyps = []
+        for b in range(len(id_lists)):
+            unique = {tuple(ids): ids for ids in drawn[b * n : (b + 1) * n]}  # score each once
+            hyps.append([(0.0, ids) for ids in unique.values()])
         return mmi_rerank(model, src, src_len, hyps, opts)
     hyps = beam_search(model, src, src_len, opts)
-    if opts.mmi_weight > 0:
+    if opts.mmi_weight > 0 or opts.bidi_weight > 0:
         return mmi_rerank(model, src, src_len, hyps, opts)
     return [h[0][1] if h else [] for h in hyps]
 
@@ -314,23 +340,36 @@ def mmi_rerank(
     opts: DecodeOptions,
 ) -> list[list[int]]:
     """Pick, per input, the candidate with the best length-normalised
-    log p(y|x) - w * log p(y|<unk>): the second term is how likely the reply is whatever was
-    asked (the model given an uninformative one-token question)."""
+    log p(y|x) - w * log p(y|<unk>), plus ``bidi_weight`` * log p(x|y) / (|x| + 1). The second
+    term is how likely the reply is whatever was asked (the model given an uninformative
+    one-token question); the third, how well the reply leads back to the question (the model
+    read backwards: the reply as the question, the question as the answer)."""
     flat = [(b, ids) for b, h in enumerate(hyps) for _, ids in h if ids]
     if not flat:
         return [h[0][1] if h else [] for h in hyps]
     owners = torch.tensor([b for b, _ in flat], device=src.device)
     tgt_in, tgt_out = _answer_batch([ids for _, ids in flat], src.device)
     cond = model.sequence_logprobs(src[owners], src_len[owners], tgt_in, tgt_out)
-    neutral = torch.full((len(flat), 1), UNK_ID, dtype=torch.long, device=src.device)
-    prior = model.sequence_logprobs(
-        neutral, torch.ones(len(flat), dtype=torch.long), tgt_in, tgt_out
-    )
+    prior = torch.zeros_like(cond)
+    if opts.mmi_weight > 0:
+        neutral = torch.full((len(flat), 1), UNK_ID, dtype=torch.long, device=src.device)
+        prior = model.sequence_logprobs(
+            neutral, torch.ones(len(flat), dtype=torch.long), tgt_in, tgt_out
+        )
     lengths = [len(ids) + 1 for _, ids in flat]
     scores = [
         (c - opts.mmi_weight * p) / _length_penalty(n, opts.length_penalty)
         for c, p, n in zip(cond.tolist(), prior.tolist(), lengths, strict=True)
     ]
+    if opts.bidi_weight > 0:
+        questions = [src[b, : int(src_len[b])].tolist() for b, _ in flat]
+        rev_src, rev_len = batch_inputs([ids for _, ids in flat], src.device)
+        q_in, q_out = _answer_batch(questions, src.device)
+        back = model.sequence_logprobs(rev_src, rev_len, q_in, q_out).tolist()
+        scores = [
+            sc + opts.bidi_weight * lp / (len(q) + 1)
+            for sc, lp, q in zip(scores, back, questions, strict=True)
+        ]
     best: dict[int, tuple[float, list[int]]] = {}
     for (b, ids), sc in zip(flat, scores, strict=True):
         if b not in best or sc > best[b][0]:

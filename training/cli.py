@@ -128,6 +128,12 @@ def train_main(argv: list[str]) -> int:
         default=None,
         help="share of answer words fed to the decoder as <unk> while training (default 0)",
     )
+    p.add_argument(
+        "--both-directions",
+        action="store_true",
+        help="also train on every pair read backwards (answer -> question), so the model can "
+        "rerank replies by how well they lead back to the question (decoding option bidi_weight)",
+    )
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--lr-rule", choices=["plateau", "seed"], default=d.lr_rule)
     p.add_argument("--eval-every", type=int, default=d.eval_every)
@@ -162,6 +168,7 @@ def train_main(argv: list[str]) -> int:
         seed=a.seed,
         device=a.device,
         init_from=a.init_from,
+        both_directions=a.both_directions,
         model=model,
     )
     on_progress = None

@@ -57,6 +57,14 @@ class PairArrays:
     def __len__(self) -> int:
         return len(self.src_off) - 1
 
+    def reversed(self) -> PairArrays:
+        """The same pairs read backwards (answer -> question), sharing the memory maps: for a
+        model of the line before as well as the line after (MMI-bidi reranking)."""
+        rev = object.__new__(PairArrays)
+        rev.meta, rev.lengths = self.meta, None
+        rev.src, rev.src_off, rev.tgt, rev.tgt_off = self.tgt, self.tgt_off, self.src, self.src_off
+        return rev
+
     def pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         return (
             self.src[self.src_off[i] : self.src_off[i + 1]],

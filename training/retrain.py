@@ -235,7 +235,10 @@ def retrain(
         for k in ("emb_size", "hidden_size", "enc_layers", "dec_layers", "dropout", "word_dropout")
         if k in live["model_config"]  # word_dropout: not in checkpoints older than it
     }
-    del live  # only its vocabulary and sizes were needed; training loads it again
+    live_train = live.get("train") if isinstance(live.get("train"), dict) else {}
+    # A model trained both ways keeps it: its default decoding reranks with the way back.
+    both_directions = bool((live_train.get("config") or {}).get("both_directions", False))
+    del live  # only its vocabulary, sizes and training mode were needed; training loads it again
     tcfg = TrainConfig(
         steps=cfg.steps,
         minutes=cfg.minutes,
@@ -245,6 +248,7 @@ def retrain(
         log_every=10,
         seed=cfg.seed,
         init_from=init_from,
+        both_directions=both_directions,
         model=model_sizes,
     )
     result = train(

@@ -42,6 +42,8 @@ class TrainConfig:
     device: str = "auto"  # "auto" (cuda if available), "cpu" or "cuda"
     amp: bool | None = None  # bf16 autocast; None = on for CUDA only
     init_from: str | None = None  # start from this checkpoint's weights (fine-tuning)
+    both_directions: bool = False  # also train on every pair read backwards (answer -> question),
+    # same weight: one model then also scores log p(question | reply) for MMI-bidi reranking
     model: dict = field(default_factory=dict)  # Seq2SeqConfig fields (sizes, dropout)
 
 
@@ -163,6 +165,10 @@ def train(
         model.load_state_dict(init["state_dict"])
     optimizer = _make_optimizer(model, cfg)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=2)
+    if cfg.both_directions:  # (after a resume restored cfg) validation stays forward
+        sources += [
+            Source(s.arrays.reversed(), s.weight, name=f"{s.name} (reversed)") for s in sources
+        ]
     sampler = BatchSampler(sources, cfg.batch_size, seed=cfg.seed, pool_batches=cfg.pool_batches)
     step, best_loss, loss_history = 0, math.inf, []
     metrics: dict = {}

@@ -148,6 +148,41 @@ def test_sample_rank_and_mmi_rerank_keep_the_constraints():
     assert decode(m, [[5, 6]], opts) == decode(m, [[5, 6]], opts)
 
 
+def test_bidi_rerank_adds_the_way_back_per_question_token():
+    """MMI-bidi: each candidate scores log p(y|x) / lp(|y|+1) + w * log p(x|y) / (|x| + 1), the
+    second term from the same model read backwards. Checked against scores computed here, and
+    a large weight has to change the pick of a model whose two directions disagree."""
+    from model.decode import _answer_batch, _length_penalty, mmi_rerank
+
+    m = _model()
+    question = [5, 6, 7]
+    cands = [[8, 9], [10, 11, 12], [13], [14, 15, 16, 17], [18, 19]]
+    src, src_len = batch_inputs([question])
+
+    def expected(w: float) -> list[int]:
+        tgt_in, tgt_out = _answer_batch(cands, "cpu")
+        fwd = m.sequence_logprobs(
+            src.repeat(len(cands), 1), src_len.repeat(len(cands)), tgt_in, tgt_out
+        )
+        rs, rl = batch_inputs(cands)
+        q_in, q_out = _answer_batch([question] * len(cands), "cpu")
+        back = m.sequence_logprobs(rs, rl, q_in, q_out)
+        scores = [
+            f / _length_penalty(len(c) + 1, 1.0) + w * b / (len(question) + 1)
+            for f, b, c in zip(fwd.tolist(), back.tolist(), cands, strict=True)
+        ]
+        return cands[max(range(len(cands)), key=scores.__getitem__)]
+
+    hyps = [[(0.0, c) for c in cands]]
+    with torch.no_grad():
+        picks = {
+            w: mmi_rerank(m, src, src_len, hyps, DecodeOptions(bidi_weight=w))[0]
+            for w in (0.0, 1.0, 1000.0)
+        }
+        assert all(picks[w] == expected(w) for w in picks)
+    assert picks[0.0] != picks[1000.0]
+
+
 def test_bf16_autocast_trains_with_the_adaptive_softmax():
     m = _model(adaptive_cutoffs=[10, 30]).train()
     src, src_len = batch_inputs([[5, 6, 7], [8, 9]])

@@ -123,6 +123,33 @@ def test_retrain_learns_the_edited_answer_then_promote_and_rollback(tmp_path, li
     engine.dispose()
 
 
+def test_retrain_keeps_training_both_ways(tmp_path, live, tiny_data):
+    """A live model trained with --both-directions is retrained the same way, so the candidate
+    keeps the default decoding that reads replies backwards."""
+    import torch
+
+    from model.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(live)
+    ckpt["train"]["config"]["both_directions"] = True
+    del ckpt["format_version"]
+    save_checkpoint(live, ckpt)
+    db = f"sqlite:///{tmp_path}/chat.db"
+    _log(db, [("你好", "随便说的", "approved", EDITED)])
+    cfg = RetrainConfig(
+        database_url=db,
+        model_path=str(live),
+        base_data=str(tiny_data),
+        out_dir=str(tmp_path / "rt"),
+        steps=10,
+        batch_size=8,
+    )
+    report = retrain(cfg)
+    cand = torch.load(report["candidate"], map_location="cpu", weights_only=False)
+    assert cand["train"]["config"]["both_directions"] is True
+    assert ChatBot.load(report["candidate"]).options.bidi_weight > 0
+
+
 def test_corrupt_candidate_is_never_promoted(tmp_path, live):
     db = f"sqlite:///{tmp_path}/chat.db"
     bad = tmp_path / "bad.pt"

@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_MODEL, TINY_PAIRS
 
 from training.data import BatchSampler, DataError, PairArrays, Source
 from training.train import TrainConfig, train
@@ -36,6 +37,46 @@ def test_sampler_draws_from_the_whole_corpus_by_weight(tiny_data):
     idx = np.concatenate([i for _, i in s._batches])
     assert 0.65 < (which == 0).mean() < 0.85
     assert set(idx.tolist()) == set(range(len(arrays)))
+
+
+def test_reversed_pairs_share_the_arrays(tiny_data):
+    arrays = PairArrays(tiny_data, "train")
+    rev = arrays.reversed()
+    assert len(rev) == len(arrays)
+    for i in range(len(arrays)):
+        q, a = arrays.pair(i)
+        rq, ra = rev.pair(i)
+        assert np.array_equal(rq, a) and np.array_equal(ra, q)
+
+
+def test_both_directions_learns_the_reply_and_the_way_back(tiny_data, tiny_checkpoint, tmp_path):
+    """--both-directions: one model answers the question and, read backwards, gives the
+    question back from the answer; validation stays on the forward direction."""
+    from model.chatbot import ChatBot
+    from model.checkpoint import load_checkpoint
+
+    cfg = TrainConfig(
+        steps=600,
+        batch_size=16,
+        lr=1e-2,
+        eval_every=600,
+        model=TINY_MODEL,
+        seed=7,
+        both_directions=True,
+    )
+    res = train([(str(tiny_data), 1.0)], tmp_path, cfg, progress=False)
+    assert load_checkpoint(res.checkpoint)["train"]["config"]["both_directions"] is True
+    bot = ChatBot.load(res.checkpoint, decode_options={"strategy": "greedy"})
+    forward = {q: bot.reply(q) for q, _ in TINY_PAIRS}
+    backward = {a: bot.reply(a) for _, a in TINY_PAIRS}
+    assert [q for q, a in TINY_PAIRS if forward[q] != a] == []
+    assert [a for q, a in TINY_PAIRS if backward[a] != q] == []
+    # Without options, such a checkpoint answers by MMI-bidi reranking of sampled replies.
+    default = ChatBot.load(res.checkpoint)
+    assert default.options.strategy == "sample_rank" and default.options.bidi_weight > 0
+    replies = default.reply_many([q for q, _ in TINY_PAIRS], seed=0)
+    assert replies == [a for _, a in TINY_PAIRS]
+    assert ChatBot.load(tiny_checkpoint).options.bidi_weight == 0  # trained one way: unchanged
 
 
 def test_resume_continues_the_same_loss_curve(tiny_data, tmp_path):
