@@ -85,10 +85,11 @@ def bench_model(
 ) -> dict:
     # Sampling draws with a fixed seed per reply, so int8 and fp32 see the same random numbers.
     opts = {"beam_size": 5, "max_len": max_len, "seed": 0}
-    bots = {
-        q: ChatBot.load(path, threads=threads, quantize=q, decode_options=opts)
-        for q in (False, True)
-    }
+    bots = {q: ChatBot.load(path, threads=threads, quantize=q) for q in (False, True)}
+
+    def options(s: str) -> dict:  # "default": the checkpoint's own decoding, as the bot replies
+        return opts if s == "default" else {**opts, "strategy": s}
+
     variants = [(s, q) for s in strategies for q in (False, True)]
     times = {v: [] for v in variants}
     lengths = {v: [] for v in variants}
@@ -101,10 +102,10 @@ def bench_model(
         for s, q in order:
             bot = bots[q]
             for text in qs[:warmup]:
-                bot.reply(text, strategy=s)
+                bot.reply(text, **options(s))
             for text in qs:
                 t = time.perf_counter()
-                r = bot.reply(text, strategy=s)
+                r = bot.reply(text, **options(s))
                 times[s, q].append((time.perf_counter() - t) * 1000)
                 if rnd == 0:
                     replies[s, q].append(r)
@@ -159,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         "--strategies",
         nargs="+",
         default=["greedy", "beam"],
-        choices=["greedy", "beam", "sample"],
-        help="decodings to time (sample: the bot's default, top-k 20 / top-p 0.9, seeded)",
+        choices=["greedy", "beam", "sample", "sample_rank", "default"],
+        help="decodings to time (sample: top-k 20 / top-p 0.9, seeded; default: the "
+        "checkpoint's own decoding, as the bot replies: sample, or MMI-bidi sample_rank for a "
+        "--both-directions model)",
     )
     a = p.parse_args(argv)
     work = Path(a.work)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from model.checkpoint import CheckpointError, file_digest, load_checkpoint
-from model.decode import DecodeOptions, decode, default_options
+from model.decode import DecodeOptions, decode
 from model.seq2seq import Seq2Seq, Seq2SeqConfig
 from model.text import Tokenizer, detokenize
 from model.vocab import Vocab
@@ -79,8 +79,6 @@ class ChatBot:
         version = f"s{step}-{file_digest(path)[:8]}"
         if isinstance(decode_options, dict):
             decode_options = DecodeOptions.from_dict(decode_options)
-        if decode_options is None:  # the checkpoint's own default (MMI-bidi if trained both ways)
-            decode_options = default_options(ckpt["train"])
         return cls(
             model, vocab, tokenizer, version=version, path=str(path), decode_options=decode_options
         )

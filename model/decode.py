@@ -56,26 +56,6 @@ class DecodeOptions:
         return opts
 
 
-# The default decoding of a model trained with --both-directions: draw several replies and keep
-# the one that best answers the question and best leads back to it (MMI-bidi). Tuned on DGK
-# (bench/RESULTS.md section 20) with everyday questions other than bench_quality's 20.
-BIDI_DEFAULTS = {
-    "strategy": "sample_rank",
-    "num_samples": 32,
-    "temperature": 1.0,
-    "bidi_weight": 1.0,
-    "mmi_weight": 0.5,
-}
-
-
-def default_options(train_info: object) -> DecodeOptions:
-    """The default decoding for a checkpoint, from its ``train`` entry."""
-    config = train_info.get("config") if isinstance(train_info, dict) else None
-    if isinstance(config, dict) and config.get("both_directions"):
-        return DecodeOptions(**BIDI_DEFAULTS)
-    return DecodeOptions()
-
-
 def _banned_by_ngram(history: list[int], n: int) -> list[int]:
     """Tokens that would repeat an n-gram already in ``history``."""
     if n <= 0 or len(history) < n - 1:

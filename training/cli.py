@@ -212,9 +212,10 @@ def eval_main(argv: list[str]) -> int:
     p.add_argument("--limit", type=int, default=1000, help="pairs to use (default 1000)")
     p.add_argument(
         "--strategy",
-        choices=["greedy", "beam", "sample"],
+        choices=["greedy", "beam", "sample", "sample_rank"],
         default="greedy",
-        help="decoding for the reply metrics (default greedy)",
+        help="decoding for the reply metrics (default greedy); sample_rank draws several "
+        "replies and keeps the best reranked one, the default of a --both-directions model",
     )
     p.add_argument("--beam-size", type=int, default=5)
     p.add_argument("--samples", type=int, default=10, help="example replies to print")
