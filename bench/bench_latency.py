@@ -161,9 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=["greedy", "beam"],
         choices=["greedy", "beam", "sample", "sample_rank", "default"],
-        help="decodings to time (sample: top-k 20 / top-p 0.9, seeded; default: the "
-        "checkpoint's own decoding, as the bot replies: sample, or MMI-bidi sample_rank for a "
-        "--both-directions model)",
+        help="decodings to time (sample: top-k 20 / top-p 0.9, seeded, the bot's default; "
+        "sample_rank: 16 samples reranked by MMI; default: the checkpoint's own decoding)",
     )
     a = p.parse_args(argv)
     work = Path(a.work)

@@ -21,24 +21,28 @@ STRATEGIES = ("greedy", "beam", "sample", "sample_rank")
 
 @dataclass
 class DecodeOptions:
-    strategy: str = "sample"  # "greedy", "beam", "sample" or "sample_rank" (draw ``num_samples``
-    # replies by sampling, keep the one with the best MMI-reranked score)
+    strategy: str = "sample"  # "greedy", "beam", "sample" or "sample_rank" (draw
+    # ``num_samples`` replies by sampling, keep the one with the best MMI-reranked score: fewer
+    # generic and more on-topic replies for ~10x the work, bench/RESULTS.md section 20)
     beam_size: int = 5  # beams per input (strategy "beam")
     max_len: int = 30  # most tokens in a reply
     min_len: int = 1  # fewest tokens before EOS is allowed
     length_penalty: float = 1.0  # GNMT alpha: ((5 + len) / 6) ** alpha divides the log-prob
     no_repeat_ngram: int = 2  # forbid repeating any n-gram of this size (0 = off)
     suppress_unk: bool = True  # never emit <unk>
-    temperature: float = 0.8  # sampling temperature (strategy "sample")
+    temperature: float = 0.8  # sampling temperature (strategies "sample" and "sample_rank")
     top_k: int = 20  # sample among the k most likely tokens (0 = no limit)
     top_p: float = 0.9  # ... and within the smallest set with this much probability
     seed: int | None = None  # sampling seed, for reproducible replies
-    num_samples: int = 8  # candidates drawn per input (strategy "sample_rank")
-    mmi_weight: float = 0.0  # beam: rerank the n-best by log p(y|x) - w * log p(y|<neutral>),
-    # which demotes replies that fit any question (MMI-antiLM, Li et al. 2016); 0 = off
-    bidi_weight: float = 0.0  # beam and sample_rank: also add w * log p(x|y) per question token,
-    # how well the reply leads back to the question (MMI-bidi, Li et al. 2016): promotes replies
-    # about what was asked. Needs a model trained with --both-directions; 0 = off
+    num_samples: int = 16  # candidates drawn per input (strategy "sample_rank")
+    mmi_weight: float = 1.0  # sample_rank: rerank the candidates by
+    # log p(y|x) - w * log p(y|<neutral>), which demotes replies that fit any question
+    # (MMI-antiLM, Li et al. 2016); 0 = off
+    bidi_weight: float = 0.0  # sample_rank: also add w * log p(x|y) per question token, how
+    # well the reply leads back to the question (MMI-bidi, Li et al. 2016). Needs a model
+    # trained with --both-directions; 0 = off
+    rerank_beam: bool = False  # beam: rerank its n-best with mmi_weight and bidi_weight too
+    # (off: beam search returns its most likely reply)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -295,7 +299,7 @@ def decode(model: Seq2Seq, id_lists: list[list[int]], opts: DecodeOptions) -> li
             hyps.append([(0.0, ids) for ids in unique.values()])
         return mmi_rerank(model, src, src_len, hyps, opts)
     hyps = beam_search(model, src, src_len, opts)
-    if opts.mmi_weight > 0 or opts.bidi_weight > 0:
+    if opts.rerank_beam:
         return mmi_rerank(model, src, src_len, hyps, opts)
     return [h[0][1] if h else [] for h in hyps]
 

@@ -139,7 +139,7 @@ def test_sample_rank_and_mmi_rerank_keep_the_constraints():
         m.out_bias[UNK_ID] = 50.0
     for opts in (
         DecodeOptions(strategy="sample_rank", num_samples=4, mmi_weight=0.5, seed=1, min_len=2),
-        DecodeOptions(strategy="beam", beam_size=4, mmi_weight=0.5, min_len=2),
+        DecodeOptions(strategy="beam", beam_size=4, mmi_weight=0.5, min_len=2, rerank_beam=True),
     ):
         outs = decode(m, [[5, 6], [7, 8, 9]], opts)
         assert len(outs) == 2
@@ -176,7 +176,7 @@ def test_bidi_rerank_adds_the_way_back_per_question_token():
     hyps = [[(0.0, c) for c in cands]]
     with torch.no_grad():
         picks = {
-            w: mmi_rerank(m, src, src_len, hyps, DecodeOptions(bidi_weight=w))[0]
+            w: mmi_rerank(m, src, src_len, hyps, DecodeOptions(bidi_weight=w, mmi_weight=0.0))[0]
             for w in (0.0, 1.0, 1000.0)
         }
         assert all(picks[w] == expected(w) for w in picks)
