@@ -131,8 +131,9 @@ def train_main(argv: list[str]) -> int:
     p.add_argument(
         "--both-directions",
         action="store_true",
-        help="also train on every pair read backwards (answer -> question), so the model can "
-        "rerank replies by how well they lead back to the question (decoding option bidi_weight)",
+        help="also train on every pair read backwards (answer -> question), same weight: a "
+        "better model of the corpus in the same time on DGK, and one that can rerank replies by "
+        "how well they lead back to the question (decoding option bidi_weight)",
     )
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--lr-rule", choices=["plateau", "seed"], default=d.lr_rule)
@@ -214,8 +215,8 @@ def eval_main(argv: list[str]) -> int:
         "--strategy",
         choices=["greedy", "beam", "sample", "sample_rank"],
         default="greedy",
-        help="decoding for the reply metrics (default greedy); sample_rank draws several "
-        "replies and keeps the best reranked one, the default of a --both-directions model",
+        help="decoding for the reply metrics (default greedy); sample_rank draws 16 replies "
+        "and keeps the best MMI-reranked one",
     )
     p.add_argument("--beam-size", type=int, default=5)
     p.add_argument("--samples", type=int, default=10, help="example replies to print")

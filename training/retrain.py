@@ -236,7 +236,7 @@ def retrain(
         if k in live["model_config"]  # word_dropout: not in checkpoints older than it
     }
     live_train = live.get("train") if isinstance(live.get("train"), dict) else {}
-    # A model trained both ways keeps it: its default decoding reranks with the way back.
+    # A model trained both ways is retrained both ways (bidi_weight needs the way back).
     both_directions = bool((live_train.get("config") or {}).get("both_directions", False))
     del live  # only its vocabulary, sizes and training mode were needed; training loads it again
     tcfg = TrainConfig(
