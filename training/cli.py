@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from dataclasses import asdict
 
@@ -147,6 +148,9 @@ def train_main(argv: list[str]) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     _threads(a.threads)
+    # A shell starts background jobs (`xianliao train ... &`, nohup) with SIGINT ignored, and
+    # Python then never raises KeyboardInterrupt: `kill -INT` must still save last.pt and exit.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     model = {
         k: v
         for k, v in {
