@@ -87,9 +87,6 @@ def bench_model(
     opts = {"beam_size": 5, "max_len": max_len, "seed": 0}
     bots = {q: ChatBot.load(path, threads=threads, quantize=q) for q in (False, True)}
 
-    def options(s: str) -> dict:  # "default": the checkpoint's own decoding, as the bot replies
-        return opts if s == "default" else {**opts, "strategy": s}
-
     variants = [(s, q) for s in strategies for q in (False, True)]
     times = {v: [] for v in variants}
     lengths = {v: [] for v in variants}
@@ -102,10 +99,10 @@ def bench_model(
         for s, q in order:
             bot = bots[q]
             for text in qs[:warmup]:
-                bot.reply(text, **options(s))
+                bot.reply(text, **opts, strategy=s)
             for text in qs:
                 t = time.perf_counter()
-                r = bot.reply(text, **options(s))
+                r = bot.reply(text, **opts, strategy=s)
                 times[s, q].append((time.perf_counter() - t) * 1000)
                 if rnd == 0:
                     replies[s, q].append(r)
@@ -160,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         "--strategies",
         nargs="+",
         default=["greedy", "beam"],
-        choices=["greedy", "beam", "sample", "sample_rank", "default"],
+        choices=["greedy", "beam", "sample", "sample_rank"],
         help="decodings to time (sample: top-k 20 / top-p 0.9, seeded, the bot's default; "
-        "sample_rank: 16 samples reranked by MMI; default: the checkpoint's own decoding)",
+        "sample_rank: 16 samples reranked by MMI)",
     )
     a = p.parse_args(argv)
     work = Path(a.work)

@@ -345,15 +345,14 @@ def mmi_rerank(
         (c - opts.mmi_weight * p) / _length_penalty(n, opts.length_penalty)
         for c, p, n in zip(cond.tolist(), prior.tolist(), lengths, strict=True)
     ]
-    if opts.bidi_weight > 0:
-        questions = [src[b, : int(src_len[b])].tolist() for b, _ in flat]
+    if opts.bidi_weight > 0:  # each question made into a target once, then one row per reply
+        q_in, q_out = _answer_batch(
+            [src[b, : int(src_len[b])].tolist() for b in range(len(hyps))], src.device
+        )
         rev_src, rev_len = batch_inputs([ids for _, ids in flat], src.device)
-        q_in, q_out = _answer_batch(questions, src.device)
-        back = model.sequence_logprobs(rev_src, rev_len, q_in, q_out).tolist()
-        scores = [
-            sc + opts.bidi_weight * lp / (len(q) + 1)
-            for sc, lp, q in zip(scores, back, questions, strict=True)
-        ]
+        back = model.sequence_logprobs(rev_src, rev_len, q_in[owners], q_out[owners])
+        per_token = (back / (src_len.to(back.device)[owners] + 1)).tolist()
+        scores = [sc + opts.bidi_weight * lp for sc, lp in zip(scores, per_token, strict=True)]
     best: dict[int, tuple[float, list[int]]] = {}
     for (b, ids), sc in zip(flat, scores, strict=True):
         if b not in best or sc > best[b][0]:

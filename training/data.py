@@ -9,6 +9,7 @@ resumed run draws exactly the batches it would have drawn.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +61,7 @@ class PairArrays:
     def reversed(self) -> PairArrays:
         """The same pairs read backwards (answer -> question), sharing the memory maps: for a
         model of the line before as well as the line after (MMI-bidi reranking)."""
-        rev = object.__new__(PairArrays)
-        rev.meta, rev.lengths = self.meta, None
+        rev = copy.copy(self)
         rev.src, rev.src_off, rev.tgt, rev.tgt_off = self.tgt, self.tgt_off, self.src, self.src_off
         return rev
 

@@ -126,8 +126,6 @@ def test_retrain_learns_the_edited_answer_then_promote_and_rollback(tmp_path, li
 def test_retrain_keeps_training_both_ways(tmp_path, live, tiny_data):
     """A live model trained with --both-directions is retrained the same way, so it can still
     rerank replies read backwards (decoding option bidi_weight)."""
-    import torch
-
     from model.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(live)
@@ -145,8 +143,7 @@ def test_retrain_keeps_training_both_ways(tmp_path, live, tiny_data):
         batch_size=8,
     )
     report = retrain(cfg)
-    cand = torch.load(report["candidate"], map_location="cpu", weights_only=False)
-    assert cand["train"]["config"]["both_directions"] is True
+    assert load_checkpoint(report["candidate"])["train"]["config"]["both_directions"] is True
 
 
 def test_corrupt_candidate_is_never_promoted(tmp_path, live):
