@@ -41,6 +41,10 @@ class DecodeOptions:
     bidi_weight: float = 0.0  # sample_rank: also add w * log p(x|y) per question token, how
     # well the reply leads back to the question (MMI-bidi, Li et al. 2016). Needs a model
     # trained with --both-directions; 0 = off
+    guidance: float = 1.0  # sample and sample_rank: draw each token from log p(t|x) + (g - 1) *
+    # (log p(t|x) - log p(t|<neutral>)) over the top_k tokens of p(t|x): g > 1 favours the words
+    # this question makes likelier than any question would; ~2x the work of plain sampling
+    # (1 = plain sampling)
     rerank_beam: bool = False  # beam: rerank its n-best with mmi_weight and bidi_weight too
     # (off: beam search returns its most likely reply)
 
@@ -57,6 +61,8 @@ class DecodeOptions:
             raise ValueError(
                 f"strategy must be one of {', '.join(STRATEGIES)}, not {opts.strategy!r}"
             )
+        if opts.guidance < 1.0:
+            raise ValueError(f"guidance must be >= 1 (1 = off), not {opts.guidance}")
         return opts
 
 
@@ -181,7 +187,53 @@ def sample(model: Seq2Seq, src: Tensor, src_len: Tensor, opts: DecodeOptions) ->
         choice = torch.multinomial(torch.softmax(values, dim=-1), 1, generator=gen)
         return indices.gather(-1, choice)[:, 0]
 
-    return _token_by_token(model, src, src_len, opts, pick)
+    if opts.guidance == 1.0:
+        return _token_by_token(model, src, src_len, opts, pick)
+    return _guided(model, src, src_len, opts, pick)
+
+
+def _guided(
+    model: Seq2Seq,
+    src: Tensor,
+    src_len: Tensor,
+    opts: DecodeOptions,
+    pick: Callable[[Tensor], Tensor],
+) -> list[list[int]]:
+    """Sampling with guidance (classifier-free guidance, as for language models; MMI-antiLM
+    per token): the questions and as many neutral one-token questions decode side by side in
+    one batch, fed the same tokens, and ``pick`` draws from the guided scores of the question's
+    top_k tokens (50 when top_k is 0: the guidance must not lift words the question makes
+    unlikely anyway)."""
+    B, S = src.shape
+    neutral = torch.full((B, S), PAD_ID, dtype=torch.long, device=src.device)
+    neutral[:, 0] = UNK_ID
+    both = torch.cat([src, neutral])
+    both_len = torch.cat([src_len.cpu(), torch.ones(B, dtype=torch.long)])
+    memory, keys, mask, hidden = model.encode(both, both_len)
+    tokens = torch.full((2 * B,), GO_ID, dtype=torch.long, device=src.device)
+    out: list[list[int]] = [[] for _ in range(B)]
+    done = [False] * B
+    g = opts.guidance
+    k = opts.top_k if opts.top_k > 0 else 50
+    for step in range(opts.max_len):
+        logp, hidden = model.step(tokens, hidden, memory, keys, mask)
+        cond = _constrain(logp[:B], out, step, opts)
+        top, idx = cond.topk(min(k, cond.shape[-1]), dim=-1)
+        mixed = g * top - (g - 1) * logp[B:].gather(1, idx)
+        mixed = mixed.masked_fill(top == NEG_INF, NEG_INF)
+        guided = torch.full_like(cond, NEG_INF).scatter_(1, idx, mixed)
+        chosen = pick(guided)
+        tokens = torch.cat([chosen, chosen])
+        for b, tok in enumerate(chosen.tolist()):
+            if done[b]:
+                continue
+            if tok == EOS_ID:
+                done[b] = True
+            else:
+                out[b].append(tok)
+        if all(done):
+            break
+    return out
 
 
 def _length_penalty(length: int, alpha: float) -> float:

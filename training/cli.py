@@ -137,7 +137,13 @@ def train_main(argv: list[str]) -> int:
         "how well they lead back to the question (decoding option bidi_weight)",
     )
     p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--lr-rule", choices=["plateau", "seed"], default=d.lr_rule)
+    p.add_argument(
+        "--lr-rule",
+        choices=["plateau", "seed", "linear"],
+        default=d.lr_rule,
+        help="plateau (default): halve the rate after 2 validations without progress; seed: "
+        "the seed's x0.9 rule; linear: fall to 0 by the end of --steps or --minutes",
+    )
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -223,6 +229,12 @@ def eval_main(argv: list[str]) -> int:
         "and keeps the best MMI-reranked one",
     )
     p.add_argument("--beam-size", type=int, default=5)
+    p.add_argument(
+        "--options",
+        metavar="JSON",
+        default="{}",
+        help="more decoding options, as the bot's DECODE_OPTIONS, e.g. '{\"guidance\": 2}'",
+    )
     p.add_argument("--samples", type=int, default=10, help="example replies to print")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true", help="one JSON object on the last line")
@@ -230,8 +242,17 @@ def eval_main(argv: list[str]) -> int:
     _threads(a.threads)
     try:
         bot = ChatBot.load(a.checkpoint)
-        opts = DecodeOptions(
-            **{**bot.options.to_dict(), "strategy": a.strategy, "beam_size": a.beam_size, "seed": 0}
+        extra = json.loads(a.options)
+        if not isinstance(extra, dict):
+            raise ValueError("--options must be a JSON object")
+        opts = DecodeOptions.from_dict(
+            {
+                **bot.options.to_dict(),
+                "strategy": a.strategy,
+                "beam_size": a.beam_size,
+                "seed": 0,
+                **extra,
+            }
         )
         report, triples = evaluate(bot, a.tsv, limit=a.limit, options=opts, samples=a.samples)
     except (CheckpointError, CorpusError, OSError, ValueError) as exc:

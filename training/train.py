@@ -33,7 +33,9 @@ class TrainConfig:
     weight_decay: float = 0.01  # AdamW weight decay
     clip: float = 1.0  # max gradient norm
     lr_rule: str = "plateau"  # "plateau": x0.5 after 2 evals without a better validation loss;
-    # "seed": x0.9 whenever the loss is above the max of the previous 5 measurements
+    # "seed": x0.9 whenever the loss is above the max of the previous 5 measurements;
+    # "linear": fall linearly from ``lr`` to 0 at the end of the run (by steps, or by the
+    # ``minutes`` budget when that ends first): the best schedule for a fixed budget
     eval_every: int = 500  # steps between validations (and ``last`` checkpoints)
     eval_pairs: int = 2000  # validation pairs used for perplexity
     log_every: int = 50  # steps between loss measurements (progress, seed lr rule)
@@ -242,6 +244,12 @@ def train(
     try:
         while step < cfg.steps and time.perf_counter() < deadline:
             batch = sampler.next_batch()
+            if cfg.lr_rule == "linear":
+                done = step / cfg.steps
+                if cfg.minutes:
+                    done = max(done, (time.perf_counter() - t0) / (cfg.minutes * 60))
+                for g in optimizer.param_groups:
+                    g["lr"] = cfg.lr * max(0.0, 1.0 - done)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = model(
                     batch.src.to(device),

@@ -331,3 +331,53 @@ def test_word_dropout_hides_answer_words_from_the_decoder_only_while_training():
     for bad in (1.5, -0.2):
         with pytest.raises(ValueError, match="word dropout has to be between 0 and 1"):
             _model(word_dropout=bad)
+
+
+def test_guided_sampling_draws_from_the_question_against_a_neutral_one():
+    """Guidance g: each token comes from g * log p(t|x) - (g - 1) * log p(t|<unk>) over the
+    top_k tokens of p(t|x). With a near-zero temperature the draw is that score's argmax,
+    checked here against log-probs computed step by step; g = 1 is plain greedy, and a large g
+    has to change some first token of a model whose two inputs disagree."""
+    m = _model(adaptive_cutoffs=[10, 30])
+    questions = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14], [20, 21]]
+
+    def first_tokens(g: float, k: int) -> list[int]:
+        opts = DecodeOptions(strategy="sample", guidance=g, top_k=k, top_p=1.0, temperature=1e-6)
+        return [
+            out[0]
+            for out in decode(
+                m, questions, DecodeOptions(**{**opts.to_dict(), "max_len": 1, "seed": 0})
+            )
+        ]
+
+    def expected(g: float, k: int) -> list[int]:
+        picks = []
+        for q in questions:
+            steps = []
+            for src in ([q], [[UNK_ID]]):
+                s, sl = batch_inputs(src)
+                mem, keys, mask, h = m.encode(s, sl)
+                steps.append(m.step(torch.tensor([1]), h, mem, keys, mask)[0][0])
+            cond, neutral = steps
+            # PAD, GO and UNK are never drawn, EOS not before min_len (1)
+            cond[[PAD_ID, 1, UNK_ID, EOS_ID]] = float("-inf")
+            top = cond.topk(k).indices
+            score = g * cond[top] - (g - 1) * neutral[top]
+            picks.append(int(top[score.argmax()]))
+        return picks
+
+    with torch.inference_mode():
+        greedy_first = [
+            out[0] for out in decode(m, questions, DecodeOptions(strategy="greedy", max_len=1))
+        ]
+        assert first_tokens(1.0, 20) == greedy_first
+        for g, k in ((2.0, 20), (50.0, 20), (50.0, 5)):
+            assert first_tokens(g, k) == expected(g, k)
+        assert first_tokens(50.0, 20) != greedy_first
+        # whole replies keep the constraints and are reproducible with a seed
+        opts = DecodeOptions(strategy="sample", guidance=2.0, seed=4, min_len=3, max_len=6)
+        outs = decode(m, questions, opts)
+        assert all(3 <= len(o) <= 6 and UNK_ID not in o for o in outs)
+        assert decode(m, questions, opts) == outs
+    with pytest.raises(ValueError, match="guidance must be >= 1"):
+        DecodeOptions.from_dict({"guidance": 0.5})

@@ -78,22 +78,28 @@ def test_both_directions_learns_the_reply_and_the_way_back(tiny_data, tmp_path):
     assert replies == [a for _, a in TINY_PAIRS]
 
 
-def test_resume_continues_the_same_loss_curve(tiny_data, tmp_path):
-    base = dict(batch_size=4, eval_every=10, log_every=1, model=SMALL, seed=5, lr=3e-3)
-    losses_full, losses_split = [], []
+@pytest.mark.parametrize("lr_rule", ["plateau", "linear"])
+def test_resume_continues_the_same_loss_curve(tiny_data, tmp_path, lr_rule):
+    base = dict(
+        batch_size=4, eval_every=10, log_every=1, model=SMALL, seed=5, lr=3e-3, lr_rule=lr_rule
+    )
+    full, split = [], []
     train(
         [(str(tiny_data), 1.0)],
         tmp_path / "full",
         TrainConfig(steps=20, **base),
         progress=False,
-        on_progress=lambda i: losses_full.append(i["loss"]),
+        on_progress=lambda i: full.append((i["loss"], i["lr"])),
     )
+    # plateau: a finished 10-step run is continued to 20. linear: the schedule belongs to a
+    # 20-step run, so the first part is one stopped at step 10 by Ctrl+C's stand-in
+    first = TrainConfig(steps=10 if lr_rule == "plateau" else 20, **base)
     train(
         [(str(tiny_data), 1.0)],
         tmp_path / "split",
-        TrainConfig(steps=10, **base),
+        first,
         progress=False,
-        on_progress=lambda i: losses_split.append(i["loss"]),
+        on_progress=lambda i: _stop_after(split, i, 10),
     )
     r = train(
         [(str(tiny_data), 1.0)],
@@ -101,11 +107,43 @@ def test_resume_continues_the_same_loss_curve(tiny_data, tmp_path):
         TrainConfig(steps=20, **base),
         resume=True,
         progress=False,
-        on_progress=lambda i: losses_split.append(i["loss"]),
+        on_progress=lambda i: split.append((i["loss"], i["lr"])),
     )
     assert r.steps == 20
-    assert losses_split == pytest.approx(losses_full, rel=1e-5, abs=1e-6)
-    assert losses_full[0] != losses_full[-1]
+    assert [x for x, _ in split] == pytest.approx([x for x, _ in full], rel=1e-5, abs=1e-6)
+    assert [lr for _, lr in split] == pytest.approx([lr for _, lr in full])
+    assert full[0][0] != full[-1][0]
+    if lr_rule == "linear":  # step s ran at lr * (1 - (s - 1) / steps)
+        assert [lr for _, lr in full] == pytest.approx([3e-3 * (1 - s / 20) for s in range(20)])
+
+
+def _stop_after(seen: list, info: dict, steps: int) -> None:
+    seen.append((info["loss"], info["lr"]))
+    if info["step"] == steps < info["steps"]:
+        raise KeyboardInterrupt  # train saves last.pt at this step, as after Ctrl+C
+
+
+def test_linear_rule_runs_down_to_zero_by_the_time_budget(tiny_data, tmp_path):
+    lrs = []
+    r = train(
+        [(str(tiny_data), 1.0)],
+        tmp_path / "run",
+        TrainConfig(
+            steps=10**6,
+            minutes=0.04,
+            batch_size=4,
+            log_every=1,
+            eval_every=10**6,
+            model=SMALL,
+            lr=1e-3,
+            lr_rule="linear",
+        ),
+        progress=False,
+        on_progress=lambda i: lrs.append(i["lr"]),
+    )
+    assert r.steps == len(lrs) > 10  # stopped by the 2.4 s budget, far from its steps
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
+    assert lrs[0] > 0.9e-3 and lrs[-1] < 0.5e-3  # by time: the step count alone says ~1e-3
 
 
 def test_bad_data_dir_is_a_clear_error(tmp_path):
@@ -141,6 +179,8 @@ def test_cli_prepare_train_eval(tmp_path, tiny_tsv):
         "16",
         "--word-dropout",
         "0.2",
+        "--lr-rule",
+        "linear",
         "--quiet",
         "--threads",
         "1",
@@ -148,7 +188,9 @@ def test_cli_prepare_train_eval(tmp_path, tiny_tsv):
     assert p.returncode == 0, p.stderr
     result = json.loads(p.stdout.strip().splitlines()[-1])
     assert result["steps"] == 12
-    saved = torch.load(result["checkpoint"], weights_only=True)["model_config"]
+    saved = torch.load(result["checkpoint"], weights_only=True)
+    assert saved["train"]["config"]["lr_rule"] == "linear"
+    saved = saved["model_config"]
     assert saved["word_dropout"] == 0.2 and saved["hidden_size"] == 24
     for key in ("target_tokens_per_s", "peak_rss_mb", "last_loss", "valid_ppl", "checkpoint"):
         assert result[key] is not None and result[key] != 0, key
@@ -158,6 +200,12 @@ def test_cli_prepare_train_eval(tmp_path, tiny_tsv):
     assert report["pairs"] == 8 and report["perplexity"] > 1
     for key in ("distinct_1", "distinct_2", "generic_share", "unk_rate"):
         assert 0.0 <= report[key] <= 1.0
+    guided = ("eval", result["checkpoint"], str(tiny_tsv), "--strategy", "sample", "--json")
+    p = _xianliao(*guided, "--options", '{"guidance": 2}')
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout.strip().splitlines()[-1])["strategy"] == "sample"
+    p = _xianliao(*guided, "--options", '{"guidance": 0.5}')
+    assert p.returncode == 1 and "guidance must be >= 1" in p.stderr
     p = _xianliao("eval", str(tmp_path / "nope.pt"), str(tiny_tsv))
     assert p.returncode == 1 and "does not exist" in p.stderr and "Traceback" not in p.stderr
     p = _xianliao("prepare", str(tmp_path / "missing.tsv"), "--out", str(data))
