@@ -82,9 +82,14 @@ def bench_model(
     warmup: int,
     max_len: int = 30,
     strategies: tuple[str, ...] = ("greedy", "beam"),
+    guidance: float = 3.0,
 ) -> dict:
     # Sampling draws with a fixed seed per reply, so int8 and fp32 see the same random numbers.
     opts = {"beam_size": 5, "max_len": max_len, "seed": 0}
+    # "guided": sampling with guidance (decoding option ``guidance``)
+    per = {s: {"strategy": s} for s in strategies} | {
+        "guided": {"strategy": "sample", "guidance": guidance}
+    }
     bots = {q: ChatBot.load(path, threads=threads, quantize=q) for q in (False, True)}
 
     variants = [(s, q) for s in strategies for q in (False, True)]
@@ -99,10 +104,10 @@ def bench_model(
         for s, q in order:
             bot = bots[q]
             for text in qs[:warmup]:
-                bot.reply(text, **opts, strategy=s)
+                bot.reply(text, **opts, **per[s])
             for text in qs:
                 t = time.perf_counter()
-                r = bot.reply(text, **opts, strategy=s)
+                r = bot.reply(text, **opts, **per[s])
                 times[s, q].append((time.perf_counter() - t) * 1000)
                 if rnd == 0:
                     replies[s, q].append(r)
@@ -157,10 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         "--strategies",
         nargs="+",
         default=["greedy", "beam"],
-        choices=["greedy", "beam", "sample", "sample_rank"],
+        choices=["greedy", "beam", "sample", "sample_rank", "guided"],
         help="decodings to time (sample: top-k 20 / top-p 0.9, seeded, the bot's default; "
-        "sample_rank: 16 samples reranked by MMI)",
+        "sample_rank: 16 samples reranked by MMI; guided: sample with --guidance)",
     )
+    p.add_argument("--guidance", type=float, default=3.0, help="guidance of 'guided'")
     a = p.parse_args(argv)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -178,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in todo:
         print(f"{name}: {path}", flush=True)
         max_len = 30 if name == "trained" else a.tutorial_max_len
-        r = bench_model(name, path, qs, a.threads, a.warmup, max_len, tuple(a.strategies))
+        r = bench_model(
+            name, path, qs, a.threads, a.warmup, max_len, tuple(a.strategies), a.guidance
+        )
         r["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
         print(json.dumps(r["rows"], indent=1), flush=True)
         res["models"].append(r)
