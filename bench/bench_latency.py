@@ -86,9 +86,10 @@ def bench_model(
 ) -> dict:
     # Sampling draws with a fixed seed per reply, so int8 and fp32 see the same random numbers.
     opts = {"beam_size": 5, "max_len": max_len, "seed": 0}
-    # "guided": sampling with guidance (decoding option ``guidance``)
+    # "guided", "guided_beam": sampling and beam search with guidance (option ``guidance``)
     per = {s: {"strategy": s} for s in strategies} | {
-        "guided": {"strategy": "sample", "guidance": guidance}
+        "guided": {"strategy": "sample", "guidance": guidance},
+        "guided_beam": {"strategy": "beam", "guidance": guidance},
     }
     bots = {q: ChatBot.load(path, threads=threads, quantize=q) for q in (False, True)}
 
@@ -162,11 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         "--strategies",
         nargs="+",
         default=["greedy", "beam"],
-        choices=["greedy", "beam", "sample", "sample_rank", "guided"],
+        choices=["greedy", "beam", "sample", "sample_rank", "guided", "guided_beam"],
         help="decodings to time (sample: top-k 20 / top-p 0.9, seeded, the bot's default; "
-        "sample_rank: 16 samples reranked by MMI; guided: sample with --guidance)",
+        "sample_rank: 16 samples reranked by MMI; guided, guided_beam: sample and beam 5 with "
+        "--guidance)",
     )
-    p.add_argument("--guidance", type=float, default=3.0, help="guidance of 'guided'")
+    p.add_argument("--guidance", type=float, default=3.0, help="guidance of the guided variants")
     a = p.parse_args(argv)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -41,10 +41,9 @@ class DecodeOptions:
     bidi_weight: float = 0.0  # sample_rank: also add w * log p(x|y) per question token, how
     # well the reply leads back to the question (MMI-bidi, Li et al. 2016). Needs a model
     # trained with --both-directions; 0 = off
-    guidance: float = 1.0  # sample and sample_rank: draw each token from log p(t|x) + (g - 1) *
+    guidance: float = 1.0  # all but greedy: score each token by log p(t|x) + (g - 1) *
     # (log p(t|x) - log p(t|<neutral>)) over the top_k tokens of p(t|x): g > 1 favours the words
-    # this question makes likelier than any question would; ~2x the work of plain sampling
-    # (1 = plain sampling)
+    # this question makes likelier than any question would; ~2x the work (1 = off)
     rerank_beam: bool = False  # beam: rerank its n-best with mmi_weight and bidi_weight too
     # (off: beam search returns its most likely reply)
 
@@ -192,6 +191,29 @@ def sample(model: Seq2Seq, src: Tensor, src_len: Tensor, opts: DecodeOptions) ->
     return _guided(model, src, src_len, opts, pick)
 
 
+def _encode_with_neutral(
+    model: Seq2Seq, src: Tensor, src_len: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``model.encode`` of the B questions followed by B neutral one-token (<unk>) questions."""
+    B, S = src.shape
+    neutral = torch.full((B, S), PAD_ID, dtype=torch.long, device=src.device)
+    neutral[:, 0] = UNK_ID
+    both_len = torch.cat([src_len.cpu(), torch.ones(B, dtype=torch.long)])
+    return model.encode(torch.cat([src, neutral]), both_len)
+
+
+def _guide(logp: Tensor, histories: list[list[int]], step: int, opts: DecodeOptions) -> Tensor:
+    """Guided scores (N, V) from the log-probs of N questions stacked on those of N neutral
+    questions (2N, V): g * log p(t|x) - (g - 1) * log p(t|<unk>) on the top_k tokens of the
+    constrained p(t|x) (50 when top_k is 0: guidance must not lift words that this question
+    makes unlikely anyway), -inf elsewhere."""
+    N, g = len(histories), opts.guidance
+    cond = _constrain(logp[:N], histories, step, opts)
+    top, idx = cond.topk(min(opts.top_k if opts.top_k > 0 else 50, cond.shape[-1]), dim=-1)
+    mixed = (g * top - (g - 1) * logp[N:].gather(1, idx)).masked_fill(top == NEG_INF, NEG_INF)
+    return torch.full_like(cond, NEG_INF).scatter_(1, idx, mixed)
+
+
 def _guided(
     model: Seq2Seq,
     src: Tensor,
@@ -200,29 +222,16 @@ def _guided(
     pick: Callable[[Tensor], Tensor],
 ) -> list[list[int]]:
     """Sampling with guidance (classifier-free guidance, as for language models; MMI-antiLM
-    per token): the questions and as many neutral one-token questions decode side by side in
-    one batch, fed the same tokens, and ``pick`` draws from the guided scores of the question's
-    top_k tokens (50 when top_k is 0: the guidance must not lift words the question makes
-    unlikely anyway)."""
-    B, S = src.shape
-    neutral = torch.full((B, S), PAD_ID, dtype=torch.long, device=src.device)
-    neutral[:, 0] = UNK_ID
-    both = torch.cat([src, neutral])
-    both_len = torch.cat([src_len.cpu(), torch.ones(B, dtype=torch.long)])
-    memory, keys, mask, hidden = model.encode(both, both_len)
+    per token): the questions and as many neutral questions decode side by side in one batch,
+    fed the same tokens, and ``pick`` draws from the guided scores (``_guide``)."""
+    B = src.shape[0]
+    memory, keys, mask, hidden = _encode_with_neutral(model, src, src_len)
     tokens = torch.full((2 * B,), GO_ID, dtype=torch.long, device=src.device)
     out: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
-    g = opts.guidance
-    k = opts.top_k if opts.top_k > 0 else 50
     for step in range(opts.max_len):
         logp, hidden = model.step(tokens, hidden, memory, keys, mask)
-        cond = _constrain(logp[:B], out, step, opts)
-        top, idx = cond.topk(min(k, cond.shape[-1]), dim=-1)
-        mixed = g * top - (g - 1) * logp[B:].gather(1, idx)
-        mixed = mixed.masked_fill(top == NEG_INF, NEG_INF)
-        guided = torch.full_like(cond, NEG_INF).scatter_(1, idx, mixed)
-        chosen = pick(guided)
+        chosen = pick(_guide(logp, out, step, opts))
         tokens = torch.cat([chosen, chosen])
         for b, tok in enumerate(chosen.tolist()):
             if done[b]:
@@ -247,19 +256,26 @@ def beam_search(
 
     Returns per input the finished hypotheses as (normalised score, ids), best first."""
     B, K = src.shape[0], max(1, opts.beam_size)
-    memory, keys, mask, hidden = model.encode(src, src_len)
+    guided = opts.guidance != 1.0  # rows B*K.. 2*B*K: the beams fed to neutral questions
     rep = lambda t: t.repeat_interleave(K, dim=0)  # noqa: E731  (B, ...) -> (B*K, ...)
-    memory, keys, mask = rep(memory), rep(keys), rep(mask)
-    hidden = hidden.repeat_interleave(K, dim=1)  # (L, B*K, H)
+    if guided:
+        memory, keys, mask, hidden = _encode_with_neutral(model, rep(src), rep(src_len))
+    else:
+        memory, keys, mask, hidden = model.encode(src, src_len)
+        memory, keys, mask = rep(memory), rep(keys), rep(mask)
+        hidden = hidden.repeat_interleave(K, dim=1)  # (L, B*K, H)
     scores = torch.full((B, K), NEG_INF, device=src.device)
     scores[:, 0] = 0.0  # only the first beam is live at the start
     histories: list[list[int]] = [[] for _ in range(B * K)]
-    tokens = torch.full((B * K,), GO_ID, dtype=torch.long, device=src.device)
+    tokens = torch.full((B * K * (2 if guided else 1),), GO_ID, dtype=torch.long, device=src.device)
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
     closed = [False] * B
     for step in range(opts.max_len):
         logp, hidden = model.step(tokens, hidden, memory, keys, mask)  # (B*K, V)
-        logp = _constrain(logp, histories, step, opts)
+        if guided:
+            logp = _guide(logp, histories, step, opts)
+        else:
+            logp = _constrain(logp, histories, step, opts)
         V = logp.shape[-1]
         cand = (scores.view(B * K, 1) + logp).view(B, K * V)
         top_scores, top_idx = cand.topk(min(2 * K, K * V), dim=-1)  # (B, 2K)
@@ -309,8 +325,12 @@ def beam_search(
             break
         scores = new_scores
         scores[torch.tensor(closed, device=src.device)] = NEG_INF
-        hidden = hidden[:, parents]
-        tokens = next_tokens
+        if guided:
+            hidden = hidden[:, torch.cat([parents, parents + B * K])]
+            tokens = torch.cat([next_tokens, next_tokens])
+        else:
+            hidden = hidden[:, parents]
+            tokens = next_tokens
         histories = new_histories
     for b in range(B):
         if not finished[b]:  # max_len reached with nothing finished: take the live beams

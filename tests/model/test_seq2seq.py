@@ -381,3 +381,56 @@ def test_guided_sampling_draws_from_the_question_against_a_neutral_one():
         assert decode(m, questions, opts) == outs
     with pytest.raises(ValueError, match="guidance must be >= 1"):
         DecodeOptions.from_dict({"guidance": 0.5})
+
+
+def test_guided_beam_search_finds_the_best_guided_reply():
+    """Beam search with guidance scores each step by g * log p(t|x) - (g - 1) * log p(t|<unk>)
+    over the top_k tokens of p(t|x). With top_k 3, 9 beams and three-token replies (EOS not
+    allowed before), no reply is pruned: it must return the best of all 27 guided replies,
+    found here by trying every one step by step (so the neutral questions' states must follow
+    their beams)."""
+    m = _model(adaptive_cutoffs=[10, 30])
+    questions = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14], [20, 21]]
+    g, k, length = 4.0, 3, 3
+    banned = [PAD_ID, 1, UNK_ID, EOS_ID]
+
+    def best_reply(q: list[int]) -> list[int]:
+        enc = []
+        for src in ([q], [[UNK_ID]]):
+            s, sl = batch_inputs(src)
+            enc.append(m.encode(s, sl))
+
+        def search(token: int, hs: list, score: float, reply: list[int]) -> tuple:
+            if len(reply) == length:
+                return score, reply
+            out, new = [], []
+            for (mem, keys, mask, _), h in zip(enc, hs, strict=True):
+                lp, h2 = m.step(torch.tensor([token]), h, mem, keys, mask)
+                out.append(lp[0])
+                new.append(h2)
+            cond, neutral = out
+            cond[banned] = float("-inf")
+            top = cond.topk(k).indices
+            guided = g * cond[top] - (g - 1) * neutral[top]
+            return max(
+                search(t, new, score + float(sc), reply + [t])
+                for t, sc in zip(top.tolist(), guided.tolist(), strict=True)
+            )
+
+        return search(1, [e[3] for e in enc], 0.0, [])[1]
+
+    opts = DecodeOptions(
+        strategy="beam",
+        beam_size=k * k,
+        top_k=k,
+        guidance=g,
+        min_len=length,
+        max_len=length,
+        no_repeat_ngram=0,
+    )
+    with torch.inference_mode():
+        assert decode(m, questions, opts) == [best_reply(q) for q in questions]
+        plain = decode(m, questions, DecodeOptions(**{**opts.to_dict(), "guidance": 1.0}))
+        assert plain != decode(m, questions, opts)
+        outs = decode(m, questions, DecodeOptions(strategy="beam", guidance=3.0, min_len=3))
+        assert all(len(o) >= 3 and UNK_ID not in o for o in outs)
