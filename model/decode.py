@@ -256,14 +256,13 @@ def beam_search(
 
     Returns per input the finished hypotheses as (normalised score, ids), best first."""
     B, K = src.shape[0], max(1, opts.beam_size)
-    guided = opts.guidance != 1.0  # rows B*K.. 2*B*K: the beams fed to neutral questions
-    rep = lambda t: t.repeat_interleave(K, dim=0)  # noqa: E731  (B, ...) -> (B*K, ...)
-    if guided:
-        memory, keys, mask, hidden = _encode_with_neutral(model, rep(src), rep(src_len))
-    else:
-        memory, keys, mask, hidden = model.encode(src, src_len)
-        memory, keys, mask = rep(memory), rep(keys), rep(mask)
-        hidden = hidden.repeat_interleave(K, dim=1)  # (L, B*K, H)
+    # With guidance, rows B*K .. 2*B*K are the same beams fed to neutral questions. Guided
+    # scores can rise with length, so the early stop below is then a heuristic.
+    guided = opts.guidance != 1.0
+    enc = _encode_with_neutral(model, src, src_len) if guided else model.encode(src, src_len)
+    rows = torch.arange(enc[0].shape[0], device=src.device).repeat_interleave(K)  # K per input
+    memory, keys, mask = (t[rows] for t in enc[:3])
+    hidden = enc[3][:, rows]  # (L, B*K or 2*B*K, H)
     scores = torch.full((B, K), NEG_INF, device=src.device)
     scores[:, 0] = 0.0  # only the first beam is live at the start
     histories: list[list[int]] = [[] for _ in range(B * K)]
@@ -271,7 +270,7 @@ def beam_search(
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
     closed = [False] * B
     for step in range(opts.max_len):
-        logp, hidden = model.step(tokens, hidden, memory, keys, mask)  # (B*K, V)
+        logp, hidden = model.step(tokens, hidden, memory, keys, mask)  # (B*K or 2*B*K, V)
         if guided:
             logp = _guide(logp, histories, step, opts)
         else:
