@@ -112,25 +112,36 @@ def _token_by_token(
     opts: DecodeOptions,
     pick: Callable[[Tensor], Tensor],
     pick_state: Callable[[Tensor, Tensor, list[list[int]], int], Tensor] | None = None,
+    *,
+    guided: bool = False,
 ) -> list[list[int]]:
     """Decode the batch one token at a time; ``pick`` chooses tokens (B,) from the
     constrained scores (B, V): log-probs or logits. ``pick_state``, when given, chooses them
     instead from the attentional states (B, H), the step's first scores (``step_scores``),
-    the histories and the step. Each input stops at its first EOS."""
-    memory, keys, mask, hidden = model.encode(src, src_len)
+    the histories and the step. ``guided``: the questions and as many neutral questions
+    decode side by side in one batch, fed the same tokens, and ``pick`` chooses from the
+    guided scores (``_guide``). Each input stops at its first EOS."""
+    if guided:
+        memory, keys, mask, hidden = _encode_with_neutral(model, src, src_len)
+    else:
+        memory, keys, mask, hidden = model.encode(src, src_len)
     B = src.shape[0]
-    tokens = torch.full((B,), GO_ID, dtype=torch.long, device=src.device)
+    tokens = torch.full((memory.shape[0],), GO_ID, dtype=torch.long, device=src.device)
     out: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
     for step in range(opts.max_len):
         # Scores up to a per-row constant: argmax, top-k and softmax do not need log-probs.
         if pick_state is not None:
             state, first, hidden = model.step_scores(tokens, hidden, memory, keys, mask)
-            tokens = pick_state(state, first, out, step)
+            chosen = tokens = pick_state(state, first, out, step)
+        elif guided:
+            logp, hidden = model.step(tokens, hidden, memory, keys, mask)
+            chosen = pick(_guide(logp, out, step, opts))
+            tokens = torch.cat([chosen, chosen])
         else:
             scores, hidden = model.step(tokens, hidden, memory, keys, mask, normalize=False)
-            tokens = pick(_constrain(scores, out, step, opts))
-        for b, tok in enumerate(tokens.tolist()):
+            chosen = tokens = pick(_constrain(scores, out, step, opts))
+        for b, tok in enumerate(chosen.tolist()):
             if done[b]:
                 continue
             if tok == EOS_ID:
@@ -186,9 +197,8 @@ def sample(model: Seq2Seq, src: Tensor, src_len: Tensor, opts: DecodeOptions) ->
         choice = torch.multinomial(torch.softmax(values, dim=-1), 1, generator=gen)
         return indices.gather(-1, choice)[:, 0]
 
-    if opts.guidance == 1.0:
-        return _token_by_token(model, src, src_len, opts, pick)
-    return _guided(model, src, src_len, opts, pick)
+    # With guidance: classifier-free guidance, as for language models (MMI-antiLM per token).
+    return _token_by_token(model, src, src_len, opts, pick, guided=opts.guidance != 1.0)
 
 
 def _encode_with_neutral(
@@ -212,37 +222,6 @@ def _guide(logp: Tensor, histories: list[list[int]], step: int, opts: DecodeOpti
     top, idx = cond.topk(min(opts.top_k if opts.top_k > 0 else 50, cond.shape[-1]), dim=-1)
     mixed = (g * top - (g - 1) * logp[N:].gather(1, idx)).masked_fill(top == NEG_INF, NEG_INF)
     return torch.full_like(cond, NEG_INF).scatter_(1, idx, mixed)
-
-
-def _guided(
-    model: Seq2Seq,
-    src: Tensor,
-    src_len: Tensor,
-    opts: DecodeOptions,
-    pick: Callable[[Tensor], Tensor],
-) -> list[list[int]]:
-    """Sampling with guidance (classifier-free guidance, as for language models; MMI-antiLM
-    per token): the questions and as many neutral questions decode side by side in one batch,
-    fed the same tokens, and ``pick`` draws from the guided scores (``_guide``)."""
-    B = src.shape[0]
-    memory, keys, mask, hidden = _encode_with_neutral(model, src, src_len)
-    tokens = torch.full((2 * B,), GO_ID, dtype=torch.long, device=src.device)
-    out: list[list[int]] = [[] for _ in range(B)]
-    done = [False] * B
-    for step in range(opts.max_len):
-        logp, hidden = model.step(tokens, hidden, memory, keys, mask)
-        chosen = pick(_guide(logp, out, step, opts))
-        tokens = torch.cat([chosen, chosen])
-        for b, tok in enumerate(chosen.tolist()):
-            if done[b]:
-                continue
-            if tok == EOS_ID:
-                done[b] = True
-            else:
-                out[b].append(tok)
-        if all(done):
-            break
-    return out
 
 
 def _length_penalty(length: int, alpha: float) -> float:
