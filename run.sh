@@ -14,21 +14,26 @@ if [ ! -x .venv/bin/python ]; then
 fi
 VPY=.venv/bin/python
 if ! "$VPY" -c "import torch" 2>/dev/null; then
+  echo "run.sh: installing PyTorch (CPU build) into .venv; this takes a minute or two" >&2
   if [ -n "${TORCH_INDEX_URL:-}" ]; then
     "$VPY" -m pip install --quiet torch --index-url "$TORCH_INDEX_URL"
-  elif "$VPY" -m pip install --quiet --only-binary=:all: "torch>=2.4,<2.14" \
+  elif "$VPY" -m pip install --quiet --no-index --no-deps "torch>=2.4" 2>/dev/null; then
+    # A local wheel (pip's find-links), as this project's CI machine provides; its own
+    # dependencies come from the configured package index.
+    "$VPY" -m pip install --quiet "torch>=2.4"
+  elif "$VPY" -m pip install --quiet --only-binary=:all: --timeout 20 --retries 1 "torch>=2.4" \
          --index-url https://download.pytorch.org/whl/cpu 2>/dev/null; then
     :  # the CPU build from PyTorch's own index
   else
-    # No access to PyTorch's index: take torch from the configured package index (a local
-    # CPU wheel where the machine provides one, as this project's CI machine does).
-    "$VPY" -m pip install --quiet "torch>=2.4,<2.14"
+    # No access to PyTorch's index: take torch from the configured package index.
+    "$VPY" -m pip install --quiet "torch>=2.4"
   fi
 fi
 extras="fast"
 if [ "${1:-}" = "test" ]; then extras="dev"; fi
 stamp=".venv/.installed-$extras-$(cksum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ]; then
+  echo "run.sh: installing xianliao and its dependencies ($extras) into .venv" >&2
   "$VPY" -m pip install --quiet -e ".[$extras]"
   touch "$stamp"
 fi

@@ -12,7 +12,7 @@ import logging
 from telegram import Update
 from telegram.ext import Application, CommandHandler, ContextTypes, filters
 
-from bot.handlers import _admin_only, send_text
+from bot.handlers import _admin_only, deps, send_text
 from bot.promotion import PromotionError
 from bot.retrain import RetrainBusy, RetrainSupervisor
 
@@ -115,7 +115,7 @@ async def edit(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if not answer:
         await send_text(context, chat_id, "用法 usage: /edit ID 更好的回答 (the better answer)")
         return
-    ok = await supervisor(context).edit_reply(exchange_id, answer, update.effective_user.id)
+    ok = await deps(context).service.edit_reply(exchange_id, answer, update.effective_user.id)
     text = (
         f"#{exchange_id} 已修改并通过 edited and approved: {answer}"
         if ok

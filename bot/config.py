@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     # different cores); 0 runs it in the bot's own process. The terminal chat always uses 0.
     model_workers: int = Field(default=1, ge=0, le=64)
     decode_options: Annotated[dict[str, Any], NoDecode] = {}  # JSON object, e.g. {"beam_size": 4}
+    # The reply index served with the model (answers from the corpus, judged by the model):
+    # unset = replies.sqlite beside MODEL_PATH when it exists; "none" = generation only.
+    reply_index: str | None = None
+    # More words the bot never sends (a file, one per line), beside the shipped blocklist.
+    reply_blocklist: Path | None = None
     # Check MODEL_PATH every N seconds and swap in a new file (a promotion made with the CLI,
     # a copied checkpoint) without a restart; 0 turns it off (/reload still works).
     model_watch_s: float = Field(default=10.0, ge=0)
@@ -106,7 +111,13 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "telegram_bot_token", "webhook_secret", "webhook_url", "torch_threads", mode="before"
+        "telegram_bot_token",
+        "webhook_secret",
+        "webhook_url",
+        "torch_threads",
+        "reply_index",
+        "reply_blocklist",
+        mode="before",
     )
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:

@@ -31,13 +31,14 @@ class ModelClosed(RuntimeError):
 
 
 def _load(
-    path: str, device: str, threads: int, quantize: bool = False
+    path: str, device: str, threads: int, quantize: bool = False, extras: dict | None = None
 ) -> tuple[str, dict[str, Any]]:
-    """In the worker: load the checkpoint once; returns (version, decode options)."""
+    """In the worker: load the checkpoint once; returns (version, decode options).
+    ``extras``: more ``ChatBot.load`` arguments (the reply index, the blocklist)."""
     global _BOT
     from model.chatbot import ChatBot
 
-    _BOT = ChatBot.load(path, device=device, threads=threads, quantize=quantize)
+    _BOT = ChatBot.load(path, device=device, threads=threads, quantize=quantize, **(extras or {}))
     return _BOT.version, _BOT.decode_options
 
 
@@ -57,6 +58,8 @@ class ModelWorkerPool:
         device: str = "cpu",
         threads: int = 1,
         quantize: bool = False,
+        index_path: str | None = None,
+        blocklist: str | os.PathLike | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("a worker pool needs at least one worker")
@@ -64,6 +67,7 @@ class ModelWorkerPool:
         self.device = device
         self.threads = max(1, threads)
         self.quantize = quantize
+        self._extras = {"index_path": index_path, "blocklist": blocklist}
         self.parallelism = workers
         self._ctx = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()
@@ -87,7 +91,9 @@ class ModelWorkerPool:
     def _start(self):  # noqa: ANN202 - (executor, future of _load)
         executor = ProcessPoolExecutor(1, mp_context=self._ctx)
         self._all.append(executor)
-        return executor, executor.submit(_load, self.path, self.device, self.threads, self.quantize)
+        return executor, executor.submit(
+            _load, self.path, self.device, self.threads, self.quantize, self._extras
+        )
 
     @property
     def decode_options(self) -> dict[str, Any]:

@@ -282,7 +282,7 @@ class RetrainSupervisor:
             return
         m = json.loads(metrics_json or "{}")
         lines = [f"训练 run {a.run_id} 完成 finished in {time.monotonic() - a.started:.0f}s"]
-        for name in ("base", "logged"):
+        for name in ("base", "logged (held out)"):
             if name in m.get("live", {}) and name in m.get("new", {}):
                 lv, nv = m["live"][name], m["new"][name]
                 lines.append(
@@ -352,19 +352,6 @@ class RetrainSupervisor:
 
         await asyncio.to_thread(rollback, self.model_path, self.database_url, promoted_by=admin_id)
         return await self._model_changed()
-
-    async def edit_reply(self, exchange_id: int, answer: str, reviewer: int) -> bool:
-        """Store the answer the bot should have given, and approve the exchange for training."""
-        from storage.repositories import ExchangeRepository
-
-        def work(session) -> bool:
-            repo = ExchangeRepository(session)
-            if not repo.set_edited_reply(exchange_id, answer, reviewer=reviewer):
-                return False
-            repo.set_review_status(exchange_id, "approved", reviewer=reviewer)
-            return True
-
-        return await self._db(work)
 
     async def aclose(self) -> None:
         await self.cancel()

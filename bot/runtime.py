@@ -35,6 +35,8 @@ def _load(settings: Settings, path: Path, workers: int) -> ReplyModel:
             device=settings.model_device,
             threads=settings.torch_threads or 1,
             quantize=settings.model_quantize,
+            index_path=settings.reply_index,
+            blocklist=settings.reply_blocklist,
         )
     from model.chatbot import ChatBot
 
@@ -43,6 +45,8 @@ def _load(settings: Settings, path: Path, workers: int) -> ReplyModel:
         device=settings.model_device,
         threads=settings.torch_threads or 1,
         quantize=settings.model_quantize,
+        index_path=settings.reply_index,
+        blocklist=settings.reply_blocklist,
     )
 
 
@@ -59,6 +63,8 @@ def load_model(settings: Settings, path: Path | None = None, workers: int = 0) -
         )
     try:
         return _load(settings, path, workers)
+    except OSError as exc:  # REPLY_BLOCKLIST
+        raise StartupError(f"setting REPLY_BLOCKLIST: {exc.strerror}: {exc.filename}") from None
     except CheckpointError as exc:
         raise StartupError(
             f"cannot use the checkpoint {path}: {exc} (train a new one with 'xianliao train' "

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.approved import ApprovedReplies
 from bot.model_workers import ModelClosed
 from storage.models import REVIEW_PENDING, REVIEW_STATUSES
 from storage.repositories import (
@@ -62,6 +63,9 @@ class ReplyModel(Protocol):
     def decode_options(self) -> dict[str, Any]: ...
 
     def reply(self, text: str, **options: Any) -> str: ...
+
+    # Optional: ``reply_many(texts, extra=None, **options)``, the batch form (``extra``: an
+    # admin's approved answers per text), ``parallelism`` and ``close()``.
 
 
 ModelLoader = Callable[[Path], ReplyModel]
@@ -218,9 +222,14 @@ class DialogueService:
         rate_limit: int = 0,
         rate_window_s: float = 60.0,
         max_batch: int = 16,
+        serve_approved: bool = True,
     ) -> None:
         self._model = model
         self.sessions = sessions
+        # An admin's approved and edited answers, served at once (bot.approved).
+        self.approved = (
+            ApprovedReplies(sessions) if sessions is not None and serve_approved else None
+        )
         self.model_path = model_path
         self.load_model = load_model
         self.decode_options = dict(decode_options or {})
@@ -263,11 +272,15 @@ class DialogueService:
         return self._generate(self._model, ["你好"])[0]
 
     def _generate(self, model: ReplyModel, texts: Sequence[str]) -> list[str]:
+        options = dict(self.decode_options)
+        extra = self.approved.hits(texts) if self.approved is not None else None
+        if extra and any(extra):
+            options["extra"] = extra  # answers an admin approved, for the model to consider
         many = getattr(model, "reply_many", None)
-        if many is not None and len(texts) > 1:
-            raw = many(list(texts), **self.decode_options)
+        if many is not None and (len(texts) > 1 or "extra" in options):
+            raw = many(list(texts), **options)
         else:
-            raw = [model.reply(t, **self.decode_options) for t in texts]
+            raw = [model.reply(t, **options) for t in texts]
         return [fit_message(r if isinstance(r, str) else str(r)) for r in raw]
 
     def _generate_each(self, model: ReplyModel, texts: Sequence[str]) -> list[str | Exception]:
@@ -635,7 +648,27 @@ class DialogueService:
                 exchange_id, status, reviewer=reviewer
             )
         )
+        self._review_changed()
         return changed > 0
+
+    async def edit_reply(self, exchange_id: int, answer: str, reviewer: int) -> bool:
+        """Store the answer the bot should have given and approve the exchange: served from
+        the next message on, and learnt at the next retraining."""
+
+        def work(session: Session) -> bool:
+            repo = ExchangeRepository(session)
+            if not repo.set_edited_reply(exchange_id, answer, reviewer=reviewer):
+                return False
+            repo.set_review_status(exchange_id, "approved", reviewer=reviewer)
+            return True
+
+        ok = await self._db(work)
+        self._review_changed()
+        return ok
+
+    def _review_changed(self) -> None:
+        if self.approved is not None:
+            self.approved.invalidate()
 
     # ----- lifecycle ---------------------------------------------------------------------------
 
@@ -664,3 +697,5 @@ class DialogueService:
         close = getattr(self._model, "close", None)
         if close is not None:
             close()
+        if self.approved is not None:
+            self.approved.close()

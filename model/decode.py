@@ -46,6 +46,12 @@ class DecodeOptions:
     # this question makes likelier than any question would; ~2x the work (1 = off)
     rerank_beam: bool = False  # beam: rerank its n-best with mmi_weight and bidi_weight too
     # (off: beam search returns its most likely reply)
+    retrieve: int = 20  # answers taken from the reply index (when one is served) for the
+    # indexed questions most like the message; they and the model's own candidates are all
+    # scored as in sample_rank, and the best is sent (0 = generation only)
+    similarity_weight: float = 2.0  # added to a retrieved answer's score per unit of question
+    # similarity (0..1: 1 for the same words), so answers to the same question come first
+    approved_weight: float = 4.0  # more of the same for answers an admin approved or edited
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,9 +66,46 @@ class DecodeOptions:
             raise ValueError(
                 f"strategy must be one of {', '.join(STRATEGIES)}, not {opts.strategy!r}"
             )
-        if opts.guidance < 1.0:
-            raise ValueError(f"guidance must be >= 1 (1 = off), not {opts.guidance}")
+        opts.validate()
         return opts
+
+    def validate(self) -> None:
+        """Raise ValueError (one line) for a value out of range or a setting that does nothing."""
+        if self.strategy not in STRATEGIES:
+            raise ValueError(
+                f"strategy must be one of {', '.join(STRATEGIES)}, not {self.strategy!r}"
+            )
+        for name, low in (
+            ("beam_size", 1),
+            ("max_len", 1),
+            ("min_len", 0),
+            ("top_k", 0),
+            ("num_samples", 1),
+            ("retrieve", 0),
+            ("no_repeat_ngram", 0),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be a whole number >= {low}, not {value!r}")
+        if self.min_len > self.max_len:
+            raise ValueError(f"min_len ({self.min_len}) must not exceed max_len ({self.max_len})")
+        for name in (
+            "temperature",
+            "mmi_weight",
+            "bidi_weight",
+            "similarity_weight",
+            "approved_weight",
+            "length_penalty",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0, not {value!r}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], not {self.top_p!r}")
+        if self.guidance < 1.0:
+            raise ValueError(f"guidance must be >= 1 (1 = off), not {self.guidance}")
+        if self.guidance != 1.0 and self.strategy == "greedy":
+            raise ValueError("guidance does nothing with strategy greedy: use beam or sample")
 
 
 def _banned_by_ngram(history: list[int], n: int) -> list[int]:
@@ -341,12 +384,7 @@ def decode(model: Seq2Seq, id_lists: list[list[int]], opts: DecodeOptions) -> li
     if opts.strategy == "sample":
         return sample(model, src, src_len, opts)
     if opts.strategy == "sample_rank":
-        n = max(1, opts.num_samples)
-        drawn = sample(model, src.repeat_interleave(n, 0), src_len.repeat_interleave(n, 0), opts)
-        hyps = []
-        for b in range(len(id_lists)):
-            unique = {tuple(ids): ids for ids in drawn[b * n : (b + 1) * n]}  # score each once
-            hyps.append([(0.0, ids) for ids in unique.values()])
+        hyps = [[(0.0, ids) for ids in c] for c in generate(model, src, src_len, opts)]
         return mmi_rerank(model, src, src_len, hyps, opts)
     hyps = beam_search(model, src, src_len, opts)
     if opts.rerank_beam:
@@ -366,6 +404,46 @@ def _answer_batch(answers: list[list[int]], device) -> tuple[Tensor, Tensor]:
     return tgt_in.to(device), tgt_out.to(device)
 
 
+def candidate_scores(
+    model: Seq2Seq,
+    src: Tensor,
+    src_len: Tensor,
+    owners: list[int],
+    answers: list[list[int]],
+    opts: DecodeOptions,
+) -> list[float]:
+    """How well each non-empty candidate answer ``answers[i]`` fits its question
+    ``src[owners[i]]``: the length-normalised log p(y|x) - w * log p(y|<unk>) (``mmi_weight``),
+    plus ``bidi_weight`` * log p(x|y) / (|x| + 1). The second term is how likely the reply is
+    whatever was asked (the model given an uninformative one-token question); the third, how
+    well the reply leads back to the question (the model read backwards)."""
+    rows = torch.tensor(owners, device=src.device)
+    tgt_in, tgt_out = _answer_batch(answers, src.device)
+    cond = model.sequence_logprobs(src[rows], src_len[rows], tgt_in, tgt_out)
+    prior = torch.zeros_like(cond)
+    if opts.mmi_weight > 0:
+        neutral = torch.full((len(answers), 1), UNK_ID, dtype=torch.long, device=src.device)
+        prior = model.sequence_logprobs(
+            neutral, torch.ones(len(answers), dtype=torch.long), tgt_in, tgt_out
+        )
+    scores = [
+        (c - opts.mmi_weight * p) / _length_penalty(len(a) + 1, opts.length_penalty)
+        for c, p, a in zip(cond.tolist(), prior.tolist(), answers, strict=True)
+    ]
+    if opts.bidi_weight > 0:  # each question made into a target once, then one row per reply
+        questions = sorted(set(owners))
+        where = {b: i for i, b in enumerate(questions)}
+        q_in, q_out = _answer_batch(
+            [src[b, : int(src_len[b])].tolist() for b in questions], src.device
+        )
+        back_rows = torch.tensor([where[b] for b in owners], device=src.device)
+        rev_src, rev_len = batch_inputs(answers, src.device)
+        back = model.sequence_logprobs(rev_src, rev_len, q_in[back_rows], q_out[back_rows])
+        per_token = (back / (src_len.to(back.device)[rows] + 1)).tolist()
+        scores = [sc + opts.bidi_weight * lp for sc, lp in zip(scores, per_token, strict=True)]
+    return scores
+
+
 def mmi_rerank(
     model: Seq2Seq,
     src: Tensor,
@@ -373,38 +451,35 @@ def mmi_rerank(
     hyps: list[list[tuple[float, list[int]]]],
     opts: DecodeOptions,
 ) -> list[list[int]]:
-    """Pick, per input, the candidate with the best length-normalised
-    log p(y|x) - w * log p(y|<unk>), plus ``bidi_weight`` * log p(x|y) / (|x| + 1). The second
-    term is how likely the reply is whatever was asked (the model given an uninformative
-    one-token question); the third, how well the reply leads back to the question (the model
-    read backwards: the reply as the question, the question as the answer)."""
+    """Pick, per input, the candidate with the best ``candidate_scores``."""
     flat = [(b, ids) for b, h in enumerate(hyps) for _, ids in h if ids]
     if not flat:
         return [h[0][1] if h else [] for h in hyps]
-    owners = torch.tensor([b for b, _ in flat], device=src.device)
-    tgt_in, tgt_out = _answer_batch([ids for _, ids in flat], src.device)
-    cond = model.sequence_logprobs(src[owners], src_len[owners], tgt_in, tgt_out)
-    prior = torch.zeros_like(cond)
-    if opts.mmi_weight > 0:
-        neutral = torch.full((len(flat), 1), UNK_ID, dtype=torch.long, device=src.device)
-        prior = model.sequence_logprobs(
-            neutral, torch.ones(len(flat), dtype=torch.long), tgt_in, tgt_out
-        )
-    lengths = [len(ids) + 1 for _, ids in flat]
-    scores = [
-        (c - opts.mmi_weight * p) / _length_penalty(n, opts.length_penalty)
-        for c, p, n in zip(cond.tolist(), prior.tolist(), lengths, strict=True)
-    ]
-    if opts.bidi_weight > 0:  # each question made into a target once, then one row per reply
-        q_in, q_out = _answer_batch(
-            [src[b, : int(src_len[b])].tolist() for b in range(len(hyps))], src.device
-        )
-        rev_src, rev_len = batch_inputs([ids for _, ids in flat], src.device)
-        back = model.sequence_logprobs(rev_src, rev_len, q_in[owners], q_out[owners])
-        per_token = (back / (src_len.to(back.device)[owners] + 1)).tolist()
-        scores = [sc + opts.bidi_weight * lp for sc, lp in zip(scores, per_token, strict=True)]
+    scores = candidate_scores(
+        model, src, src_len, [b for b, _ in flat], [ids for _, ids in flat], opts
+    )
     best: dict[int, tuple[float, list[int]]] = {}
     for (b, ids), sc in zip(flat, scores, strict=True):
         if b not in best or sc > best[b][0]:
             best[b] = (sc, ids)
     return [best[b][1] if b in best else [] for b in range(len(hyps))]
+
+
+def generate(
+    model: Seq2Seq, src: Tensor, src_len: Tensor, opts: DecodeOptions
+) -> list[list[list[int]]]:
+    """The model's own candidate replies per input, for reranking with retrieved ones: beam
+    search's finished hypotheses, ``num_samples`` distinct samples for sample_rank, else the
+    strategy's one reply."""
+    if opts.strategy == "beam":
+        return [[ids for _, ids in h] for h in beam_search(model, src, src_len, opts)]
+    if opts.strategy == "sample_rank":
+        n, B = max(1, opts.num_samples), src.shape[0]
+        drawn = sample(model, src.repeat_interleave(n, 0), src_len.repeat_interleave(n, 0), opts)
+        return [list({tuple(x): x for x in drawn[b * n : (b + 1) * n]}.values()) for b in range(B)]
+    one = (
+        greedy(model, src, src_len, opts)
+        if opts.strategy == "greedy"
+        else sample(model, src, src_len, opts)
+    )
+    return [[ids] for ids in one]

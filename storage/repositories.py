@@ -397,6 +397,15 @@ class ExchangeRepository:
         exchange.reviewed_at = utcnow()
         return True
 
+    def approved_mark(self) -> tuple[int, datetime | None]:
+        """(how many exchanges are approved, when the last review happened): changes whenever
+        an exchange is approved, un-approved or edited, so a reader can tell when to reload."""
+        count = self.session.scalar(
+            select(func.count()).where(Exchange.review_status == REVIEW_APPROVED)
+        )
+        last = self.session.scalar(select(func.max(Exchange.reviewed_at)))
+        return int(count or 0), last
+
     def iter_training_pairs(
         self,
         flt: ExchangeFilter | None = None,

@@ -17,6 +17,22 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+def _vocab_from(path: str):
+    """The vocabulary of a prepared data dir (its vocab.txt) or of a checkpoint."""
+    from pathlib import Path
+
+    from model.checkpoint import CheckpointError, load_checkpoint
+    from model.vocab import Vocab
+
+    if Path(path).is_dir():
+        tokens = (Path(path) / "vocab.txt").read_text("utf-8").split("\n")
+        return Vocab(tokens[:-1] if tokens and tokens[-1] == "" else tokens)
+    try:
+        return Vocab(load_checkpoint(path)["vocab"])
+    except CheckpointError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def prepare_main(argv: list[str]) -> int:
     from training.corpus import CorpusError
     from training.prepare import PrepareConfig, prepare
@@ -47,8 +63,19 @@ def prepare_main(argv: list[str]) -> int:
     )
     p.add_argument(
         "--vocab-from",
-        metavar="CHECKPOINT",
-        help="reuse this checkpoint's vocabulary (for fine-tuning it)",
+        metavar="CHECKPOINT_OR_DATA_DIR",
+        help="reuse the vocabulary of this checkpoint (for fine-tuning it) or of this prepared "
+        "data dir (to mix several data dirs by weight in 'train')",
+    )
+    p.add_argument(
+        "--blocklist",
+        metavar="FILE",
+        help="more words (one per line) whose answers are dropped, beside the shipped list",
+    )
+    p.add_argument(
+        "--no-clean",
+        action="store_true",
+        help="keep answers that are only punctuation/emoticons or hold blocklisted words",
     )
     p.add_argument("--no-fast", action="store_true", help="use jieba even if rjieba is installed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -63,16 +90,21 @@ def prepare_main(argv: list[str]) -> int:
         valid_permille=a.valid_permille,
         counter_cap=a.counter_cap,
         fast=not a.no_fast,
+        clean=not a.no_clean,
+        blocklist=a.blocklist,
     )
     vocab = None
     if a.vocab_from:
-        from model.checkpoint import CheckpointError, load_checkpoint
-        from model.vocab import Vocab
-
         try:
-            vocab = Vocab(load_checkpoint(a.vocab_from)["vocab"])
-        except CheckpointError as exc:
-            print(f"xianliao prepare: {exc}", file=sys.stderr)
+            vocab = _vocab_from(a.vocab_from)
+        except (OSError, ValueError) as exc:
+            print(f"xianliao prepare: --vocab-from {a.vocab_from}: {exc}", file=sys.stderr)
+            return 1
+    if a.blocklist:
+        try:
+            open(a.blocklist, encoding="utf-8").close()
+        except OSError as exc:
+            print(f"xianliao prepare: --blocklist: {exc.strerror}: {a.blocklist}", file=sys.stderr)
             return 1
     try:
         stats = prepare(a.corpus, a.out, cfg, progress=not a.quiet, vocab=vocab)
@@ -86,6 +118,45 @@ def prepare_main(argv: list[str]) -> int:
         + "".join(f"\n  skipped {n}: {reason}" for reason, n in sorted(stats.bad.items()))
         + f"\n  {stats.questions_truncated} questions truncated, unknown-word rate "
         f"{stats.unk_tokens / max(stats.tokens, 1):.2%}, {stats.seconds:.1f}s -> {a.out}",
+        file=sys.stderr,
+    )
+    print(json.dumps(asdict(stats), ensure_ascii=False))
+    return 0
+
+
+def index_main(argv: list[str]) -> int:
+    from training.corpus import CorpusError
+    from training.index import build
+
+    p = argparse.ArgumentParser(
+        prog="xianliao index",
+        description="Build the reply index: the answers of CORPUS (same formats as 'prepare') "
+        "searchable by their questions. The bot serves it with the model when it lies beside "
+        "the checkpoint (replies.sqlite in MODEL_PATH's folder) or where REPLY_INDEX says.",
+    )
+    p.add_argument("corpus", nargs="+", metavar="CORPUS")
+    p.add_argument("--out", required=True, metavar="FILE", help="e.g. runs/replies.sqlite")
+    p.add_argument(
+        "--valid-permille",
+        type=int,
+        default=10,
+        help="leave out the pairs 'prepare' holds out with this setting (default 10)",
+    )
+    p.add_argument(
+        "--blocklist", metavar="FILE", help="more blocked words, beside the shipped list"
+    )
+    a = p.parse_args(argv)
+    if not 0 <= a.valid_permille <= 1000:
+        p.error("--valid-permille must be between 0 and 1000")
+    try:
+        stats = build(a.corpus, a.out, valid_permille=a.valid_permille, blocklist=a.blocklist)
+    except (CorpusError, OSError) as exc:
+        print(f"xianliao index: {exc}", file=sys.stderr)
+        return 1
+    skipped = "".join(f"\n  skipped {n}: {r}" for r, n in sorted(stats.skipped.items()))
+    print(
+        f"read {stats.pairs_read} pairs, indexed {stats.pairs_indexed}{skipped}\n"
+        f"  {stats.bytes / 1e6:.1f} MB in {stats.seconds:.1f}s -> {a.out}",
         file=sys.stderr,
     )
     print(json.dumps(asdict(stats), ensure_ascii=False))
@@ -224,11 +295,14 @@ def eval_main(argv: list[str]) -> int:
     p.add_argument(
         "--strategy",
         choices=["greedy", "beam", "sample", "sample_rank"],
-        default="greedy",
-        help="decoding for the reply metrics (default greedy); sample_rank draws 16 replies "
-        "and keeps the best MMI-reranked one",
+        default=None,
+        help="decoding for the reply metrics (default: the one the bot serves, with the reply "
+        "index beside the checkpoint); sample_rank draws 16 replies and keeps the best one",
     )
-    p.add_argument("--beam-size", type=int, default=5)
+    p.add_argument("--beam-size", type=int, default=None)
+    p.add_argument(
+        "--index", default=None, help="reply index (default: beside the checkpoint; none: off)"
+    )
     p.add_argument(
         "--options",
         metavar="JSON",
@@ -241,15 +315,15 @@ def eval_main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     _threads(a.threads)
     try:
-        bot = ChatBot.load(a.checkpoint)
+        bot = ChatBot.load(a.checkpoint, index_path=a.index)
         extra = json.loads(a.options)
         if not isinstance(extra, dict):
             raise ValueError("--options must be a JSON object")
+        given = {"strategy": a.strategy, "beam_size": a.beam_size}
         opts = DecodeOptions.from_dict(
             {
                 **bot.options.to_dict(),
-                "strategy": a.strategy,
-                "beam_size": a.beam_size,
+                **{k: v for k, v in given.items() if v is not None},
                 "seed": 0,
                 **extra,
             }

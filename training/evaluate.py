@@ -143,7 +143,7 @@ def evaluate(
     samples: int = 0,
 ) -> tuple[EvalReport, list[tuple[str, str, str]]]:
     """Returns the report and up to ``samples`` (question, reference, reply) triples."""
-    opts = options or DecodeOptions(strategy="greedy")
+    opts = options or bot.options  # the decoding the bot serves
     pairs, bad = [], 0
     for item in iter_corpus(tsv):
         if isinstance(item, Bad):

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.reply_filter import ReplyFilter, has_content
 from model.text import Tokenizer, detokenize, normalise
 from model.vocab import SPECIALS, UNK_ID, Vocab
 from training.corpus import Bad, check_specs, is_tsv, iter_corpus, parse_tsv_line
@@ -55,6 +56,10 @@ class PrepareConfig:
         return self.counter_cap or max(100_000, 4 * self.max_vocab)
 
     fast: bool = True  # use rjieba when installed (identical segmentation, ~13x faster)
+    # drop pairs whose answer is only punctuation/an emoticon or holds a blocklisted word (the
+    # shipped list plus the file ``blocklist``, if given), so the model never learns them
+    clean: bool = True
+    blocklist: str | None = None
 
 
 @dataclass
@@ -224,12 +229,16 @@ _tokenizer: Tokenizer | None = None
 _stoi: dict[str, int] | None = None
 _unit_dir: str | None = None  # where pass 1 keeps its units for pass 2
 _unit_file = None  # this process's unit file, opened on first use
+_reply_filter: ReplyFilter | None = None  # cleaning: which answers to drop (None: keep all)
 
 
-def _init_segmenter(fast: bool, unit_dir: str | None = None) -> None:
-    global _tokenizer, _unit_dir
+def _init_segmenter(
+    fast: bool, unit_dir: str | None = None, reply_filter: ReplyFilter | None = None
+) -> None:
+    global _tokenizer, _unit_dir, _reply_filter
     _tokenizer = Tokenizer(fast=fast)
     _unit_dir = unit_dir
+    _reply_filter = reply_filter
 
 
 def _close_unit_file() -> None:
@@ -314,11 +323,14 @@ def _segment_chunk(pairs: list[tuple[str, str]], max_len: int, valid_permille: i
     q_len, a_len = lengths[0::2], lengths[1::2]
     empty = (q_len == 0) | (a_len == 0)
     too_long = ~empty & (a_len > max_len)
-    kept = ~empty & ~too_long
+    no_words, blocked = _unclean_answers(norm[1::2], ~empty & ~too_long)
+    kept = ~empty & ~too_long & ~no_words & ~blocked
     bad: dict[str, int] = {}
     for reason, mask in (
         ("empty question or answer after normalising", empty),
         (f"answer longer than {max_len} tokens", too_long),
+        ("answer is only punctuation or an emoticon", no_words),
+        ("answer on the blocklist", blocked),
     ):
         if n := int(np.count_nonzero(mask)):
             bad[reason] = n
@@ -333,13 +345,9 @@ def _segment_chunk(pairs: list[tuple[str, str]], max_len: int, valid_permille: i
     tgt_len = a_len[kept]
     # The split: a hash of the normalised pair, so equal pairs always land on the same side.
     kept_rows = np.flatnonzero(kept).tolist()
-    valid = (
-        np.array(
-            [zlib.crc32(f"{norm[2 * i]}\t{norm[2 * i + 1]}".encode()) % 1000 for i in kept_rows],
-            dtype=np.int64,
-        ).reshape(-1)
-        < valid_permille
-    )
+    valid = np.array(
+        [held_out(norm[2 * i], norm[2 * i + 1], valid_permille) for i in kept_rows], dtype=bool
+    ).reshape(-1)
     # Words no kept token uses (the newline, spaces, dropped or cut tokens) are left out.
     counts = np.bincount(ids, minlength=len(words))
     used = counts > 0
@@ -367,6 +375,26 @@ def _segment_chunk(pairs: list[tuple[str, str]], max_len: int, valid_permille: i
         truncated=int(np.count_nonzero(kept & (q_len > max_len))),
         n_read=0,
     )
+
+
+def held_out(question: str, answer: str, valid_permille: int) -> bool:
+    """Whether a normalised pair belongs to the validation split: a hash of the pair, so equal
+    pairs always land on the same side (and the reply index can leave the same pairs out)."""
+    return zlib.crc32(f"{question}\t{answer}".encode()) % 1000 < valid_permille
+
+
+def _unclean_answers(answers: list[str], candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the ``candidates`` answers that hold no word, and of those the reply filter
+    blocks (both all False when cleaning is off)."""
+    no_words = np.zeros(len(answers), dtype=bool)
+    blocked = np.zeros(len(answers), dtype=bool)
+    if _reply_filter is not None:
+        for i in np.flatnonzero(candidates).tolist():
+            if not has_content(answers[i]):
+                no_words[i] = True
+            elif _reply_filter.blocked_word(answers[i]) is not None:
+                blocked[i] = True
+    return no_words, blocked
 
 
 def _read_block(path: str, start: int, end: int) -> bytes:
@@ -556,6 +584,7 @@ def prepare(
     from tqdm import tqdm
 
     check_specs(specs)
+    reply_filter = ReplyFilter.default(cfg.blocklist) if cfg.clean else None
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -571,7 +600,7 @@ def prepare(
     units: list[tuple[str, int]] = []  # (file, offset) of each unit, in corpus order
     try:
         with (
-            _pool(workers, _init_segmenter, (cfg.fast, str(out))) as pool,
+            _pool(workers, _init_segmenter, (cfg.fast, str(out), reply_filter)) as pool,
             open(out / "valid.tsv", "w", encoding="utf-8") as valid_tsv,
         ):
             bar = tqdm(desc="segmenting", unit=" pairs", disable=not progress, mininterval=1.0)

@@ -67,6 +67,10 @@ class RetrainConfig:
     eval_limit: int = 300  # held-out pairs per evaluation set
     tolerance: float = 0.05  # "not worse": new perplexity <= live perplexity * (1 + tolerance)
     seed: int = 1234
+    # logged pairs kept out of training, per thousand (by a hash of the pair), for the gate to
+    # compare the models on pairs the candidate has not seen
+    heldout_permille: int = 100
+    decode_options: dict = field(default_factory=dict)  # the served decoding (DECODE_OPTIONS)
 
 
 def export_logged_pairs(
@@ -77,20 +81,32 @@ def export_logged_pairs(
     min_chars: int = 1,
     max_chars: int = 200,
     blocklist: Iterable[str] = (),
+    heldout_tsv: str | os.PathLike | None = None,
+    heldout_permille: int = 0,
 ) -> dict[str, int]:
-    """Stream logged (question, answer) pairs into a corpus TSV. Duplicates are removed by the
-    database (SELECT DISTINCT), so memory stays bounded however many rows there are."""
+    """Stream logged (question, answer) pairs into a corpus TSV; with ``heldout_tsv``, the
+    pairs a hash puts among the ``heldout_permille`` go there instead (for the gate). Pairs
+    with a word of the shipped blocklist or of ``blocklist`` are dropped. Duplicates are
+    removed by the database (SELECT DISTINCT), so memory stays bounded however many rows."""
+    from model.reply_filter import ReplyFilter, read_blocklist
+    from model.text import normalise
     from storage.db import init_schema, make_engine, read_only_engine, session_factory
     from storage.repositories import ExchangeRepository
+    from training.prepare import held_out
 
     engine = make_engine(database_url)
     try:
         init_schema(engine)
         statuses = list(statuses)
-        blocked = [b for b in blocklist if b]
+        reply_filter = ReplyFilter([*read_blocklist(), *(b for b in blocklist if b)])
         stats = {"rows": 0, "written": 0, "too_short": 0, "too_long": 0, "blocked": 0}
+        stats["held_out"] = 0
         ro = read_only_engine(engine)
-        with session_factory(ro)() as session, open(out_tsv, "w", encoding="utf-8") as f:
+        with (
+            session_factory(ro)() as session,
+            open(out_tsv, "w", encoding="utf-8") as f,
+            open(heldout_tsv or os.devnull, "w", encoding="utf-8") as held,
+        ):
             pairs = ExchangeRepository(session).iter_training_pairs(
                 statuses=statuses, distinct=True
             )
@@ -102,31 +118,40 @@ def export_logged_pairs(
                     stats["too_short"] += 1
                 elif max(len(q), len(a)) > max_chars:
                     stats["too_long"] += 1
-                elif any(b in q or b in a for b in blocked):
+                elif reply_filter.blocked_word(q) or reply_filter.blocked_word(a):
                     stats["blocked"] += 1
+                elif heldout_tsv and held_out(normalise(q), normalise(a), heldout_permille):
+                    held.write(f"{q}\t{a}\n")
+                    stats["held_out"] += 1
                 else:
                     f.write(f"{q}\t{a}\n")
                     stats["written"] += 1
+        if stats["written"] == 0 and stats["held_out"]:
+            # Too few pairs to keep any from training: learn them all, compare on the base set.
+            Path(out_tsv).write_text(Path(heldout_tsv).read_text("utf-8"), "utf-8")
+            Path(heldout_tsv).write_text("", "utf-8")
+            stats["written"], stats["held_out"] = stats["held_out"], 0
     finally:
         engine.dispose()
     return stats
 
 
-def _describe_model(bot, tsvs: dict[str, str], limit: int) -> dict:
+def _describe_model(bot, tsvs: dict[str, str], limit: int, options: dict) -> dict:
+    """Metrics and probe replies of ``bot`` with the served decoding (its own defaults and
+    ``options``, as the bot's DECODE_OPTIONS)."""
     from model.decode import DecodeOptions
     from training.evaluate import evaluate
 
     out: dict = {"version": bot.version}
+    served = {**bot.options.to_dict(), **options, "seed": 0}
     for name, tsv in tsvs.items():
-        report, _ = evaluate(
-            bot, tsv, limit=limit, options=DecodeOptions(**{**bot.options.to_dict(), "seed": 0})
-        )
+        report, _ = evaluate(bot, tsv, limit=limit, options=DecodeOptions.from_dict(served))
         out[name] = {
             "perplexity": report.perplexity,
             "distinct_2": report.distinct_2,
             "generic_share": report.generic_share,
         }
-    out["probes"] = bot.reply_many(list(PROBE_QUESTIONS), seed=0)
+    out["probes"] = bot.reply_many(list(PROBE_QUESTIONS), **served)
     return out
 
 
@@ -137,6 +162,7 @@ def compare(
     *,
     limit: int = 300,
     tolerance: float = 0.05,
+    options: dict | None = None,
 ) -> dict:
     """Evaluate both checkpoints on the same held-out sets and probes; decide if the new one is
     not worse: perplexity within ``tolerance`` on every set, generic share up by at most 5
@@ -144,8 +170,8 @@ def compare(
     from model.chatbot import ChatBot
 
     tsvs = {k: v for k, v in tsvs.items() if Path(v).is_file() and Path(v).stat().st_size}
-    live = _describe_model(ChatBot.load(live_path), tsvs, limit)
-    new = _describe_model(ChatBot.load(new_path), tsvs, limit)
+    live = _describe_model(ChatBot.load(live_path), tsvs, limit, options or {})
+    new = _describe_model(ChatBot.load(new_path), tsvs, limit, options or {})
     reasons = []
     for name in tsvs:
         lp, np_ = live[name]["perplexity"], new[name]["perplexity"]
@@ -198,6 +224,8 @@ def retrain(
         min_chars=cfg.min_chars,
         max_chars=cfg.max_chars,
         blocklist=cfg.blocklist,
+        heldout_tsv=out / "logged_heldout.tsv",
+        heldout_permille=cfg.heldout_permille,
     )
     if export["written"] == 0:
         raise RetrainError(
@@ -267,10 +295,11 @@ def retrain(
         str(last_weights),
         {
             "base": str(Path(cfg.base_data if cfg.mode == "finetune" else base_dir) / "valid.tsv"),
-            "logged": str(logged_tsv),
+            "logged (held out)": str(out / "logged_heldout.tsv"),
         },
         limit=cfg.eval_limit,
         tolerance=cfg.tolerance,
+        options=cfg.decode_options,
     )
     report = {
         "config": asdict(cfg),

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "prepare_main",
         "segment a corpus into vocabulary + token-id arrays",
     ),
+    "index": ("training.cli", "index_main", "build the reply index from corpora"),
     "train": ("training.cli", "train_main", "train (or resume) a model on prepared data"),
     "eval": ("training.cli", "eval_main", "evaluate a checkpoint on a TSV file"),
     "chat": ("bot.terminal", "main", "chat with a checkpoint in the terminal"),

@@ -12,6 +12,17 @@ import sys
 from pathlib import Path
 
 
+def _build_index(corpora: list[str], model_path: Path) -> None:
+    """The reply index over every pair of the corpora (a first bot has few, so none is held
+    out), beside the model: answers that people wrote, judged by the model."""
+    from model.reply_index import default_index_path
+    from training.index import build
+
+    path = default_index_path(model_path)
+    stats = build(corpora, path, valid_permille=0)
+    print(f"Reply index ready: {path} ({stats.pairs_indexed} answers)", file=sys.stderr)
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="xianliao quickstart", description=__doc__)
     p.add_argument(
@@ -63,6 +74,7 @@ def main(argv: list[str]) -> int:
         from model.checkpoint import export_for_inference
 
         result = train([(str(data_dir), 1.0)], model_path.parent, cfg)
+        _build_index(corpora, model_path)
         # The final weights, not the best-validation ones: a corpus of ~1,100 pairs has a
         # held-out set of ~20 unrelated pairs, which prefers an early, barely trained model.
         export_for_inference(result.last_checkpoint, model_path)

@@ -154,6 +154,7 @@ def retrain_main(argv: list[str]) -> int:
         minutes=a.minutes,
         batch_size=a.batch_size,
         lr=a.lr,
+        decode_options=dict(getattr(s, "decode_options", None) or {}),  # the served decoding
     )
     try:
         report = retrain(cfg, on_progress=on_progress)

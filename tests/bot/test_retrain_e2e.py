@@ -72,6 +72,9 @@ def test_review_edit_retrain_promote_rollback(fake_api, start_bot, db_path, live
         (hello_id, "approved", EDITED),
         (night_id, "approved", None),
     ]
+    # The edited answer is served at once, by the live model, before any retraining.
+    fake_api.private_text(USER, "你好")
+    assert fake_api.wait_for(lambda: _texts(fake_api, USER, 7), timeout=30)[0] == EDITED
 
     # /retrain starts a subprocess; a second one while it runs is refused.
     n = len(fake_api.sent_to(ADMIN_ID))
@@ -89,19 +92,32 @@ def test_review_edit_retrain_promote_rollback(fake_api, start_bot, db_path, live
         timeout=240,
         what="the retraining report",
     )[0]
-    assert "promoted" in final and "not promoted" not in final, final
-    assert "旧" in final and "新" in final  # side-by-side probe replies
+    # The gate ran and said why (whether a 150-step candidate beats the live model depends on
+    # the machine's numerics, so either verdict is fine); the probe replies are side by side.
+    assert "finished" in final and "promoted" in final, final
+    assert "旧" in final and "新" in final
+    runs = db_rows(db_path, "SELECT status, started_by, checkpoint_path FROM training_runs")
+    assert [r[:2] for r in runs] == [("succeeded", ADMIN_ID)]
+    # The edited pair was in the candidate's training data.
+    logged = Path(runs[0][2]).parent / "logged.tsv"
+    assert f"你好\t{EDITED}" in logged.read_text("utf-8").splitlines()
+    if "not promoted" in final:  # the admin promotes it anyway
+        fake_api.private_text(ADMIN_ID, "/promote")
+        fake_api.wait_for(
+            lambda: any("promoted" in t and "not" not in t for t in _texts(fake_api, ADMIN_ID)),
+            timeout=60,
+            what="the forced promotion",
+        )
+    promos = db_rows(db_path, "SELECT run_id, promoted_by FROM promotions")
+    assert promos == [(1, ADMIN_ID)]
 
-    # The live model changed without a restart: the next reply comes from the new version.
+    # The live model changed without a restart: the next reply comes from the new version, and
+    # the edited answer is still what 你好 gets.
     fake_api.private_text(USER, "你好")
-    reply = fake_api.wait_for(lambda: _texts(fake_api, USER, 7), timeout=30)[0]
+    reply = fake_api.wait_for(lambda: _texts(fake_api, USER, 8), timeout=30)[0]
     assert reply == EDITED
     version = db_rows(db_path, "SELECT model_version FROM exchanges ORDER BY id DESC LIMIT 1")
     assert version[0][0] != v_old
-    runs = db_rows(db_path, "SELECT status, started_by FROM training_runs")
-    assert runs == [("succeeded", ADMIN_ID)]
-    promos = db_rows(db_path, "SELECT run_id, promoted_by, forced FROM promotions")
-    assert promos == [(1, ADMIN_ID, 0)]
 
     # /rollback puts the old model back.
     fake_api.private_text(ADMIN_ID, "/rollback")
@@ -110,6 +126,7 @@ def test_review_edit_retrain_promote_rollback(fake_api, start_bot, db_path, live
         timeout=30,
         what="rollback",
     )
-    fake_api.private_text(USER, "你好")
-    again = fake_api.wait_for(lambda: _texts(fake_api, USER, 8), timeout=30)[0]
-    assert again == "你好,很高兴认识你"
+    fake_api.private_text(USER, "晚安")
+    fake_api.wait_for(lambda: _texts(fake_api, USER, 9), timeout=30)
+    version = db_rows(db_path, "SELECT model_version FROM exchanges ORDER BY id DESC LIMIT 1")
+    assert version[0][0] == v_old

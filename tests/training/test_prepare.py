@@ -209,3 +209,43 @@ def test_counter_cap_option_is_checked_and_used(tmp_path, capsys):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["config"]["counter_cap"] == 100
     assert meta["stats"]["counter_prunes"] > 0  # hundreds of distinct words, cap 100
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_cleaning_drops_wordless_and_blocklisted_answers_and_counts_them(tmp_path, workers):
+    pairs = [
+        *TINY_PAIRS,
+        ("呵呵", "=。="),
+        ("你好", "~~~"),
+        ("你是谁", "你个白痴"),
+        ("好", "我不吃香菜"),
+    ]
+    tsv = write_tsv(tmp_path / "c.tsv", pairs)
+    extra = tmp_path / "more.txt"
+    extra.write_text("香菜\n", encoding="utf-8")
+    cfg = PrepareConfig(min_freq=1, workers=workers, valid_permille=0, blocklist=str(extra))
+    stats = prepare([str(tsv)], tmp_path / "clean", cfg, progress=False)
+    assert stats.bad == {
+        "answer is only punctuation or an emoticon": 2,
+        "answer on the blocklist": 2,
+    }
+    assert stats.pairs_written["train"] == len(TINY_PAIRS)
+    kept = prepare(
+        [str(tsv)],
+        tmp_path / "all",
+        PrepareConfig(min_freq=1, workers=workers, valid_permille=0, clean=False),
+        progress=False,
+    )
+    assert kept.bad == {} and kept.pairs_written["train"] == len(pairs)
+
+
+def test_vocab_from_a_data_dir_gives_mixable_data(tmp_path, tiny_data):
+    from training.cli import prepare_main
+
+    tsv = write_tsv(tmp_path / "more.tsv", [("你好", "早点休息吧"), ("新词", "没见过")])
+    out = tmp_path / "more"
+    assert (
+        prepare_main([str(tsv), "--out", str(out), "--vocab-from", str(tiny_data), "--quiet"]) == 0
+    )
+    assert (out / "vocab.txt").read_text("utf-8") == (tiny_data / "vocab.txt").read_text("utf-8")
+    assert UNK_ID in np.fromfile(out / "train.src.bin", dtype=np.uint16)  # 新词 is not in it

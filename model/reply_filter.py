@@ -1,0 +1,78 @@
+"""What the bot never sends: blocklisted words, empty replies, and replies that stutter.
+
+One filter serves every path (generated and retrieved replies, the bot, the terminal chat,
+evaluation) and ``prepare``, which drops training answers it would block, so the model does not
+learn them in the first place.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from model.text import normalise
+
+DEFAULT_BLOCKLIST = Path(__file__).with_name("data") / "blocklist.txt"
+# Text with no letter, digit or CJK character: punctuation, emoticons such as "=。=" or "==".
+_CONTENT = re.compile(r"[^\W_]", re.UNICODE)
+
+
+def read_blocklist(path: str | Path | None = None) -> tuple[str, ...]:
+    """The entries of a blocklist file (one per line, '#' comments), normalised; the default
+    list shipped with the package when ``path`` is None."""
+    text = DEFAULT_BLOCKLIST.read_text("utf-8") if path is None else Path(path).read_text("utf-8")
+    entries = (normalise(line) for line in text.splitlines() if not line.startswith("#"))
+    return tuple(dict.fromkeys(e for e in entries if e))
+
+
+def has_content(text: str) -> bool:
+    """Whether ``text`` holds a word at all (not only punctuation or an emoticon)."""
+    return _CONTENT.search(text) is not None
+
+
+def repeats_run(tokens: Sequence[str], times: int = 3, max_run: int = 4) -> bool:
+    """Whether some run of 1..max_run tokens occurs ``times`` times in a row ("吃了吃了吃了")."""
+    n = len(tokens)
+    for size in range(1, max_run + 1):
+        for start in range(n - size * times + 1):
+            run = tokens[start : start + size]
+            if all(
+                tokens[start + k * size : start + (k + 1) * size] == run for k in range(1, times)
+            ):
+                return True
+    return False
+
+
+class ReplyFilter:
+    """Decides whether a reply may be sent. ``blocked`` returns the reason, or None."""
+
+    def __init__(self, blocklist: Iterable[str] = ()) -> None:
+        self.blocklist = tuple(dict.fromkeys(normalise(w) for w in blocklist if normalise(w)))
+        # One alternation: a single regex scan per reply, whatever the list's length.
+        alts = sorted(self.blocklist, key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, alts))) if alts else None
+
+    @classmethod
+    def default(cls, extra_path: str | Path | None = None) -> ReplyFilter:
+        """The shipped blocklist, plus the entries of ``extra_path`` when given."""
+        words = read_blocklist()
+        if extra_path:
+            words += read_blocklist(extra_path)
+        return cls(words)
+
+    def blocked_word(self, text: str) -> str | None:
+        if self._pattern is None:
+            return None
+        m = self._pattern.search(normalise(text))
+        return m.group(0) if m else None
+
+    def blocked(self, text: str, tokens: Sequence[str] | None = None) -> str | None:
+        """Why ``text`` must not be sent (``tokens``: its segmentation, for the repeat rule)."""
+        if not text.strip() or not has_content(text):
+            return "empty"
+        if (word := self.blocked_word(text)) is not None:
+            return f"blocklisted word {word!r}"
+        if tokens is not None and repeats_run(list(tokens)):
+            return "repeats itself"
+        return None

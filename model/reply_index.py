@@ -1,0 +1,203 @@
+"""The reply index: answers that people gave to questions like this one.
+
+A SQLite FTS5 table over segmented questions (the standard library's sqlite3, no server, no
+extra package): on disk, memory-mapped by SQLite, so its memory does not grow with the corpus;
+a search is one BM25-ranked full-text query. The same class serves the corpus index (a file
+built by ``xianliao index``) and the small in-memory index of exchanges an admin approved or
+edited (``ReplyIndex.memory``), which is rebuilt when the review state changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from model.reply_filter import has_content
+
+logger = logging.getLogger(__name__)
+
+INDEX_FORMAT = 1
+INDEX_NAME = "replies.sqlite"  # the default index file, beside the served checkpoint
+# A query word in more than this share of all questions (了, 你, 吗) is left out of the search
+# when the message has rarer words: it barely ranks and costs a long posting list.
+COMMON_SHARE = 0.02
+
+
+class ReplyIndexError(Exception):
+    """A reply index that cannot be opened or is not one (one-line message)."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    question: str  # the indexed question, its tokens joined by spaces
+    answer: str  # the answer as it was written
+    bm25: float  # FTS5's BM25 score (lower is better)
+    source: str  # which corpus or "approved"
+    similarity: float = 0.0  # how alike the two questions are, 0..1 (``similarity``)
+
+
+def default_index_path(checkpoint: str | os.PathLike) -> Path:
+    """Where the index served with ``checkpoint`` lives: ``replies.sqlite`` in its folder."""
+    return Path(checkpoint).parent / INDEX_NAME
+
+
+def similarity(weights: dict[str, float], other: list[str]) -> float:
+    """How alike a message (its words with idf ``weights``) and an indexed question are, 0..1:
+    the harmonic mean of the share of the message's weight the question covers and the share
+    of the question's words that are in the message. 1 for the same words."""
+    total = sum(weights.values())
+    words = set(other)
+    if not total or not words:
+        return 0.0
+    recall = sum(w for t, w in weights.items() if t in words) / total
+    precision = sum(1 for t in words if t in weights) / len(words)
+    return 0.0 if recall + precision == 0 else 2 * recall * precision / (recall + precision)
+
+
+def _fts_query(words: Iterable[str]) -> str:
+    return " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
+
+
+class ReplyIndex:
+    """Search questions by their words; ``add`` pairs. Not thread-safe: one per thread."""
+
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        self._conn = conn
+        self.path = path
+        self._df = lru_cache(maxsize=50_000)(self._doc_freq)
+        row = conn.execute("SELECT value FROM meta WHERE key = 'pairs'").fetchone()
+        self.size = int(row[0]) if row else 0
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> ReplyIndex:
+        """Open an index file read-only. Raises ``ReplyIndexError`` when it is missing or not one."""
+        p = Path(path)
+        if not p.is_file():
+            raise ReplyIndexError(
+                f"reply index {p} does not exist (build one with 'xianliao index')"
+            )
+        try:
+            conn = sqlite3.connect(
+                f"{p.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
+            )
+            fmt = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise ReplyIndexError(f"{p} is not a reply index ({exc})") from None
+        if not fmt or int(fmt[0]) != INDEX_FORMAT:
+            conn.close()
+            raise ReplyIndexError(f"{p} is a reply index of another format; rebuild it")
+        return cls(conn, str(p))
+
+    @classmethod
+    def create(cls, path: str | os.PathLike | None = None) -> ReplyIndex:
+        """A new, empty index in ``path`` (replaced if it exists) or in memory (None)."""
+        target = ":memory:" if path is None else str(path)
+        if path is not None:
+            Path(path).unlink(missing_ok=True)
+        conn = sqlite3.connect(target, check_same_thread=False)
+        conn.executescript(
+            """
+            CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE VIRTUAL TABLE pairs USING fts5(
+                question, answer UNINDEXED, source UNINDEXED,
+                tokenize = 'unicode61 remove_diacritics 0');
+            CREATE VIRTUAL TABLE words USING fts5vocab(pairs, 'row');
+            """
+        )
+        conn.execute("INSERT INTO meta VALUES ('format', ?)", (str(INDEX_FORMAT),))
+        conn.execute("INSERT INTO meta VALUES ('pairs', '0')")
+        conn.commit()
+        return cls(conn, target)
+
+    @classmethod
+    def memory(cls, pairs: Iterable[tuple[list[str], str, str]] = ()) -> ReplyIndex:
+        index = cls.create(None)
+        index.add(pairs)
+        return index
+
+    def add(self, pairs: Iterable[tuple[list[str], str, str]], batch: int = 10_000) -> int:
+        """Index ``(question tokens, answer, source)`` triples; returns how many were added.
+        Questions without a word (only punctuation) cannot be found and are skipped."""
+        n = 0
+        rows: list[tuple[str, str, str]] = []
+        with self._conn:  # one transaction: readers see all of it or none
+            for tokens, answer, source in pairs:
+                words = [t for t in tokens if has_content(t)]
+                if not words:
+                    continue
+                rows.append((" ".join(words), answer, source))
+                if len(rows) >= batch:
+                    n += self._insert(rows)
+            n += self._insert(rows)
+            self.size += n
+            self._conn.execute("UPDATE meta SET value = ? WHERE key = 'pairs'", (str(self.size),))
+        self._df.cache_clear()
+        return n
+
+    def _insert(self, rows: list[tuple[str, str, str]]) -> int:
+        self._conn.executemany("INSERT INTO pairs(question, answer, source) VALUES (?, ?, ?)", rows)
+        n = len(rows)
+        rows.clear()
+        return n
+
+    def optimize(self) -> None:
+        """Merge the index's segments (after a bulk build: faster searches, smaller file)."""
+        with self._conn:
+            self._conn.execute("INSERT INTO pairs(pairs) VALUES ('optimize')")
+
+    def _doc_freq(self, word: str) -> int:
+        row = self._conn.execute("SELECT doc FROM words WHERE term = ?", (word,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def query_words(self, tokens: list[str]) -> list[str]:
+        """The words of a message worth searching for: known ones, the very common left out
+        unless nothing else is left."""
+        words = list(dict.fromkeys(t for t in tokens if has_content(t)))
+        known = [w for w in words if self._df(w) > 0]
+        rare = [w for w in known if self._df(w) <= COMMON_SHARE * max(self.size, 1)]
+        return rare or known
+
+    def search(self, tokens: list[str], k: int = 20, pool: int = 200) -> list[Hit]:
+        """The ``k`` indexed questions most like ``tokens``, best first: the ``pool`` best by
+        BM25 over the message's rarer words, then ranked by ``similarity`` over all of them."""
+        words = self.query_words(tokens)
+        if not words or k <= 0:
+            return []
+        rows = self._conn.execute(
+            "SELECT question, answer, bm25(pairs), source FROM pairs WHERE pairs MATCH ? "
+            "ORDER BY rank LIMIT ?",
+            (_fts_query(words), max(k, pool)),
+        ).fetchall()
+        mine = [t for t in dict.fromkeys(tokens) if has_content(t)]
+        weights = {w: self.idf(w) for w in mine}
+        hits = [
+            Hit(q, a, float(s), src, similarity(weights, q.split(" "))) for q, a, s, src in rows
+        ]
+        hits.sort(key=lambda h: (-h.similarity, h.bm25))
+        return hits[:k]
+
+    def idf(self, word: str) -> float:
+        """log(N / df): how much a shared word says about two questions being alike."""
+        return math.log((self.size + 1) / (self._df(word) + 1)) + 1.0
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+
+
+def build_index(pairs: Iterator[tuple[list[str], str, str]], path: str | os.PathLike) -> ReplyIndex:
+    """Build an index file atomically: written beside ``path``, then moved into place."""
+    tmp = Path(f"{path}.tmp")
+    index = ReplyIndex.create(tmp)
+    index.add(pairs)
+    index.optimize()
+    index.close()
+    os.replace(tmp, path)
+    return ReplyIndex.open(path)

@@ -1,0 +1,90 @@
+"""Retrieval + generation on the real tiny model: the model proposes and judges, the index
+widens the candidates, the filter has the last word."""
+
+from __future__ import annotations
+
+import pytest
+
+from model.chatbot import FALLBACK_REPLY, ChatBot
+from model.reply_filter import ReplyFilter
+from model.reply_index import Hit, ReplyIndex
+from model.text import Tokenizer
+
+TOK = Tokenizer()
+GREEDY = {"strategy": "greedy"}
+
+
+def _index(pairs) -> ReplyIndex:
+    return ReplyIndex.memory((TOK.tokenize(q), a, "corpus") for q, a in pairs)
+
+
+@pytest.fixture
+def bot(tiny_checkpoint):
+    return ChatBot.load(tiny_checkpoint, threads=1)
+
+
+def test_a_message_like_an_indexed_question_gets_its_answer(bot):
+    bot.index = _index([("今天星期几", "我只会煮面"), ("你好", "下次再聊")])
+    # 今天星期几 is nothing the model learnt; its indexed answer wins on similarity ...
+    assert bot.reply("今天星期几", **GREEDY, similarity_weight=50) == "我只会煮面"
+    # ... and without the similarity term the model's judgement decides: for 你好 it knows
+    # its answer by heart and prefers it to the indexed one.
+    assert bot.reply("你好", **GREEDY, similarity_weight=0) == "你好,很高兴认识你"
+
+
+def test_without_a_matching_question_the_reply_is_generated(bot):
+    generated = bot.reply("我好累", **GREEDY)
+    bot.index = _index([("量子力学难吗", "很难")])
+    assert bot.reply("我好累", **GREEDY) == generated == "早点休息吧"
+    assert bot.reply("我好累", **GREEDY, retrieve=0, similarity_weight=50) == generated
+
+
+def test_approved_answers_to_the_same_words_are_sent_others_weighed(bot):
+    same = [[Hit("你 好", "我只会煮面", 0.0, "approved", similarity=1.0)]]
+    assert bot.reply_many(["你好!"], extra=same, **GREEDY)[0] == "我只会煮面"
+    like = [[Hit("你 好 呀", "我只会煮面", 0.0, "approved", similarity=0.8)]]
+    assert bot.reply_many(["你好"], extra=like, **GREEDY, approved_weight=100)[0] == "我只会煮面"
+    assert (
+        bot.reply_many(["你好"], extra=like, **GREEDY, approved_weight=0, similarity_weight=0)[0]
+        == "你好,很高兴认识你"
+    )
+
+
+def test_the_blocklist_blocks_generated_retrieved_and_approved_replies(bot):
+    bot.filter = ReplyFilter(["闲聊", "煮面"])
+    # generated: the model's own answer to 你叫什么名字 is 我叫闲聊
+    assert "闲聊" not in bot.reply("你叫什么名字", **GREEDY)
+    assert "闲聊" not in bot.reply("你叫什么名字", strategy="beam")
+    # retrieved: the blocked answer is never sent, the next best one is
+    bot.index = _index([("今天星期几", "我只会煮面"), ("今天星期几", "下次再聊")])
+    assert bot.reply("今天星期几", **GREEDY, similarity_weight=50) == "下次再聊"
+    # approved
+    extra = [[Hit("你 好", "我只会煮面", 0.0, "approved", similarity=1.0)]]
+    assert "煮面" not in bot.reply_many(["你好"], extra=extra, **GREEDY)[0]
+
+
+def test_nothing_sendable_gives_the_fallback(bot):
+    bot.filter = ReplyFilter(["很高兴认识你"])
+    reply = bot.reply("你好", **GREEDY)
+    assert "很高兴认识你" not in reply and reply.strip()
+    assert bot.reply("", **GREEDY) == FALLBACK_REPLY
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"strategy": "nope"}, "strategy must be one of"),
+        ({"beam_size": 0}, "beam_size must be a whole number >= 1"),
+        ({"retrieve": -1}, "retrieve must be a whole number >= 0"),
+        ({"max_len": 5, "min_len": 9}, "min_len (9) must not exceed max_len (5)"),
+        ({"top_p": 0}, "top_p must be in (0, 1]"),
+        ({"similarity_weight": -1}, "similarity_weight must be a number >= 0"),
+        ({"guidance": 3, "strategy": "greedy"}, "guidance does nothing with strategy greedy"),
+        ({"colour": "red"}, "unknown decoding options: colour"),
+        ({"num_samples": "8"}, "num_samples must be a whole number"),
+    ],
+)
+def test_invalid_decoding_options_are_one_line_errors(bot, options, says):
+    with pytest.raises(ValueError) as err:
+        bot.reply("你好", **options)
+    assert says in str(err.value) and "\n" not in str(err.value)

@@ -1,0 +1,51 @@
+"""The reply filter: blocklisted words, empty replies, replies that stutter."""
+
+from __future__ import annotations
+
+import pytest
+
+from model.reply_filter import ReplyFilter, has_content, read_blocklist, repeats_run
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens", "reason"),
+    [
+        ("你是个白痴", None, "blocklisted word '白痴'"),
+        ("ＳＢ吧你", None, "blocklisted word 'sb'"),  # full-width and upper case normalised
+        ("", None, "empty"),
+        ("   ", None, "empty"),
+        ("=。=", None, "empty"),
+        ("...!!", None, "empty"),
+        ("吃了吃了吃了", ["吃", "了", "吃", "了", "吃", "了"], "repeats itself"),
+        ("好的好的好的", ["好", "的", "好", "的", "好", "的"], "repeats itself"),
+        ("哈哈", ["哈哈"], None),
+        ("吃了吃了", ["吃", "了", "吃", "了"], None),  # twice is fine
+        ("祝你生日快乐", ["祝", "你", "生日", "快乐"], None),
+        ("我要上床睡觉了", None, None),
+    ],
+)
+def test_default_filter(text, tokens, reason):
+    assert ReplyFilter.default().blocked(text, tokens) == reason
+
+
+def test_extra_blocklist_file_extends_the_shipped_one(tmp_path):
+    extra = tmp_path / "more.txt"
+    extra.write_text("# comment\n香菜\n\n", encoding="utf-8")
+    f = ReplyFilter.default(extra)
+    assert f.blocked_word("我不吃香菜") == "香菜"
+    assert f.blocked_word("你这个白痴") == "白痴"
+    assert ReplyFilter.default().blocked_word("我不吃香菜") is None
+    assert "香菜" in read_blocklist(extra) and "# comment" not in read_blocklist(extra)
+
+
+def test_missing_blocklist_file_is_an_oserror(tmp_path):
+    with pytest.raises(OSError):
+        ReplyFilter.default(tmp_path / "nope.txt")
+
+
+def test_helpers():
+    assert has_content("a") and has_content("好") and has_content("3")
+    assert not has_content("～～") and not has_content("(^_^)")
+    assert repeats_run(["a", "b", "c", "a", "b", "c", "a", "b", "c"])
+    assert not repeats_run(["a", "b", "a", "c", "a"])
+    assert ReplyFilter([]).blocked("随便说", None) is None
