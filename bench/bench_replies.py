@@ -6,9 +6,10 @@ statistics, and files for a blind judgement against people's replies.
 
 Prints the 50 replies (Markdown) and the statistics (generic share, distinct-2, replies with
 <unk>, blocked replies, where the replies came from, ms per reply). Writes, under --out:
-``everyday.md``; ``judge.tsv`` (id, message, reply: the bot's and the people's replies to the
-same dev messages, shuffled, nothing saying which is which) for a judge; ``key.tsv`` (id,
-source) to score the judgement with ``--score JUDGED.tsv`` (id<TAB>1 or 0 per line).
+``everyday.md``; ``judge.tsv`` (id, message, reply: the bot's replies, under each decoding of
+``--compare``, and the people's replies to the same dev messages, shuffled, nothing saying
+which is which) for a judge; ``key.tsv`` (id, source) to score the judgement with
+``--score JUDGED.tsv`` (id<TAB>1 or 0 per line).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def dev_pairs(paths: list[str], limit: int, seed: int) -> list[tuple[str, str]]:
     return pairs[:limit]
 
 
-def reply_stats(bot, questions: list[str], replies: list[str]) -> dict:
+def reply_stats(bot, replies: list[str]) -> dict:
     from training.evaluate import is_generic
 
     tokens = [bot.tokenizer.tokenize(r) for r in replies]
@@ -55,6 +56,20 @@ def reply_stats(bot, questions: list[str], replies: list[str]) -> dict:
             bot.filter.blocked(r, t) is not None for r, t in zip(replies, tokens, strict=True)
         ),
     }
+
+
+def latency(bot, questions: list[str], opts: dict) -> dict:
+    """Milliseconds per reply, one message at a time (as a lone user sees it)."""
+    for q in questions[:10]:  # warm-up
+        bot.reply(q, **opts)
+    times = []
+    for q in questions:
+        t0 = time.perf_counter()
+        bot.reply(q, **opts)
+        times.append((time.perf_counter() - t0) * 1000)
+    times.sort()
+    pick = lambda p: round(times[min(len(times) - 1, int(len(times) * p))], 1)  # noqa: E731
+    return {"replies": len(times), "p50_ms": pick(0.5), "p95_ms": pick(0.95), "p99_ms": pick(0.99)}
 
 
 def score(judged: Path, key: Path) -> dict:
@@ -81,12 +96,22 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--out", default="bench/out/replies")
     p.add_argument("--score", metavar="JUDGED", help="score a judged file against OUT/key.tsv")
+    p.add_argument(
+        "--latency", type=int, default=0, help="time this many dev replies, one at a time"
+    )
+    p.add_argument("--quantize", action="store_true", help="int8 model (MODEL_QUANTIZE)")
+    p.add_argument(
+        "--compare",
+        default="{}",
+        help='more decodings for the same dev messages, JSON {"name": {options}}; all go into '
+        "one shuffled file to judge",
+    )
     a = p.parse_args()
     out = Path(a.out)
     if a.score:
         print(json.dumps(score(Path(a.score), out / "key.tsv"), ensure_ascii=False))
         return 0
-    bot = ChatBot.load(a.checkpoint, threads=a.threads, index_path=a.index)
+    bot = ChatBot.load(a.checkpoint, threads=a.threads, index_path=a.index, quantize=a.quantize)
     opts = {"seed": 0, **json.loads(a.options)}
     out.mkdir(parents=True, exist_ok=True)
     msgs = everyday()
@@ -101,19 +126,24 @@ def main() -> int:
     print(f"{ms:.1f} ms per reply (one at a time, {a.threads} thread(s))")
     if not a.dev:
         return 0
-    pairs = dev_pairs(a.dev, max(a.limit, a.stats_limit), a.seed)
+    pairs = dev_pairs(a.dev, max(a.limit, a.stats_limit, a.latency), a.seed)
     questions = [q for q, _ in pairs]
-    dev_replies = [
-        r
-        for i in range(0, len(questions), 32)
-        for r in bot.reply_many(questions[i : i + 32], **opts)
-    ]
-    stats = reply_stats(bot, [q for q, _ in pairs], dev_replies)
-    stats["people"] = reply_stats(bot, [q for q, _ in pairs], [r for _, r in pairs])
-    print(json.dumps(stats, ensure_ascii=False))
-    (out / "stats.json").write_text(json.dumps(stats, ensure_ascii=False, indent=2), "utf-8")
-    items = [(q, r, "bot") for (q, _), r in zip(pairs[: a.limit], dev_replies, strict=False)]
-    items += [(q, r, "people") for q, r in pairs[: a.limit]]
+    configs = {"served": {}, **json.loads(a.compare)}
+    items = [(q, r, "people") for q, r in pairs[: a.limit]]
+    all_stats = {"people": reply_stats(bot, [r for _, r in pairs])}
+    for name, over in configs.items():
+        cfg = {**opts, **over}
+        if a.latency:
+            print(name, json.dumps(latency(bot, questions[: a.latency], cfg)), flush=True)
+        replies = [
+            r
+            for i in range(0, len(questions), 32)
+            for r in bot.reply_many(questions[i : i + 32], **cfg)
+        ]
+        all_stats[name] = reply_stats(bot, replies)
+        print(name, json.dumps(all_stats[name], ensure_ascii=False), flush=True)
+        items += [(q, r, name) for q, r in zip(questions[: a.limit], replies, strict=False)]
+    (out / "stats.json").write_text(json.dumps(all_stats, ensure_ascii=False, indent=2), "utf-8")
     random.Random(a.seed + 1).shuffle(items)
     with (
         open(out / "judge.tsv", "w", encoding="utf-8") as judge,

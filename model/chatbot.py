@@ -89,6 +89,7 @@ class ChatBot:
         self.path = path
         self.options = decode_options or DecodeOptions()
         self._lock = threading.Lock()
+        self._priors: dict[tuple[int, ...], float] = {}  # log p(reply | <unk>), see decode
 
     @classmethod
     def load(
@@ -217,7 +218,13 @@ class ChatBot:
         if not flat:
             return [None] * len(id_lists)
         scores = candidate_scores(
-            self.model, src, src_len, [b for b, _ in flat], [c.ids for _, c in flat], opts
+            self.model,
+            src,
+            src_len,
+            [b for b, _ in flat],
+            [c.ids for _, c in flat],
+            opts,
+            prior_cache=self._priors,
         )
         for (_, c), model_score in zip(flat, scores, strict=True):
             c.score = candidate_score(c, model_score, opts)

@@ -8,15 +8,14 @@ state). ``load_checkpoint`` is the only way to open one.
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
-import zipfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from model.errors import CheckpointError, file_digest  # noqa: F401 - re-exported
+from model.errors import CheckpointError, DeviceError, file_digest  # noqa: F401 - re-exported
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model_config", "vocab", "tokenizer", "state_dict", "train")
@@ -48,23 +47,21 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str = "cpu") -> di
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (train one with 'xianliao train')")
+    if isinstance(map_location, str):
+        check_device(map_location)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (
-        RuntimeError,
-        EOFError,
-        OSError,
-        ValueError,
-        pickle.UnpicklingError,
-        zipfile.BadZipFile,
-        AttributeError,
-        KeyError,
-        TypeError,
-    ) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        with warnings.catch_warnings():
+            # A foreign file's first byte often reads as an unknown pickle protocol: torch warns
+            # about it (two more lines on stderr) before failing; the error below says it all.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # any exception: see below
+        # The weights-only unpickler interprets the file's bytes: a text file or other foreign
+        # file makes it fail with whatever its stack machine hits (IndexError, KeyError,
+        # UnicodeDecodeError, UnpicklingError, ...), none of which is a bug of ours.
         raise CheckpointError(
             f"{path} is not a readable xianliao checkpoint (truncated, corrupt or another "
-            f"format): {first[:200]}"
+            f"format): {_first_line(exc)}"
         ) from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} is not a xianliao checkpoint (top level is not a dict)")
@@ -73,17 +70,59 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str = "cpu") -> di
         raise CheckpointError(f"{path} is not a xianliao checkpoint: missing {', '.join(missing)}")
     if ckpt["format_version"] != FORMAT_VERSION:
         raise CheckpointError(
-            f"{path} has checkpoint format {ckpt['format_version']!r}; this xianliao reads "
+            f"{path} has checkpoint format {_short(ckpt['format_version'])}; this xianliao reads "
             f"format {FORMAT_VERSION}"
+        )
+    _check_shapes(path, ckpt)
+    return ckpt
+
+
+def check_device(device: str) -> None:
+    """Raise ``DeviceError`` unless ``device`` names a torch device that this machine has
+    (otherwise ``torch.load`` fails in a way that reads like a corrupt file)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise DeviceError(
+            f"{device!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)"
+        ) from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError(f"{device!r}: this machine (or this torch build) has no CUDA device")
+        if dev.index is not None and dev.index >= count:
+            raise DeviceError(f"{device!r}: this machine has {count} CUDA device(s), from cuda:0")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"{device!r}: MPS (Apple GPU) is not available on this machine")
+
+
+def _check_shapes(path: Path, ckpt: dict[str, Any]) -> None:
+    """The parts every user of a checkpoint indexes into have the types they expect."""
+    kinds = {"model_config": dict, "vocab": list, "tokenizer": dict, "state_dict": dict}
+    wrong = [k for k, kind in kinds.items() if not isinstance(ckpt[k], kind)]
+    if wrong:
+        raise CheckpointError(
+            f"{path} is not a xianliao checkpoint: wrong type of {', '.join(wrong)}"
         )
     vocab_size = ckpt["model_config"].get("vocab_size")
     emb = ckpt["state_dict"].get("embedding.weight")
-    if vocab_size != len(ckpt["vocab"]) or emb is None or emb.shape[0] != vocab_size:
+    rows = emb.shape[0] if isinstance(emb, torch.Tensor) and emb.dim() == 2 else None
+    if vocab_size != len(ckpt["vocab"]) or rows != vocab_size:
         raise CheckpointError(
             f"{path} is inconsistent: vocabulary has {len(ckpt['vocab'])} tokens, model config "
-            f"says {vocab_size}, embedding has {None if emb is None else emb.shape[0]} rows"
+            f"says {_short(vocab_size)}, embedding has {rows} rows"
         )
-    return ckpt
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _short(value: Any) -> str:
+    """A value from the file, for a one-line message: repr, one line, at most 40 characters."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 def export_for_inference(src: str | os.PathLike, dest: str | os.PathLike) -> Path:

@@ -411,24 +411,23 @@ def candidate_scores(
     owners: list[int],
     answers: list[list[int]],
     opts: DecodeOptions,
+    prior_cache: dict[tuple[int, ...], float] | None = None,
 ) -> list[float]:
     """How well each non-empty candidate answer ``answers[i]`` fits its question
     ``src[owners[i]]``: the length-normalised log p(y|x) - w * log p(y|<unk>) (``mmi_weight``),
     plus ``bidi_weight`` * log p(x|y) / (|x| + 1). The second term is how likely the reply is
     whatever was asked (the model given an uninformative one-token question); the third, how
-    well the reply leads back to the question (the model read backwards)."""
+    well the reply leads back to the question (the model read backwards). ``prior_cache``
+    keeps the second term of answers seen before (it does not depend on the question)."""
     rows = torch.tensor(owners, device=src.device)
     tgt_in, tgt_out = _answer_batch(answers, src.device)
-    cond = model.sequence_logprobs(src[rows], src_len[rows], tgt_in, tgt_out)
-    prior = torch.zeros_like(cond)
+    cond = model.sequence_logprobs(src, src_len, tgt_in, tgt_out, rows=rows).tolist()
+    prior = [0.0] * len(answers)
     if opts.mmi_weight > 0:
-        neutral = torch.full((len(answers), 1), UNK_ID, dtype=torch.long, device=src.device)
-        prior = model.sequence_logprobs(
-            neutral, torch.ones(len(answers), dtype=torch.long), tgt_in, tgt_out
-        )
+        prior = _priors(model, answers, prior_cache if prior_cache is not None else {})
     scores = [
         (c - opts.mmi_weight * p) / _length_penalty(len(a) + 1, opts.length_penalty)
-        for c, p, a in zip(cond.tolist(), prior.tolist(), answers, strict=True)
+        for c, p, a in zip(cond, prior, answers, strict=True)
     ]
     if opts.bidi_weight > 0:  # each question made into a target once, then one row per reply
         questions = sorted(set(owners))
@@ -442,6 +441,32 @@ def candidate_scores(
         per_token = (back / (src_len.to(back.device)[rows] + 1)).tolist()
         scores = [sc + opts.bidi_weight * lp for sc, lp in zip(scores, per_token, strict=True)]
     return scores
+
+
+PRIOR_CACHE_SIZE = 200_000  # answers whose log p(y|<unk>) is remembered (~100 bytes each)
+
+
+def _priors(
+    model: Seq2Seq, answers: list[list[int]], cache: dict[tuple[int, ...], float]
+) -> list[float]:
+    """log p(answer | <unk>) of each answer, from ``cache`` or computed in one batch."""
+    keys = [tuple(a) for a in answers]
+    todo = list(dict.fromkeys(k for k in keys if k not in cache))
+    if todo:
+        device = model.embedding.weight.device
+        tgt_in, tgt_out = _answer_batch([list(k) for k in todo], device)
+        neutral = torch.full((1, 1), UNK_ID, dtype=torch.long, device=device)
+        lp = model.sequence_logprobs(
+            neutral,
+            torch.ones(1, dtype=torch.long),
+            tgt_in,
+            tgt_out,
+            rows=torch.zeros(len(todo), dtype=torch.long, device=device),
+        )
+        if len(cache) + len(todo) > PRIOR_CACHE_SIZE:
+            cache.clear()
+        cache.update(zip(todo, lp.tolist(), strict=True))
+    return [cache[k] for k in keys]
 
 
 def mmi_rerank(

@@ -14,6 +14,12 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be used; the message is one line a user can act on."""
 
 
+class DeviceError(CheckpointError):
+    """The device asked for (``map_location``) does not exist or is not available here: the
+    setting that chose it is at fault, not the file. A ``CheckpointError`` still, so that code
+    that only knows that one keeps catching it."""
+
+
 def file_digest(path: str | os.PathLike) -> str:
     """SHA-256 of a file, read in 1 MB blocks."""
     h = hashlib.sha256()

@@ -173,11 +173,19 @@ class Seq2Seq(nn.Module):
         return F.cross_entropy(logits.float(), tgt_out[real])
 
     def sequence_logprobs(
-        self, src: Tensor, src_len: Tensor, tgt_in: Tensor, tgt_out: Tensor
+        self,
+        src: Tensor,
+        src_len: Tensor,
+        tgt_in: Tensor,
+        tgt_out: Tensor,
+        rows: Tensor | None = None,
     ) -> Tensor:
         """Teacher-forced log p(answer + EOS | question) per sequence: (B,). Same inputs as
-        ``forward``; used to rerank candidate replies."""
+        ``forward``; used to rerank candidate replies. ``rows`` (B,): answer i is scored for
+        question ``src[rows[i]]`` (each question is encoded once, however many answers)."""
         memory, keys, mask, hidden = self.encode(src, src_len)
+        if rows is not None:
+            memory, keys, mask, hidden = memory[rows], keys[rows], mask[rows], hidden[:, rows]
         dec_out, _ = self.decoder(self.drop(self.embedding(tgt_in)), hidden)
         states = self._attend(dec_out, memory, keys, mask)  # (B, T, H)
         real = tgt_out != PAD_ID

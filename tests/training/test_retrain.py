@@ -318,3 +318,10 @@ def test_quickstart_trains_and_serves_the_final_weights(tmp_path, monkeypatch):
     assert served["train"]["step"] == 30  # the last step, whatever validation preferred
     assert "optimizer" not in served
     assert (tmp_path / "data" / "quickstart" / "vocab.txt").is_file()
+    # ... and the reply index over the same corpus, beside the model, which the bot serves
+    from model.chatbot import ChatBot
+
+    bot = ChatBot.load(tmp_path / "runs" / "model.pt")
+    assert bot.index is not None and bot.index.size > 500  # the ~550 chatterbot pairs
+    hits = bot.index.search(bot.tokenizer.tokenize("你是什么语言编写的"), 3)
+    assert hits and hits[0].answer == "Python"
