@@ -26,6 +26,7 @@ def pytest_configure(config):
     """Tiny models run fastest on one thread, and CI machines are small: one torch thread here
     and in every subprocess the tests start."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("PTB_TIMEDELTA", "1")  # as the xianliao entry point sets it
     import torch
 
     torch.set_num_threads(1)

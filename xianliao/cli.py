@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     # step on a loaded 2-core machine. Sleeping waits cost little when the machine is idle.
     # Must be set before torch is imported; a value the user set wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # python-telegram-bot 22 warns that RetryAfter.retry_after becomes a timedelta in its next
+    # major version; opt in now (bot.handlers reads either form).
+    os.environ.setdefault("PTB_TIMEDELTA", "1")
     module_name, func_name, _ = COMMANDS[name]
     func = getattr(importlib.import_module(module_name), func_name)
     try:
