@@ -13,6 +13,7 @@ from typing import Any
 
 from telegram import (
     BotCommand,
+    CallbackQuery,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
     Message,
@@ -330,20 +331,40 @@ async def forget_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
         await query.edit_message_text(text)
 
 
+def _parse_button(query: CallbackQuery, choices: str) -> tuple[int, str] | None:
+    """(exchange id, choice) of a ``xx:ID:C`` button pressed on the message that carries it,
+    or None for anything else: garbage, an unknown choice, or data that no button of that
+    message holds (a forged callback naming another exchange)."""
+    parts = (query.data or "").split(":")
+    if len(parts) != 3 or parts[2] not in choices or not parts[1].isdigit():
+        return None
+    markup = getattr(query.message, "reply_markup", None)
+    buttons = [b for row in (markup.inline_keyboard if markup else ()) for b in row]
+    if not any(b.callback_data == query.data for b in buttons):
+        return None
+    return int(parts[1]), parts[2]
+
+
 async def feedback_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Store 👍/👎 on an exchange and mark the chosen button."""
+    """Store 👍/👎 on an exchange of this chat and mark the chosen button."""
     query = update.callback_query
-    try:
-        _, raw_id, choice = query.data.split(":")
-        exchange_id, value = int(raw_id), (1 if choice == "u" else -1)
-    except ValueError:
+    parsed = _parse_button(query, "ud")
+    if parsed is None or query.message is None:
         await query.answer()
         return
-    stored = await deps(context).service.feedback(exchange_id, query.from_user.id, value)
+    exchange_id, value = parsed[0], (1 if parsed[1] == "u" else -1)
+    stored = await deps(context).service.feedback(
+        exchange_id, query.from_user.id, value, chat_id=query.message.chat.id
+    )
     await query.answer("谢谢你的反馈！" if stored else "这条对话已被删除。")
     if stored:
         with contextlib.suppress(BadRequest):  # "message is not modified"
             await query.edit_message_reply_markup(feedback_keyboard(exchange_id, value))
+
+
+async def unknown_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Any other callback: answered (so no button keeps spinning), nothing changed."""
+    await update.callback_query.answer()
 
 
 # ----- admin commands -------------------------------------------------------------------------------
@@ -415,13 +436,11 @@ async def review_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
     query = update.callback_query
     if not await _admin_only(update, context, "review_set", query.data or ""):
         return
-    try:
-        _, raw_id, choice = query.data.split(":")
-        exchange_id = int(raw_id)
-    except ValueError:
+    parsed = _parse_button(query, "ar")
+    if parsed is None:
         await query.answer()
         return
-    status = "approved" if choice == "a" else "rejected"
+    exchange_id, status = parsed[0], ("approved" if parsed[1] == "a" else "rejected")
     changed = await deps(context).service.set_review(exchange_id, status, query.from_user.id)
     await query.answer(status if changed else "not found")
     if changed and query.message is not None and isinstance(query.message, Message):
@@ -497,6 +516,7 @@ def register(application: Application, bot_deps: BotDeps) -> None:
             CallbackQueryHandler(feedback_button, pattern=r"^fb:"),
             CallbackQueryHandler(forget_button, pattern=r"^fg:"),
             CallbackQueryHandler(review_button, pattern=r"^rv:"),
+            CallbackQueryHandler(unknown_button),
         ]
     )
     application.add_error_handler(error_handler)

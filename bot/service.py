@@ -568,11 +568,20 @@ class DialogueService:
 
         return await asyncio.get_running_loop().run_in_executor(self._db_pool, work)
 
-    async def feedback(self, exchange_id: int, user_id: int, value: int) -> bool:
-        """Store 👍 (+1) / 👎 (-1); False when the exchange no longer exists."""
-        return await self._db(
-            lambda s: FeedbackRepository(s).set(exchange_id, user_id, value) is not None
-        )
+    async def feedback(
+        self, exchange_id: int, user_id: int, value: int, *, chat_id: int | None = None
+    ) -> bool:
+        """Store 👍 (+1) / 👎 (-1); False when the exchange no longer exists or (``chat_id``)
+        belongs to another chat than the button's."""
+
+        def work(s: Session) -> bool:
+            if chat_id is not None:
+                exchange = ExchangeRepository(s).get(exchange_id)
+                if exchange is None or exchange.chat_id != chat_id:
+                    return False
+            return FeedbackRepository(s).set(exchange_id, user_id, value) is not None
+
+        return await self._db(work)
 
     async def forget(self, user_id: int) -> dict[str, int]:
         """Delete everything stored about ``user_id``."""

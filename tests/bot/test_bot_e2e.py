@@ -201,6 +201,24 @@ def test_feedback_buttons(fake_api, start_bot, db_path):
     assert [b["text"] for b in marked] == ["👍", "👎 ✓"]
 
 
+def test_forged_and_garbage_callbacks_change_nothing_and_are_answered(fake_api, start_bot, db_path):
+    start_bot()
+    fake_api.private_text(USER, "讲个笑话")
+    fake_api.private_text(2002, "你好")
+    [mine] = fake_api.wait_sent(USER, 1)
+    [theirs] = fake_api.wait_sent(2002, 1)
+    their_up = theirs["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
+    fake_api.callback(USER, mine, their_up)  # another chat's exchange, on my message
+    fake_api.callback(2002, theirs, "fb:999:u")  # no such button on that message
+    fake_api.callback(USER, mine, "fb:1:zzz")
+    fake_api.callback(USER, mine, "garbage")
+    fake_api.callback(ADMIN_ID, mine, "rv:1:zzz")  # even an admin: not a choice
+    fake_api.wait_for(lambda: len(fake_api.callback_answers) >= 5, what="every answer")
+    assert db_rows(db_path, "SELECT COUNT(*) FROM feedback") == [(0,)]
+    assert db_rows(db_path, "SELECT DISTINCT review_status FROM exchanges") == [("pending",)]
+    assert not fake_api.edits  # no keyboard rewritten
+
+
 def test_forget_deletes_everything_after_confirmation(fake_api, start_bot, db_path):
     start_bot()
     for text in ("记住我", "我叫小明"):
