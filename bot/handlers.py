@@ -25,10 +25,12 @@ from telegram.constants import ChatAction, ChatType
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 from telegram.ext import (
     Application,
+    ApplicationHandlerStop,
     CallbackQueryHandler,
     CommandHandler,
     ContextTypes,
     MessageHandler,
+    TypeHandler,
     filters,
 )
 
@@ -238,6 +240,19 @@ async def _rate_ok(message: Message, context: ContextTypes.DEFAULT_TYPE) -> bool
     return decision is RateDecision.ALLOW
 
 
+async def rate_gate(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Before every other handler (group -1): the per-user rate limit on each message meant
+    for the bot, commands included, counted as it arrives; over the limit, nothing else runs."""
+    message = update.message
+    if message is None:
+        return
+    is_command = bool(message.text and message.text.startswith("/"))
+    if _is_group(message) and not is_command and not _addressed_to_bot(message, context):
+        return  # group chatter the bot does not answer costs the user nothing
+    if not await _rate_ok(message, context):
+        raise ApplicationHandlerStop
+
+
 def _reply_kwargs(message: Message) -> dict[str, Any]:
     if _is_group(message):
         return {
@@ -272,8 +287,6 @@ async def text_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
         if not _addressed_to_bot(message, context):
             return
         text = _without_mention(text, context.bot.username)
-    if not await _rate_ok(message, context):
-        return
     bot_deps = deps(context)
     async with bot_deps.chat_lock(message.chat.id):
         reply = await _typing_while(
@@ -294,8 +307,7 @@ async def non_text_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -
         return
     if _is_group(message) and not _addressed_to_bot(message, context):
         return
-    if await _rate_ok(message, context):
-        await send_text(context, message.chat.id, NON_TEXT_TEXT, **_reply_kwargs(message))
+    await send_text(context, message.chat.id, NON_TEXT_TEXT, **_reply_kwargs(message))
 
 
 async def unknown_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -502,6 +514,7 @@ def register(application: Application, bot_deps: BotDeps) -> None:
     def command(name: str, callback: Callable[..., Awaitable[None]]) -> CommandHandler:
         return CommandHandler(name, callback, filters=new)
 
+    application.add_handler(TypeHandler(Update, rate_gate), group=-1)
     application.add_handlers(
         [
             command("start", start),

@@ -147,6 +147,20 @@ def test_rate_limit_per_user(fake_api, start_bot, db_path):
     assert msgs and count_exchanges(db_path, "user_id = ?", USER) == 3
 
 
+def test_commands_count_against_the_rate_limit_too(fake_api, start_bot):
+    start_bot(rate_limit_messages=3, rate_limit_window_s=3600)
+    for _ in range(20):
+        fake_api.private_text(USER, "/help")
+    fake_api.private_text(USER, "你好")
+    fake_api.private_text(2002, "/help")
+    fake_api.wait_sent(2002, 1)
+    fake_api.sticker(USER)
+    fake_api.sticker(2002)
+    fake_api.wait_sent(2002, 2)  # everything before it has been handled
+    texts = [m["text"] for m in fake_api.sent_to(USER)]
+    assert len(texts) == 4 and texts.count(RATE_LIMITED_TEXT) == 1
+
+
 def test_admin_commands_and_refusals(fake_api, start_bot, db_path):
     start_bot()
     for text in ("你好", "早上好", "晚安"):
