@@ -6,6 +6,7 @@ The names are part of the user interface (see ``.env.example``); keep them.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,6 +15,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///data/xianliao.db"
 DEFAULT_MODEL_PATH = Path("runs/best.pt")
+# The torch devices a model can be served on, checked here (without importing torch) so that a
+# typo is reported as a setting, not later as a checkpoint that "cannot be loaded".
+_DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(:\d+)?")
 
 
 class Settings(BaseSettings):
@@ -108,6 +112,15 @@ class Settings(BaseSettings):
             if not isinstance(parsed, dict):
                 raise ValueError('DECODE_OPTIONS must be a JSON object, e.g. {"beam_size": 4}')
             return parsed
+        return value
+
+    @field_validator("model_device", mode="before")
+    @classmethod
+    def _check_device(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if not _DEVICE.fullmatch(value):
+                raise ValueError(f"{value!r} is not a torch device: use cpu, cuda, cuda:N or mps")
         return value
 
     @field_validator(

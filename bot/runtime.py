@@ -9,13 +9,15 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import TextIO
 
+from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from bot.config import Settings
 from bot.service import DialogueService, ReplyModel
-from storage.db import init_schema, make_engine, session_factory
+from storage.db import NoDatabase, init_schema, make_engine, open_existing, session_factory
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ def _load(settings: Settings, path: Path, workers: int) -> ReplyModel:
 def load_model(settings: Settings, path: Path | None = None, workers: int = 0) -> ReplyModel:
     """Load the checkpoint (``MODEL_PATH`` unless ``path``): in this process, or in
     ``workers`` worker processes (:class:`bot.model_workers.ModelWorkerPool`)."""
-    from model.errors import CheckpointError
+    from model.errors import CheckpointError, DeviceError
 
     path = Path(path or settings.model_path)
     if not path.exists():
@@ -65,6 +67,8 @@ def load_model(settings: Settings, path: Path | None = None, workers: int = 0) -
         return _load(settings, path, workers)
     except OSError as exc:  # REPLY_BLOCKLIST
         raise StartupError(f"setting REPLY_BLOCKLIST: {exc.strerror}: {exc.filename}") from None
+    except DeviceError as exc:
+        raise StartupError(f"setting MODEL_DEVICE: {exc} (set MODEL_DEVICE=cpu)") from None
     except CheckpointError as exc:
         raise StartupError(
             f"cannot use the checkpoint {path}: {exc} (train a new one with 'xianliao train' "
@@ -89,11 +93,11 @@ def redacted_url(url: str) -> str:
         return "<unparseable URL>"
 
 
-def open_sessions(database_url: str):  # noqa: ANN201 - sessionmaker
-    """Engine + schema (created or upgraded) + session factory for ``DATABASE_URL``."""
+def open_database(database_url: str, *, create: bool = True) -> Engine:
+    """Engine + schema (created or upgraded) for ``DATABASE_URL``. ``create=False``: the database
+    must exist already (commands that only look, or undo), and none is created."""
     try:
-        engine = make_engine(database_url)
-        init_schema(engine)
+        return _make_engine_with_schema(database_url) if create else open_existing(database_url)
     except ArgumentError:
         raise StartupError(
             f"DATABASE_URL is not a valid SQLAlchemy URL: {redacted_url(database_url)} "
@@ -104,12 +108,37 @@ def open_sessions(database_url: str):  # noqa: ANN201 - sessionmaker
             f"the database driver for {redacted_url(database_url)} is not installed ({exc.name}):"
             " pip install it, e.g. 'pip install psycopg[binary]' for PostgreSQL"
         ) from None
-    except (SQLAlchemyError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except NoDatabase as exc:
         raise StartupError(
-            f"cannot open the database {redacted_url(database_url)}: {first}"
+            f"{exc}: nothing recorded there yet, or DATABASE_URL points elsewhere"
         ) from None
-    return session_factory(engine)
+    except (SQLAlchemyError, OSError, RuntimeError) as exc:  # RuntimeError: a newer schema
+        raise StartupError(
+            f"cannot open the database {redacted_url(database_url)}: {database_error_line(exc)}"
+        ) from None
+
+
+def _make_engine_with_schema(database_url: str) -> Engine:
+    """``make_engine`` + ``init_schema``, the engine disposed of if the schema step fails."""
+    engine = make_engine(database_url)
+    try:
+        init_schema(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def database_error_line(exc: Exception) -> str:
+    """The first line of a database error (SQLAlchemy's own, without its background link)."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def open_sessions(database_url: str):  # noqa: ANN201 - sessionmaker
+    """Engine + schema (created or upgraded) + session factory for ``DATABASE_URL``."""
+    return session_factory(open_database(database_url))
 
 
 def create_service(
@@ -136,6 +165,25 @@ def create_service(
         service.close()
         raise StartupError(f"DECODE_OPTIONS does not suit this model: {exc}") from None
     return service
+
+
+def valid_text(text: str) -> str:
+    """``text`` with what is not valid Unicode (the surrogate escapes Python puts in argv, and
+    in a stream read with ``surrogateescape``, for bytes that are not UTF-8) replaced by U+FFFD:
+    such text fails later, in the segmenter or in the database driver."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that stands for no byte
+        raw = text.encode("utf-8", "replace")
+    return raw.decode("utf-8", "replace")
+
+
+def tolerate_bad_bytes(stream: TextIO) -> None:
+    """Read bytes that are not UTF-8 as U+FFFD instead of failing the whole read (a pasted
+    binary, a terminal in another encoding): one bad line must not end a chat."""
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="replace")
 
 
 class RedactFilter(logging.Filter):

@@ -7,6 +7,9 @@ busy timeout instead of failing with "database is locked" when a read turns into
 A session bound to :func:`read_only_engine` starts plain deferred transactions, for long reads
 (streaming training data) that must not hold the write lock.
 
+``open_existing(url)`` is for commands that only look (review, rollback): it writes nothing
+where there is no database yet, not even an empty file.
+
 ``init_schema(engine)`` is safe to call on every start: a fresh database gets the current
 schema and is stamped with the latest version; an older one runs the missing migration steps in
 order, each in its own transaction.
@@ -50,15 +53,27 @@ def _normalise_url(url: str | URL) -> URL:
     return u
 
 
+class NoDatabase(Exception):
+    """There is no xianliao database at a URL that must already hold one; nothing was created."""
+
+
+def _sqlite_file(u: URL) -> Path | None:
+    """The file of a SQLite URL; None for other databases and in-memory or URI ones."""
+    database = u.database or ""
+    if u.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return None
+    return None if database.startswith("file:") else Path(database).expanduser()
+
+
 def make_engine(url: str | URL, *, echo: bool = False) -> Engine:
     """Create an engine for ``url``; for SQLite files, create the directory and set pragmas."""
     u = _normalise_url(url)
     is_sqlite = u.get_backend_name() == "sqlite"
     kwargs: dict = {"echo": echo}
     if is_sqlite:
-        database = u.database or ""
-        if database and database != ":memory:" and not database.startswith("file:"):
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        path = _sqlite_file(u)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         # Connections are used from worker threads.
         kwargs["connect_args"] = {"check_same_thread": False}
     else:
@@ -87,6 +102,26 @@ def _install_sqlite_listeners(engine: Engine) -> None:
     def _on_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get(_SQLITE_BEGIN, "IMMEDIATE")
         conn.exec_driver_sql("BEGIN" if mode == "DEFERRED" else "BEGIN IMMEDIATE")
+
+
+def open_existing(url: str | URL) -> Engine:
+    """The engine of an existing xianliao database (its schema upgraded if older); raises
+    ``NoDatabase`` for a SQLite file that is missing or empty (SQLite would create the file, then
+    ``init_schema`` the tables) and for a database without our tables."""
+    u = _normalise_url(url)
+    path = _sqlite_file(u)
+    if path is not None and (not path.is_file() or path.stat().st_size == 0):
+        raise NoDatabase(f"no database at {path}")
+    engine = make_engine(u)
+    try:
+        if schema_version(engine) == 0:
+            where = path or u.render_as_string(hide_password=True)
+            raise NoDatabase(f"no xianliao database at {where} (it has none of its tables)")
+        init_schema(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
 
 
 def read_only_engine(engine: Engine) -> Engine:
