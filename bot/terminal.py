@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import TextIO
 
 from bot.config import read_settings
-from bot.runtime import StartupError, create_service, setup_logging
+from bot.runtime import (
+    StartupError,
+    create_service,
+    setup_logging,
+    tolerate_bad_bytes,
+    valid_text,
+)
 from bot.service import DialogueService, Incoming
 
 TERMINAL_USER_ID = 0  # the local user; Telegram ids are positive, so it never clashes
@@ -70,7 +76,7 @@ def chat_loop(service: DialogueService, stdin: TextIO, stdout: TextIO, interacti
             if interactive:
                 print(file=stdout)
             return answered
-        text = line.rstrip("\r\n")
+        text = valid_text(line.rstrip("\r\n"))
         if interactive and text.strip() in QUIT_WORDS:
             return answered
         if interactive and not text.strip():
@@ -93,6 +99,7 @@ def main(argv: list[str]) -> int:
     except StartupError as exc:
         print(f"xianliao chat: {exc}", file=sys.stderr)
         return 2
+    tolerate_bad_bytes(sys.stdin)
     interactive = sys.stdin.isatty()
     if interactive:
         with contextlib.suppress(ImportError):
