@@ -35,7 +35,8 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from bot.config import Settings
-from storage.db import init_schema, make_engine, read_only_engine, session_factory
+from bot.runtime import tolerate_bad_bytes, valid_text
+from storage.db import NoDatabase, open_existing, read_only_engine, session_factory
 from storage.models import (
     REVIEW_APPROVED,
     REVIEW_PENDING,
@@ -50,6 +51,8 @@ from storage.repositories import AuditRepository, ExchangeFilter, ExchangeReposi
 PROG = "xianliao review"
 CLI_REVIEWER = 0  # the reviewer id recorded for changes made from the command line
 MAX_AUDIT_IDS = 1000  # ids listed in one audit row of a bulk change (the count is always there)
+MAX_ID = 2**63 - 1  # the largest id a database stores; a bigger one names no exchange
+SOURCES = ("telegram", "terminal")  # where an exchange was logged (Exchange.source)
 
 # Characters that end a line for some reader (str.splitlines) or a TSV field: replaced by a space
 # in TSV export so that every exchange stays exactly one ``question<TAB>answer`` line.
@@ -151,7 +154,7 @@ def _add_filters(p: argparse.ArgumentParser, *, status_help: str) -> None:
         choices=(*REVIEW_STATUSES, "all"),
         help=status_help + " (repeat for several)",
     )
-    g.add_argument("--source", metavar="NAME", help="telegram or terminal")
+    g.add_argument("--source", choices=SOURCES, help="where it was logged")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -350,8 +353,9 @@ def _iter_records(session: Session, flt: ExchangeFilter, batch_size: int = 500) 
 
 def _missing_ids(session: Session, ids: list[int]) -> list[int]:
     found: set[int] = set()
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
+    storable = [i for i in ids if i <= MAX_ID]  # a bigger one overflows the driver's integer
+    for start in range(0, len(storable), 500):
+        chunk = storable[start : start + 500]
         found.update(session.scalars(select(Exchange.id).where(Exchange.id.in_(chunk))))
     return [i for i in ids if i not in found]
 
@@ -363,6 +367,16 @@ def _unknown(missing: list[int]) -> ReviewError:
 
 
 # ----- the table ------------------------------------------------------------------------------
+
+
+def _visible(text: str, keep: str = "") -> str:
+    """``text`` with control characters (ESC, BEL, NUL, DEL, ...) but those in ``keep`` shown as
+    escapes (``\\x1b``): logged text is a stranger's, and written raw it would drive the
+    reviewer's terminal (move the cursor, change colours, hide what follows)."""
+    return "".join(
+        f"\\x{ord(ch):02x}" if unicodedata.category(ch) == "Cc" and ch not in keep else ch
+        for ch in text
+    )
 
 
 def _char_width(ch: str) -> int:
@@ -377,7 +391,7 @@ def _width(text: str) -> int:
 
 def _fit(text: str, width: int) -> str:
     """``text`` on one line, shortened with … and padded to ``width`` terminal columns."""
-    text = " ".join(text.split())
+    text = _visible(" ".join(text.split()))
     if _width(text) > width:
         out, used = [], 0
         for ch in text:
@@ -468,7 +482,9 @@ def _cmd_show(args: argparse.Namespace, engine: Engine) -> int:
         stmt = _rows_stmt(ExchangeFilter()).where(Exchange.id.in_(ids))
         records = {r["id"]: r for r in map(_record, session.execute(stmt))}
     for n, i in enumerate(ids):
-        r = records[i]
+        r = {
+            k: _visible(v, keep="\n\t") if isinstance(v, str) else v for k, v in records[i].items()
+        }
         if n:
             print()
         user = f"{r['user_id']}" + (f" (@{r['username']})" if r["username"] else "")
@@ -541,14 +557,18 @@ def _cmd_edit(args: argparse.Namespace, engine: Engine) -> int:
     else:
         if args.answer is None:
             raise ReviewError("edit: give the better answer (or - to read it from stdin)", code=2)
-        answer = sys.stdin.read() if args.answer == "-" else args.answer
+        if args.answer == "-":
+            tolerate_bad_bytes(sys.stdin)
+            answer = valid_text(sys.stdin.read())
+        else:
+            answer = args.answer
         answer = answer.strip()
         if not answer:
             raise ReviewError("the answer is empty (use --clear to remove an edit)", code=2)
     approve = answer is not None and not args.keep_status
     with session_factory(engine).begin() as session:
         repo = ExchangeRepository(session)
-        exchange = repo.get(args.id)
+        exchange = repo.get(args.id) if args.id <= MAX_ID else None
         if exchange is None:
             raise _unknown([args.id])
         previous = exchange.edited_reply
@@ -668,33 +688,20 @@ def _database_url(args: argparse.Namespace) -> str:
 
 
 def _open_engine(url: str) -> Engine:
-    """The engine for ``url``; a missing SQLite file is an error (nothing to review there)."""
+    """The engine for ``url``. Reviewing never creates a database: a missing or empty SQLite
+    file, or a database without our tables, is an error (nothing to review there)."""
     try:
-        u = make_url(url)
+        return open_existing(url)
     except ArgumentError:
         raise ReviewError(f"{url!r} is not a database URL", code=2) from None
-    if u.get_backend_name() == "sqlite":
-        database = u.database or ""
-        if database and database != ":memory:" and not database.startswith("file:"):
-            path = Path(database).expanduser()
-            if not path.is_file():
-                raise ReviewError(
-                    f"no database at {path}: nothing logged yet, or DATABASE_URL "
-                    "(--database-url) points elsewhere"
-                )
-    try:
-        engine = make_engine(u)
+    except NoDatabase as exc:
+        raise ReviewError(
+            f"{exc}: nothing logged yet, or DATABASE_URL (--database-url) points elsewhere"
+        ) from None
     except ImportError as exc:
-        raise ReviewError(f"no driver for {u.get_backend_name()}: {exc}") from None
-    try:
-        init_schema(engine)
+        raise ReviewError(f"no driver for {make_url(url).get_backend_name()}: {exc}") from None
     except RuntimeError as exc:  # a schema newer than this code
-        engine.dispose()
         raise ReviewError(str(exc)) from None
-    except BaseException:
-        engine.dispose()
-        raise
-    return engine
 
 
 def _db_message(exc: SQLAlchemyError) -> str:
@@ -719,6 +726,9 @@ def main(argv: list[str]) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    for name, value in vars(args).items():  # argv holds bytes that are not UTF-8 as surrogates
+        if isinstance(value, str):
+            setattr(args, name, valid_text(value))
     engine: Engine | None = None
     try:
         engine = _open_engine(_database_url(args))
