@@ -8,6 +8,32 @@ import logging
 import signal
 import sys
 from dataclasses import asdict
+from typing import NoReturn
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), not the usage + the error:
+    the line that says what is wrong is the last thing a user sees, and scripts log one line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def whole_number(minimum: int, maximum: int | None = None):  # noqa: ANN201 - an argparse type
+    """An argparse type: an integer from ``minimum`` to ``maximum``. Values out of range would
+    do nothing (0 steps), or break a later step (a vocabulary of 0 words, 2000 per mille)."""
+    where = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            n = None
+        if n is None or n < minimum or (maximum is not None and n > maximum):
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number {where}")
+        return n
+
+    return parse
 
 
 def _threads(n: int | None) -> None:
@@ -34,13 +60,14 @@ def _vocab_from(path: str):
 
 
 def prepare_main(argv: list[str]) -> int:
+    from model.vocab import SPECIALS
     from training.corpus import CorpusError
     from training.prepare import PrepareConfig, prepare
 
     # torch is imported only for --vocab-from: prepare itself never needs it, and every worker
     # process would carry its memory.
 
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="xianliao prepare",
         description="Segment corpora into a vocabulary and token-id arrays for training. "
         "CORPUS is a question<TAB>answer file, a folder with 'question' and 'answer' files "
@@ -49,11 +76,20 @@ def prepare_main(argv: list[str]) -> int:
     p.add_argument("corpus", nargs="+", metavar="CORPUS")
     p.add_argument("--out", required=True, metavar="DATA_DIR")
     d = PrepareConfig()
-    p.add_argument("--min-freq", type=int, default=d.min_freq, help="rarer words become <unk>")
-    p.add_argument("--max-vocab", type=int, default=d.max_vocab, help="vocabulary size cap")
-    p.add_argument("--max-len", type=int, default=d.max_len, help="max tokens per side")
-    p.add_argument("--workers", type=int, default=d.workers, help="0 = one per CPU core")
-    p.add_argument("--valid-permille", type=int, default=d.valid_permille)
+    p.add_argument(
+        "--min-freq", type=whole_number(1), default=d.min_freq, help="rarer words become <unk>"
+    )
+    p.add_argument(
+        "--max-vocab",
+        type=whole_number(len(SPECIALS) + 1),  # room for one word beside the special tokens
+        default=d.max_vocab,
+        help="vocabulary size cap",
+    )
+    p.add_argument("--max-len", type=whole_number(1), default=d.max_len, help="max tokens per side")
+    p.add_argument(
+        "--workers", type=whole_number(0), default=d.workers, help="0 = one per CPU core"
+    )
+    p.add_argument("--valid-permille", type=whole_number(0, 1000), default=d.valid_permille)
     p.add_argument(
         "--counter-cap",
         type=int,
@@ -112,6 +148,9 @@ def prepare_main(argv: list[str]) -> int:
         print(f"xianliao prepare: {exc}", file=sys.stderr)
         return 1
     bad = sum(stats.bad.values())
+    if sum(stats.pairs_written.values()) == 0:
+        print(f"xianliao prepare: {_nothing_written(stats)}", file=sys.stderr)
+        return 1
     print(
         f"read {stats.pairs_read} pairs: {stats.pairs_written['train']} train, "
         f"{stats.pairs_written['valid']} valid, {bad} skipped"
@@ -124,11 +163,20 @@ def prepare_main(argv: list[str]) -> int:
     return 0
 
 
+def _nothing_written(stats) -> str:  # noqa: ANN001 - PrepareStats
+    """Why a prepare run wrote no pair, in one line."""
+    if stats.pairs_read == 0:
+        return "no pairs written: the corpus holds no question<TAB>answer lines"
+    reasons = sorted(stats.bad.items(), key=lambda item: -item[1])
+    why = "; ".join(f"{n}: {reason}" for reason, n in reasons[:3])
+    return f"no pairs written: all {stats.pairs_read} pairs read were skipped ({why})"
+
+
 def index_main(argv: list[str]) -> int:
     from training.corpus import CorpusError
     from training.index import build
 
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="xianliao index",
         description="Build the reply index: the answers of CORPUS (same formats as 'prepare') "
         "searchable by their questions. The bot serves it with the model when it lies beside "
@@ -180,16 +228,16 @@ def train_main(argv: list[str]) -> int:
     from training.train import TrainConfig, result_json, train
 
     d = TrainConfig()
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="xianliao train",
         description="Train a seq2seq model on prepared data. Several DATA_DIRs (prepared with "
         "the same vocabulary) are mixed by weight: DATA_DIR:WEIGHT.",
     )
     p.add_argument("data", nargs="+", metavar="DATA_DIR")
     p.add_argument("--out", required=True, metavar="RUN_DIR")
-    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--steps", type=whole_number(1), default=d.steps)
     p.add_argument("--minutes", type=float, default=None, help="stop after this many minutes")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--batch-size", type=whole_number(1), default=d.batch_size)
     p.add_argument("--hidden-size", type=int, default=None, help="GRU size (default 384)")
     p.add_argument("--emb-size", type=int, default=None, help="embedding size (default 256)")
     p.add_argument("--layers", type=int, default=None, help="encoder and decoder layers")
@@ -215,7 +263,7 @@ def train_main(argv: list[str]) -> int:
         help="plateau (default): halve the rate after 2 validations without progress; seed: "
         "the seed's x0.9 rule; linear: fall to 0 by the end of --steps or --minutes",
     )
-    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--eval-every", type=whole_number(1), default=d.eval_every)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
@@ -284,14 +332,16 @@ def eval_main(argv: list[str]) -> int:
     from training.corpus import CorpusError
     from training.evaluate import evaluate, report_dict
 
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="xianliao eval",
         description="Perplexity, distinct-1/2, generic-reply share and unknown-word rate of a "
         "checkpoint on question<TAB>answer pairs.",
     )
     p.add_argument("checkpoint")
     p.add_argument("tsv")
-    p.add_argument("--limit", type=int, default=1000, help="pairs to use (default 1000)")
+    p.add_argument(
+        "--limit", type=whole_number(1), default=1000, help="pairs to use (default 1000)"
+    )
     p.add_argument(
         "--strategy",
         choices=["greedy", "beam", "sample", "sample_rank"],
@@ -309,7 +359,7 @@ def eval_main(argv: list[str]) -> int:
         default="{}",
         help="more decoding options, as the bot's DECODE_OPTIONS, e.g. '{\"guidance\": 2}'",
     )
-    p.add_argument("--samples", type=int, default=10, help="example replies to print")
+    p.add_argument("--samples", type=whole_number(0), default=10, help="example replies to print")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true", help="one JSON object on the last line")
     a = p.parse_args(argv)
