@@ -42,6 +42,17 @@ def _archive(path: Path, history: Path) -> Path:
     return dest
 
 
+def _open(database_url: str, *, create: bool):  # noqa: ANN202 - an Engine
+    """The database, or ``PromotionError`` with one line (a bad URL, a file that is not a
+    database, none there when ``create`` is False)."""
+    from bot.runtime import StartupError, open_database
+
+    try:
+        return open_database(database_url, create=create)
+    except StartupError as exc:
+        raise PromotionError(str(exc)) from None
+
+
 def promote(
     candidate: str | os.PathLike,
     model_path: str | os.PathLike,
@@ -54,9 +65,12 @@ def promote(
 ) -> dict:
     """Put ``candidate`` live at ``model_path`` (atomically), archive the replaced checkpoint and
     record the promotion. A candidate that does not load is never promoted."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bot.runtime import database_error_line
     from model.chatbot import ChatBot
     from model.checkpoint import CheckpointError
-    from storage.db import init_schema, make_engine, session_factory
+    from storage.db import session_factory
     from storage.repositories import PromotionRepository
 
     candidate, model_path = Path(candidate), Path(model_path)
@@ -64,13 +78,13 @@ def promote(
         ChatBot.load(candidate)
     except CheckpointError as exc:
         raise PromotionError(f"not promoted: {exc}") from None
-    history = model_path.parent / "history"
-    archived_new = _archive(candidate, history)
-    previous = _archive(model_path, history) if model_path.exists() else None
-    _atomic_copy(archived_new, model_path)
-    engine = make_engine(database_url)
+    # Open the database before anything goes live, so that a bad DATABASE_URL changes nothing.
+    engine = _open(database_url, create=True)
     try:
-        init_schema(engine)
+        history = model_path.parent / "history"
+        archived_new = _archive(candidate, history)
+        previous = _archive(model_path, history) if model_path.exists() else None
+        _atomic_copy(archived_new, model_path)
         with session_factory(engine)() as session:
             row = PromotionRepository(session).add(
                 checkpoint=str(archived_new),
@@ -82,6 +96,11 @@ def promote(
             )
             session.commit()
             promotion_id = row.id
+    except SQLAlchemyError as exc:  # e.g. locked past the busy timeout
+        raise PromotionError(
+            f"{candidate} is live at {model_path}, but the promotion was not recorded: "
+            f"{database_error_line(exc)}"
+        ) from None
     finally:
         engine.dispose()
     return {
@@ -93,14 +112,18 @@ def promote(
 
 def rollback(model_path: str | os.PathLike, database_url: str, *, promoted_by: int | None) -> dict:
     """Put back the checkpoint that the latest promotion replaced (recorded as a promotion)."""
-    from storage.db import init_schema, make_engine, session_factory
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bot.runtime import database_error_line
+    from storage.db import session_factory
     from storage.repositories import PromotionRepository
 
-    engine = make_engine(database_url)
+    engine = _open(database_url, create=False)  # no database: no promotion to undo
     try:
-        init_schema(engine)
         with session_factory(engine)() as session:
             latest = PromotionRepository(session).latest()
+    except SQLAlchemyError as exc:
+        raise PromotionError(f"cannot read the promotions: {database_error_line(exc)}") from None
     finally:
         engine.dispose()
     if latest is None or not latest.previous_checkpoint:

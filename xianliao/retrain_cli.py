@@ -14,6 +14,10 @@ import sys
 from dataclasses import fields
 
 
+class RunInProgress(Exception):
+    """Another training run is alive; the message says how to cancel it."""
+
+
 def _settings(env_file: str, prog: str):
     """The bot's settings, or None after printing what is wrong with them."""
     from bot.config import read_settings
@@ -28,12 +32,41 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--by", type=int, default=0, help="user id recorded as the actor (0 = CLI)")
 
 
+def _read_blocklist(path: str) -> list[str]:
+    """The words of a blocklist file, one per line; ``ValueError`` with one line if unreadable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [w.strip() for w in f if w.strip()]
+    except OSError as exc:
+        raise ValueError(f"--blocklist {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"--blocklist {path}: not UTF-8 text") from None
+
+
+def _busy_message(session, run_id: int) -> str:  # noqa: ANN001 - a Session
+    """Why a run cannot start while ``run_id`` runs, and how to stop that one from here too."""
+    from storage.repositories import TrainingRunRepository
+
+    run = TrainingRunRepository(session).get(run_id)
+    try:
+        pid = json.loads(run.params or "{}").get("pid") if run is not None else None
+    except (ValueError, AttributeError):
+        pid = None
+    # SIGTERM is what /retrain cancel sends: the run saves, records "cancelled" and exits.
+    how = f"kill {pid}" if isinstance(pid, int) else "kill the 'xianliao retrain' process"
+    return (
+        f"run {run_id} is still in progress: one run at a time (cancel it with /retrain cancel "
+        f"in Telegram, or here with: {how})"
+    )
+
+
 def retrain_main(argv: list[str]) -> int:
     from bot.promotion import PromotionError, promote
+    from training.cli import OneLineParser, whole_number
     from training.retrain import RetrainConfig, RetrainError, retrain
 
     d = {f.name: f.default for f in fields(RetrainConfig) if not callable(f.default)}
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="xianliao retrain",
         description="Retrain on the base corpus plus logged exchanges (approved ones by "
         "default), compare with the live model, and promote the result if it is not worse.",
@@ -61,9 +94,9 @@ def retrain_main(argv: list[str]) -> int:
     p.add_argument("--min-chars", type=int, default=d["min_chars"])
     p.add_argument("--max-chars", type=int, default=d["max_chars"])
     p.add_argument("--blocklist", metavar="FILE", help="one word per line; pairs with any dropped")
-    p.add_argument("--steps", type=int, default=d["steps"])
+    p.add_argument("--steps", type=whole_number(1), default=d["steps"])
     p.add_argument("--minutes", type=float, default=None)
-    p.add_argument("--batch-size", type=int, default=d["batch_size"])
+    p.add_argument("--batch-size", type=whole_number(1), default=d["batch_size"])
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", help="run folder (default: runs/retrain-<run id>)")
@@ -84,36 +117,30 @@ def retrain_main(argv: list[str]) -> int:
         import torch
 
         torch.set_num_threads(a.threads)
-    from bot.retrain import live_run_or_fail_stale
-    from storage.db import init_schema, make_engine, session_factory
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bot.runtime import StartupError, database_error_line, open_database
+    from storage.db import session_factory
     from storage.repositories import TrainingRunRepository
 
     db_url = a.database_url or s.database_url
     model_path = a.model or str(s.model_path)
     base = a.base or str(getattr(s, "base_data_dir", "data/quickstart"))
-    engine = make_engine(db_url)
-    init_schema(engine)
-    sessions = session_factory(engine)
+    try:
+        sessions = session_factory(open_database(db_url))
+    except StartupError as exc:
+        print(f"xianliao retrain: {exc}", file=sys.stderr)
+        return 1
     params = {k: v for k, v in vars(a).items() if k not in ("env_file",)}
     params["pid"] = os.getpid()
-    with sessions() as session:
-        runs = TrainingRunRepository(session)
-        other = live_run_or_fail_stale(session, skip=a.run_id)
-        if other is not None:
-            print(
-                f"xianliao retrain: run {other} is still in progress: one run at a time "
-                "(cancel it with /retrain cancel)",
-                file=sys.stderr,
-            )
-            return 1
-        run = runs.get(a.run_id) if a.run_id else None
-        if run is None:
-            run = runs.create(started_by=a.by, params=params, status="running")
-        else:
-            run.status = "running"
-            run.params = json.dumps({**json.loads(run.params or "{}"), "pid": os.getpid()})
-        session.commit()
-        run_id = run.id
+    try:
+        run_id = _start_run(sessions, a, params)
+    except SQLAlchemyError as exc:
+        print(f"xianliao retrain: database error: {database_error_line(exc)}", file=sys.stderr)
+        return 1
+    except RunInProgress as exc:
+        print(f"xianliao retrain: {exc}", file=sys.stderr)
+        return 1
 
     def finish(status: str, **kw) -> None:
         with sessions() as session:
@@ -134,10 +161,12 @@ def retrain_main(argv: list[str]) -> int:
             with open(progress_file, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"run_id": run_id, **info}) + "\n")
 
-    blocklist = []
-    if a.blocklist:
-        with open(a.blocklist, encoding="utf-8") as f:
-            blocklist = [w.strip() for w in f if w.strip()]
+    try:
+        blocklist = _read_blocklist(a.blocklist) if a.blocklist else []
+    except ValueError as exc:
+        finish("failed", log=str(exc))
+        print(f"xianliao retrain: {exc}", file=sys.stderr)
+        return 1
     cfg = RetrainConfig(
         database_url=db_url,
         model_path=model_path,
@@ -223,10 +252,32 @@ def retrain_main(argv: list[str]) -> int:
     return 0
 
 
+def _start_run(sessions, a: argparse.Namespace, params: dict) -> int:  # noqa: ANN001
+    """Mark this process's training run as running (creating it unless the bot made it with
+    ``--run-id``); ``RunInProgress`` while another run is alive."""
+    from bot.retrain import live_run_or_fail_stale
+    from storage.repositories import TrainingRunRepository
+
+    with sessions() as session:
+        runs = TrainingRunRepository(session)
+        other = live_run_or_fail_stale(session, skip=a.run_id)
+        if other is not None:
+            raise RunInProgress(_busy_message(session, other))
+        run = runs.get(a.run_id) if a.run_id else None
+        if run is None:
+            run = runs.create(started_by=a.by, params=params, status="running")
+        else:
+            run.status = "running"
+            run.params = json.dumps({**json.loads(run.params or "{}"), "pid": os.getpid()})
+        session.commit()
+        return run.id
+
+
 def promote_main(argv: list[str]) -> int:
     from bot.promotion import PromotionError, promote
+    from training.cli import OneLineParser
 
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="xianliao promote",
         description="Put a checkpoint live at MODEL_PATH (an admin's "
         "forced promotion; the running bot picks it up).",
@@ -254,8 +305,9 @@ def promote_main(argv: list[str]) -> int:
 
 def rollback_main(argv: list[str]) -> int:
     from bot.promotion import PromotionError, rollback
+    from training.cli import OneLineParser
 
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="xianliao rollback",
         description="Put back the model that the latest promotion replaced.",
     )
