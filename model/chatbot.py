@@ -90,6 +90,7 @@ class ChatBot:
         self.options = decode_options or DecodeOptions()
         self._lock = threading.Lock()
         self._priors: dict[tuple[int, ...], float] = {}  # log p(reply | <unk>), see decode
+        self.both_directions = True  # trained answer -> question too (bidi_weight); see load
 
     @classmethod
     def load(
@@ -117,11 +118,11 @@ class ChatBot:
             raise CheckpointError(f"{path}: {exc}") from None
         model = build_model(ckpt, path).to(device)
         model.prepare_for_inference(quantize=quantize)
-        step = ckpt["train"].get("step", 0) if isinstance(ckpt["train"], dict) else 0
-        version = f"s{step}-{file_digest(path)[:8]}"
+        train = ckpt["train"] if isinstance(ckpt["train"], dict) else {}
+        version = f"s{train.get('step', 0)}-{file_digest(path)[:8]}"
         if isinstance(decode_options, dict):
             decode_options = DecodeOptions.from_dict(decode_options)
-        return cls(
+        bot = cls(
             model,
             vocab,
             tokenizer,
@@ -131,6 +132,8 @@ class ChatBot:
             index=open_index(index_path, path),
             reply_filter=ReplyFilter.default(blocklist),
         )
+        bot.both_directions = bool((train.get("config") or {}).get("both_directions", False))
+        return bot
 
     @property
     def decode_options(self) -> dict:
@@ -149,6 +152,8 @@ class ChatBot:
         """Replies to ``texts``. ``extra``: more answers to consider per text (an admin's
         approved answers to similar questions), beside the reply index's."""
         opts = DecodeOptions.from_dict({**self.options.to_dict(), **options})
+        if opts.bidi_weight > 0 and not self.both_directions:
+            raise ValueError("bidi_weight needs a model trained with --both-directions")
         tokens = [self.tokenizer.tokenize(t) for t in texts]
         ids = [self.vocab.encode(t)[-MAX_INPUT_TOKENS:] for t in tokens]
         todo = [i for i, x in enumerate(ids) if x]

@@ -70,6 +70,12 @@ def test_nothing_sendable_gives_the_fallback(bot):
     assert bot.reply("", **GREEDY) == FALLBACK_REPLY
 
 
+def test_bidi_weight_on_a_one_way_model_is_an_error(bot):
+    assert not bot.both_directions  # the tiny model is trained one way
+    with pytest.raises(ValueError, match="--both-directions"):
+        bot.reply("你好", bidi_weight=1.0)
+
+
 @pytest.mark.parametrize(
     ("options", "says"),
     [
