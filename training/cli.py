@@ -173,6 +173,9 @@ def _nothing_written(stats) -> str:  # noqa: ANN001 - PrepareStats
 
 
 def index_main(argv: list[str]) -> int:
+    import sqlite3
+    from pathlib import Path
+
     from training.corpus import CorpusError
     from training.index import build
 
@@ -197,8 +200,9 @@ def index_main(argv: list[str]) -> int:
     if not 0 <= a.valid_permille <= 1000:
         p.error("--valid-permille must be between 0 and 1000")
     try:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         stats = build(a.corpus, a.out, valid_permille=a.valid_permille, blocklist=a.blocklist)
-    except (CorpusError, OSError) as exc:
+    except (CorpusError, OSError, sqlite3.Error) as exc:
         print(f"xianliao index: {exc}", file=sys.stderr)
         return 1
     skipped = "".join(f"\n  skipped {n}: {r}" for r, n in sorted(stats.skipped.items()))

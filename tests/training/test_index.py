@@ -1,0 +1,50 @@
+"""``xianliao index``: what it builds, and bad input as one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import TINY_PAIRS, write_tsv
+
+from model.reply_index import ReplyIndex
+from training.cli import index_main
+
+
+def test_index_command_builds_an_index_without_the_held_out_pairs(tmp_path, capsys):
+    corpus = write_tsv(tmp_path / "c.tsv", TINY_PAIRS * 3)
+    out = tmp_path / "replies.sqlite"
+    assert index_main([str(corpus), "--out", str(out), "--valid-permille", "500"]) == 0
+    stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    held = stats["skipped"].get("held out for validation", 0)
+    assert 0 < held < len(TINY_PAIRS) * 3  # a hash of the pair decides, as in prepare
+    assert ReplyIndex.open(out).size == stats["pairs_indexed"] == len(TINY_PAIRS) * 3 - held
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["{tmp}/nope.tsv", "--out", "{tmp}/i.sqlite"], "does not exist"),
+        (["{tmp}/c.tsv", "--out", "{tmp}/c.tsv/i.sqlite"], "c.tsv"),
+        (["{tmp}/c.tsv", "--out", "{tmp}/i.sqlite", "--blocklist", "{tmp}/nope"], "nope"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path, capsys, args, says):
+    write_tsv(tmp_path / "c.tsv", TINY_PAIRS)
+    assert index_main([a.format(tmp=tmp_path) for a in args]) == 1
+    err = capsys.readouterr().err.strip()
+    assert says in err and len(err.splitlines()) == 1 and err.startswith("xianliao index:")
+
+
+def test_out_of_range_permille_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        index_main(
+            [
+                str(write_tsv(tmp_path / "c.tsv", TINY_PAIRS)),
+                "--out",
+                "x",
+                "--valid-permille",
+                "2000",
+            ]
+        )
+    assert "--valid-permille" in capsys.readouterr().err
