@@ -44,11 +44,13 @@ def _archive(path: Path, history: Path) -> Path:
 
 def _open(database_url: str, *, create: bool):  # noqa: ANN202 - an Engine
     """The database, or ``PromotionError`` with one line (a bad URL, a file that is not a
-    database, none there when ``create`` is False)."""
-    from bot.runtime import StartupError, open_database
+    database, none there when ``create`` is False: then nothing was promoted with it)."""
+    from bot.runtime import MissingDatabase, StartupError, open_database
 
     try:
         return open_database(database_url, create=create)
+    except MissingDatabase as exc:
+        raise PromotionError(f"nothing to roll back to: {exc}") from None
     except StartupError as exc:
         raise PromotionError(str(exc)) from None
 

@@ -26,6 +26,10 @@ class StartupError(Exception):
     """A problem that stops the program; the message is one line that says what to do."""
 
 
+class MissingDatabase(StartupError):
+    """No database where one must exist already (``open_database(create=False)``)."""
+
+
 def _load(settings: Settings, path: Path, workers: int) -> ReplyModel:
     """A ``model.chatbot.ChatBot`` in this process, or a pool of ``workers`` processes."""
     if workers > 0:
@@ -109,7 +113,7 @@ def open_database(database_url: str, *, create: bool = True) -> Engine:
             " pip install it, e.g. 'pip install psycopg[binary]' for PostgreSQL"
         ) from None
     except NoDatabase as exc:
-        raise StartupError(
+        raise MissingDatabase(
             f"{exc}: nothing recorded there yet, or DATABASE_URL points elsewhere"
         ) from None
     except (SQLAlchemyError, OSError, RuntimeError) as exc:  # RuntimeError: a newer schema
