@@ -726,9 +726,11 @@ def main(argv: list[str]) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    for name, value in vars(args).items():  # argv holds bytes that are not UTF-8 as surrogates
-        if isinstance(value, str):
-            setattr(args, name, valid_text(value))
+    # Python gives bytes of argv that are not UTF-8 as surrogates, which the database driver
+    # cannot encode: replace them in the texts (paths keep them: they name real files).
+    for name in ("text", "answer"):
+        if isinstance(getattr(args, name, None), str):
+            setattr(args, name, valid_text(getattr(args, name)))
     engine: Engine | None = None
     try:
         engine = _open_engine(_database_url(args))
