@@ -40,6 +40,7 @@ from storage.repositories import (
     ExchangeRepository,
     FeedbackRepository,
     UserRepository,
+    flush_deleted,
 )
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ TOO_LONG_REPLY = "消息太长啦，请控制在 {limit} 个字以内再发给�
 # (users.last_seen_at has a resolution of a minute anyway); saves two queries per transaction.
 SEEN_TTL_S = 50.0
 SEEN_MAX = 50_000  # remembered rows before the memory is cleared
+FORGET_MEMORY_S = 600.0  # how long a /forget is remembered for messages still in flight
 
 
 class ReplyModel(Protocol):
@@ -251,6 +253,7 @@ class DialogueService:
         # Only the database thread uses it.
         self._seen: dict[tuple[str, int], tuple[tuple, float]] = {}
         self._reload_lock = threading.Lock()
+        self._forgotten: dict[int, float] = {}  # user id -> when they asked /forget
 
     # ----- the model ---------------------------------------------------------------------------
 
@@ -469,6 +472,13 @@ class DialogueService:
         """Log answered messages in one transaction; redelivered ones get the stored reply."""
         if self.sessions is None:
             return [Reply(reply) for _, _, reply, _, _ in items]
+        forgotten = [self._was_forgotten(inc) for inc, *_ in items]
+        if any(forgotten):  # answered, but never stored: the user asked to be forgotten
+            rest = [it for it, f in zip(items, forgotten, strict=True) if not f]
+            kept = iter(self._log_batch(rest) if rest else [])
+            return [
+                Reply(it[2]) if f else next(kept) for it, f in zip(items, forgotten, strict=True)
+            ]
         options: dict[int, str] = {}
         for *_, model in items:
             if id(model) not in options:
@@ -482,6 +492,11 @@ class DialogueService:
             # or chat this process remembered that another process deleted: the careful way.
             self._seen.clear()
             return self._log_rows(items, options, fast=False)
+
+    def _was_forgotten(self, incoming: Incoming) -> bool:
+        """Whether the sender asked /forget after this message arrived (it was still queued)."""
+        when = self._forgotten.get(incoming.user_id)
+        return when is not None and incoming.received_at <= when
 
     def _fresh(self, key: tuple[str, int], attrs: tuple, now: float) -> bool:
         """Whether this user/chat row was written with these attributes less than
@@ -584,8 +599,13 @@ class DialogueService:
         return await self._db(work)
 
     async def forget(self, user_id: int) -> dict[str, int]:
-        """Delete everything stored about ``user_id``."""
+        """Delete everything stored about ``user_id``, including messages of theirs that are
+        still being answered (they are answered but not stored)."""
         self.rate_limiter.forget(user_id)
+        now = time.monotonic()
+        # Remember when, for the messages still in flight; a few minutes outlast any queue.
+        self._forgotten = {u: t for u, t in self._forgotten.items() if now - t < FORGET_MEMORY_S}
+        self._forgotten[user_id] = now
 
         def work(s: Session) -> dict[str, int]:
             self._seen.pop(("u", user_id), None)
@@ -593,6 +613,8 @@ class DialogueService:
             return UserRepository(s).delete_user_data(user_id)
 
         removed = await self._db(work)
+        # After the commit: no copy left in SQLite's WAL file.
+        await self._db(lambda s: flush_deleted(s.get_bind()))
         logger.info("deleted the data of a user on request: %s", removed)
         return removed
 

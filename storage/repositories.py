@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, delete, exists, func, or_, select, update
+from sqlalchemy import Engine, Select, delete, exists, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -87,8 +87,12 @@ class UserRepository:
         return {u.id: u for u in self.session.scalars(select(User).where(User.id.in_(ids)))}
 
     def delete_user_data(self, user_id: int) -> dict[str, int]:
-        """Delete everything stored about ``user_id``; returns the rows removed per table."""
+        """Delete everything stored about ``user_id``; returns the rows removed per table.
+        On SQLite the freed pages are overwritten with zeros (``secure_delete``); call
+        :func:`flush_deleted` after the commit so no copy stays in the WAL file either."""
         s = self.session
+        if s.get_bind().dialect.name == "sqlite":
+            s.execute(text("PRAGMA secure_delete = ON"))
         own_exchanges = select(Exchange.id).where(Exchange.user_id == user_id)
         removed = {
             "feedback": s.execute(
@@ -109,6 +113,19 @@ class UserRepository:
         removed["users"] = s.execute(delete(User).where(User.id == user_id)).rowcount
         s.expire_all()
         return removed
+
+
+def flush_deleted(engine: Engine) -> None:
+    """SQLite keeps deleted text readable in its write-ahead log until a checkpoint: copy the
+    log back into the (zeroed) database and truncate it. Outside any transaction (the DBAPI
+    connection runs in autocommit; SQLAlchemy's BEGIN is not involved)."""
+    if engine.dialect.name != "sqlite":
+        return
+    raw = engine.raw_connection()
+    try:
+        raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        raw.close()
 
 
 class ChatRepository:

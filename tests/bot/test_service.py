@@ -285,3 +285,41 @@ def test_rows_written_recently_are_not_rewritten_but_deletions_are_survived(sess
         assert s.get(User, 5).first_name == "小明"
         assert [e.user_text for e in ExchangeRepository(s).search()] == ["四"]
     service.close()
+
+
+def test_a_message_in_flight_when_its_user_forgets_is_answered_but_never_stored(sessions):
+    service = make_service(sessions, EchoModel(delay=0.3))
+
+    async def scenario():
+        in_flight = asyncio.ensure_future(service.respond(msg("还在路上", user_id=5)))
+        await asyncio.sleep(0.1)  # the model is answering it
+        removed = await service.forget(5)
+        reply = await in_flight
+        later = await service.respond(msg("我又来了", user_id=5, message_id=2))
+        await service.aclose()
+        return removed, reply, later
+
+    removed, reply, later = asyncio.run(scenario())
+    assert reply.text == "你说：还在路上" and reply.exchange_id is None
+    with sessions() as s:
+        texts = [e.user_text for e in ExchangeRepository(s).search()]
+    assert texts == ["我又来了"]  # a message sent after /forget is stored as usual
+    assert later.exchange_id is not None and removed["exchanges"] == 0
+
+
+def test_forgotten_text_is_gone_from_the_database_files(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path}/chat.db")
+    init_schema(engine)
+    service = make_service(session_factory(engine))
+    secret = "我的秘密是紫色的长颈鹿"
+
+    async def scenario():
+        await service.respond(msg(secret, user_id=9))
+        await service.forget(9)
+        await service.aclose()
+
+    asyncio.run(scenario())
+    service.close()
+    files = [p for p in tmp_path.iterdir() if p.name.startswith("chat.db")]
+    assert files and all(secret.encode() not in p.read_bytes() for p in files)
+    engine.dispose()
