@@ -226,6 +226,17 @@ ERROR_ROWS = [
         {"MODEL_DEVICE": "cuda"},
         marks=NO_CUDA,
     ),
+    row(
+        "6-train-device-banana",
+        ["train", "{data}", "--out", "{tmp}/r", "--device", "banana"],
+        "argument --device: 'banana' is not a torch device",
+    ),
+    row(
+        "6-train-device-cuda",
+        ["train", "{data}", "--out", "{tmp}/r", "--device", "cuda"],
+        "argument --device: 'cuda'",
+        marks=NO_CUDA,
+    ),
     # 7. options that would do nothing or break a later step
     *(
         row(

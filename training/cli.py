@@ -43,6 +43,20 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+def _device(value: str) -> str:
+    """An argparse type: auto, or a torch device this machine has (checked before training
+    starts, instead of a traceback from deep inside torch)."""
+    if value == "auto":
+        return value
+    from model.checkpoint import DeviceError, check_device
+
+    try:
+        check_device(value)
+    except DeviceError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def _vocab_from(path: str):
     """The vocabulary of a prepared data dir (its vocab.txt) or of a checkpoint."""
     from pathlib import Path
@@ -270,7 +284,7 @@ def train_main(argv: list[str]) -> int:
     p.add_argument("--eval-every", type=whole_number(1), default=d.eval_every)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
+    p.add_argument("--device", type=_device, default=d.device, help="auto, cpu or cuda")
     p.add_argument("--init-from", metavar="CHECKPOINT", help="fine-tune from this checkpoint")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt exactly")
     p.add_argument("--progress-jsonl", metavar="FILE", help="append progress as JSON lines")
