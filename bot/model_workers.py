@@ -11,10 +11,13 @@ it unchanged and dispatches up to :attr:`ModelWorkerPool.parallelism` batches at
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
 import queue
+import signal
+import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -24,6 +27,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 _BOT: Any = None  # the ChatBot of this worker process
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
 
 
 class ModelClosed(RuntimeError):
@@ -38,8 +42,24 @@ def _load(
     global _BOT
     from model.chatbot import ChatBot
 
+    _die_with_parent()
     _BOT = ChatBot.load(path, device=device, threads=threads, quantize=quantize, **(extras or {}))
     return _BOT.version, _BOT.decode_options
+
+
+def _die_with_parent() -> None:
+    """In the worker: ask Linux to send SIGKILL when the bot's process dies, however it dies
+    (kill -9 included), so no worker is left behind holding a model's memory."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        logger.warning("model worker: cannot ask to die with the bot (prctl unavailable)")
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _reply_many(texts: list[str], options: dict[str, Any]) -> list[str]:

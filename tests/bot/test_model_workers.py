@@ -123,3 +123,27 @@ def test_model_quantize_loads_an_int8_model_in_process_and_in_workers(tiny_check
         assert pool.reply_many(texts, **GREEDY) == local.reply_many(texts, **GREEDY)
     finally:
         pool.close()
+
+
+def test_workers_die_with_a_killed_parent(tiny_checkpoint, tmp_path):
+    """kill -9 of the bot leaves no model worker behind (they would each hold a model)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = (
+        "import sys, time\n"
+        "from bot.model_workers import ModelWorkerPool\n"
+        f"pool = ModelWorkerPool({str(tiny_checkpoint)!r}, workers=2)\n"
+        "print(*pool.worker_pids(), flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE, text=True
+    )
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2 and all(not _gone(p, 0.1) for p in pids)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert all(_gone(p) for p in pids)
