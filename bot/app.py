@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from telegram import Bot, BotCommandScopeChat, BotCommandScopeDefault, Update
 from telegram.error import InvalidToken, NetworkError, TelegramError
 from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, ContextTypes
+from telegram.request import HTTPXRequest
 
 from bot.admin_retrain import register_retrain
 from bot.config import Settings, read_settings
@@ -21,6 +22,7 @@ from bot.handlers import ADMIN_COMMANDS, USER_COMMANDS, BotDeps, register
 from bot.retrain import RetrainSupervisor
 from bot.runtime import StartupError, create_service, setup_logging
 from bot.service import DialogueService
+from bot.updates import TolerantBot
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +60,20 @@ def build_application(settings: Settings, service: DialogueService) -> Applicati
         await service.aclose()
         logger.info("bot stopped")
 
+    bot = TolerantBot(
+        token,
+        base_url=settings.telegram_base_url,
+        base_file_url=_file_url(settings.telegram_base_url),
+        request=HTTPXRequest(
+            connection_pool_size=settings.connection_pool_size,
+            pool_timeout=settings.pool_timeout_s,
+        ),
+        get_updates_request=HTTPXRequest(),  # its own connection, as the builder does
+        rate_limiter=limiter,
+    )
     application = (
         ApplicationBuilder()
-        .token(token)
-        .base_url(settings.telegram_base_url)
-        .base_file_url(_file_url(settings.telegram_base_url))
-        .rate_limiter(limiter)
-        .connection_pool_size(settings.connection_pool_size)
-        .pool_timeout(settings.pool_timeout_s)
+        .bot(bot)
         .concurrent_updates(settings.concurrent_updates)
         .post_init(post_init)
         .post_shutdown(post_shutdown)

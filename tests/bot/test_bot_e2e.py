@@ -233,6 +233,21 @@ def test_forged_and_garbage_callbacks_change_nothing_and_are_answered(fake_api, 
     assert not fake_api.edits  # no keyboard rewritten
 
 
+def test_an_update_ptb_cannot_parse_is_skipped_and_polling_goes_on(fake_api, start_bot, caplog):
+    start_bot()
+    bad = fake_api.push_update({"poll": {"id": "p1", "question": "?"}})  # no options, no ...
+    fake_api.private_text(USER, "你好")
+    assert fake_api.wait_sent(USER, 1)[0]["text"]
+    calls = len(fake_api.calls_of("getUpdates"))
+    fake_api.private_text(USER, "还在吗")
+    fake_api.wait_sent(USER, 2)
+    assert len(fake_api.calls_of("getUpdates")) - calls < 10  # not a tight loop on one update
+    skipped = [r.getMessage() for r in caplog.records if "skipped update" in r.getMessage()]
+    assert skipped == [
+        f"skipped update {bad['update_id']}: python-telegram-bot cannot read it (TypeError)"
+    ]
+
+
 def test_forget_deletes_everything_after_confirmation(fake_api, start_bot, db_path):
     start_bot()
     for text in ("记住我", "我叫小明"):
