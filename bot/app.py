@@ -173,6 +173,13 @@ def _use_uvloop() -> None:
     logger.info("event loop: uvloop %s", uvloop.__version__)
 
 
+NO_WEBHOOK_SECRET_MESSAGE = (
+    "xianliao bot: WEBHOOK_URL is set but WEBHOOK_SECRET is not: without it anyone who finds "
+    "the URL can post updates as any user, admins included. Set WEBHOOK_SECRET to a random "
+    "string (or WEBHOOK_UNSAFE_NO_SECRET=true to run without one)"
+)
+
+
 def main(argv: list[str]) -> int:
     """Entry point of ``xianliao bot``."""
     args = _parse_args(argv)
@@ -182,6 +189,13 @@ def main(argv: list[str]) -> int:
     token = settings.token()
     if not token:
         print(NO_TOKEN_MESSAGE, file=sys.stderr)
+        return 2
+    if (
+        settings.webhook_url
+        and not settings.webhook_secret
+        and not settings.webhook_unsafe_no_secret
+    ):
+        print(NO_WEBHOOK_SECRET_MESSAGE, file=sys.stderr)
         return 2
     setup_logging(settings.log_level, secrets=[token])
     try:
@@ -198,7 +212,8 @@ def main(argv: list[str]) -> int:
             secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
             if secret is None:
                 logger.warning(
-                    "WEBHOOK_SECRET is not set: anyone who finds the URL can post updates"
+                    "WEBHOOK_SECRET is not set (WEBHOOK_UNSAFE_NO_SECRET): anyone who finds the "
+                    "URL can post updates, as any user, admins included"
                 )
             path = urlsplit(settings.webhook_url).path.lstrip("/")
             logger.info(

@@ -102,6 +102,16 @@ def test_bad_checkpoint_is_one_line(capsys, tmp_path):
     assert err.count("\n") == 0 and "bad.pt" in err
 
 
+def test_webhook_without_a_secret_is_refused(capsys, monkeypatch):
+    from bot.app import main
+
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "1:abc")
+    monkeypatch.setenv("WEBHOOK_URL", "https://bot.example.com/hook")
+    assert main(["--env-file", "/dev/null"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "WEBHOOK_SECRET is not" in err and len(err.splitlines()) == 1 and "abc" not in err
+
+
 def test_bad_setting_is_reported(capsys, monkeypatch):
     from bot.app import main
 
