@@ -213,26 +213,40 @@ def _without_mention(text: str, username: str | None) -> str:
     return text.strip()
 
 
-def _incoming(message: Message, text: str, received_at: float) -> Incoming:
+# Telegram's stand-in sender of anonymous group admins' messages: such messages (and posts
+# sent on behalf of a chat) are stored under it, never under the group's own id.
+ANONYMOUS_SENDER_ID = 1087968824
+ANONYMOUS_SENDER_NAME = "GroupAnonymousBot"
+
+
+def _sender(message: Message) -> tuple[int, str | None, str | None, str | None]:
+    """(user id, username, first name, language) of who sent ``message``."""
     user = message.from_user
+    if message.sender_chat is not None or user is None:
+        return ANONYMOUS_SENDER_ID, ANONYMOUS_SENDER_NAME, "Group", None
+    return user.id, user.username, user.first_name, user.language_code
+
+
+def _incoming(message: Message, text: str, received_at: float) -> Incoming:
     chat = message.chat
+    user_id, username, first_name, language = _sender(message)
     return Incoming(
         text=text,
-        user_id=user.id if user else chat.id,
+        user_id=user_id,
         chat_id=chat.id,
         message_id=message.message_id,
         chat_type=str(chat.type),
         chat_title=chat.title,
-        username=user.username if user else None,
-        first_name=user.first_name if user else None,
-        language_code=user.language_code if user else None,
+        username=username,
+        first_name=first_name,
+        language_code=language,
         received_at=received_at,
     )
 
 
 async def _rate_ok(message: Message, context: ContextTypes.DEFAULT_TYPE) -> bool:
     """Apply the per-user rate limit; tells the user once when it is exceeded."""
-    user_id = message.from_user.id if message.from_user else message.chat.id
+    user_id = _sender(message)[0]
     decision = deps(context).service.rate_limiter.check(user_id)
     if decision is RateDecision.NOTIFY:
         logger.info("rate limit hit by a user in chat %s", message.chat.id)

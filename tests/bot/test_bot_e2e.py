@@ -248,6 +248,25 @@ def test_an_update_ptb_cannot_parse_is_skipped_and_polling_goes_on(fake_api, sta
     ]
 
 
+def test_an_anonymous_group_admin_is_not_stored_as_the_group(fake_api, start_bot, db_path):
+    from bot.handlers import ANONYMOUS_SENDER_ID
+
+    start_bot()
+    group = -100777
+    from fake_bot_api import BOT_USERNAME
+
+    chat = {"id": group, "type": "supergroup", "title": "群"}
+    handle = "@" + BOT_USERNAME
+    mention = [{"type": "mention", "offset": 0, "length": len(handle)}]
+    message = fake_api._message(chat, USER, **fake_api._text_content(f"{handle} 大家好", mention))
+    del message["from"]  # as a self-hosted server may send it: sender_chat, no from
+    message["sender_chat"] = chat
+    fake_api.push_update({"message": message})
+    fake_api.wait_sent(group, 1)
+    assert db_rows(db_path, "SELECT user_id FROM exchanges") == [(ANONYMOUS_SENDER_ID,)]
+    assert db_rows(db_path, "SELECT COUNT(*) FROM users WHERE id = ?", group) == [(0,)]
+
+
 def test_forget_deletes_everything_after_confirmation(fake_api, start_bot, db_path):
     start_bot()
     for text in ("记住我", "我叫小明"):
