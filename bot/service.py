@@ -254,6 +254,8 @@ class DialogueService:
         self._seen: dict[tuple[str, int], tuple[tuple, float]] = {}
         self._reload_lock = threading.Lock()
         self._forgotten: dict[int, float] = {}  # user id -> when they asked /forget
+        self.log_failures = 0  # exchanges answered but not stored (the database failed)
+        self._log_failing = False
 
     # ----- the model ---------------------------------------------------------------------------
 
@@ -458,15 +460,27 @@ class DialogueService:
             items = [item for _, batch_items in groups for item in batch_items]
             try:
                 results = await loop.run_in_executor(self._db_pool, self._log_batch, items)
-            except Exception as exc:
-                logger.exception("could not log %d exchanges", len(items))
-                for p in pending:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-                continue
+            except Exception as exc:  # the database cannot be written: reply all the same
+                self._log_failed(exc, len(items))
+                results = [Reply(reply) for _, _, reply, _, _ in items]
+            else:
+                if self.log_failures and self._log_failing:
+                    logger.warning("logging exchanges works again")
+                self._log_failing = False
             for p, result in zip(pending, results, strict=True):
                 if not p.future.done():
                     p.future.set_result(result)
+
+    def _log_failed(self, exc: Exception, n: int) -> None:
+        """Count exchanges that could not be stored (``log_failures``, for /stats and
+        monitoring); say so in the log once per outage, not once per message."""
+        self.log_failures += n
+        if not self._log_failing:
+            logger.error(
+                "cannot store exchanges (replying anyway, not logging them): %s",
+                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+            )
+        self._log_failing = True
 
     def _log_batch(self, items: list[_Answered]) -> list[Reply]:
         """Log answered messages in one transaction; redelivered ones get the stored reply."""

@@ -323,3 +323,27 @@ def test_forgotten_text_is_gone_from_the_database_files(tmp_path):
     files = [p for p in tmp_path.iterdir() if p.name.startswith("chat.db")]
     assert files and all(secret.encode() not in p.read_bytes() for p in files)
     engine.dispose()
+
+
+def test_a_database_that_cannot_be_written_still_gets_replies(tmp_path, caplog):
+    import logging
+
+    path = tmp_path / "chat.db"
+    init_schema(make_engine(f"sqlite:///{path}"))
+    engine = make_engine(f"sqlite:///file:{path}?mode=ro&uri=true")  # every write fails
+    service = make_service(session_factory(engine))
+
+    async def scenario():
+        replies = [await service.respond(msg(f"第{i}条", message_id=i)) for i in range(3)]
+        await service.aclose()
+        return replies
+
+    with caplog.at_level(logging.ERROR):
+        replies = asyncio.run(scenario())
+    service.close()
+    assert [r.text for r in replies] == [f"你说：第{i}条" for i in range(3)]
+    assert all(r.exchange_id is None for r in replies)
+    assert service.log_failures == 3
+    errors = [r for r in caplog.records if "cannot store exchanges" in r.getMessage()]
+    assert len(errors) == 1  # once per outage, not per message
+    engine.dispose()
