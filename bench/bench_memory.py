@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--out",
                     str(data),
                     "--quiet",
+                    "--force",
                     *a.prepare_args.split(),
                 ],
                 log=log,
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"[{name}] train {a.steps} steps", flush=True)
         cmd = [XIANLIAO, "train", str(data), "--out", str(run), "--steps", str(a.steps)]
-        cmd += ["--eval-every", "1000", "--quiet", "--threads", str(a.threads)]
+        cmd += ["--eval-every", "1000", "--quiet", "--force", "--threads", str(a.threads)]
         # Passive OpenMP waiting: the same memory, but no spinning against other jobs' CPU.
         env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
         with open(work / f"train_{name}.log", "w") as log:

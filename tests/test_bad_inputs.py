@@ -158,6 +158,17 @@ NO_CUDA = pytest.mark.skipif(
 )
 
 ERROR_ROWS = [
+    # destructive defaults: an existing run or data dir is not overwritten silently
+    row(
+        "overwrite-train",
+        ["train", "{data}", "--out", "{tmp}/run", "--quiet"],
+        "already holds last.pt: --resume to continue that run, --force to start again",
+    ),
+    row(
+        "overwrite-prepare",
+        ["prepare", "{tsv}", "--out", "{data}", "--quiet"],
+        "already holds prepared data: choose another --out, or --force",
+    ),
     # 1. a text file where a checkpoint belongs
     row("1-chat", ["chat", "{bad}", "--no-log"], NOT_READABLE),
     row("1-eval", ["eval", "{bad}", "{tsv}"], NOT_READABLE),

@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import NoReturn
 
 
@@ -129,7 +130,10 @@ def prepare_main(argv: list[str]) -> int:
     )
     p.add_argument("--no-fast", action="store_true", help="use jieba even if rjieba is installed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true", help="overwrite DATA_DIR's prepared data")
     a = p.parse_args(argv)
+    if not a.force and any((Path(a.out) / name).exists() for name in ("meta.json", "vocab.txt")):
+        p.error(f"{a.out} already holds prepared data: choose another --out, or --force")
     if a.counter_cap and a.counter_cap < 2 * a.max_vocab:
         p.error("--counter-cap must be at least twice --max-vocab (pruning keeps half of it)")
     cfg = PrepareConfig(
@@ -289,7 +293,14 @@ def train_main(argv: list[str]) -> int:
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt exactly")
     p.add_argument("--progress-jsonl", metavar="FILE", help="append progress as JSON lines")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true", help="start afresh over RUN_DIR's checkpoints")
     a = p.parse_args(argv)
+    kept = [n for n in ("best.pt", "last.pt") if (Path(a.out) / n).exists()]
+    if kept and not (a.resume or a.force):
+        p.error(
+            f"{a.out} already holds {' and '.join(kept)}: --resume to continue that run, "
+            "--force to start again over it, or choose another --out"
+        )
     _threads(a.threads)
     # A shell starts background jobs (`xianliao train ... &`, nohup) with SIGINT ignored, and
     # Python then never raises KeyboardInterrupt: `kill -INT` must still save last.pt and exit.
