@@ -113,7 +113,8 @@ def promote(
 
 
 def rollback(model_path: str | os.PathLike, database_url: str, *, promoted_by: int | None) -> dict:
-    """Put back the checkpoint that the latest promotion replaced (recorded as a promotion)."""
+    """Put back the checkpoint that the newest promotion not yet rolled back replaced, and
+    record that as a promotion: rolling back twice steps back twice (a stack)."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from bot.runtime import database_error_line
@@ -123,13 +124,15 @@ def rollback(model_path: str | os.PathLike, database_url: str, *, promoted_by: i
     engine = _open(database_url, create=False)  # no database: no promotion to undo
     try:
         with session_factory(engine)() as session:
-            latest = PromotionRepository(session).latest()
+            latest = PromotionRepository(session).rollback_target()
     except SQLAlchemyError as exc:
         raise PromotionError(f"cannot read the promotions: {database_error_line(exc)}") from None
     finally:
         engine.dispose()
     if latest is None or not latest.previous_checkpoint:
-        raise PromotionError("nothing to roll back to: no promotion has replaced a model yet")
+        raise PromotionError(
+            "nothing to roll back to: no promotion that replaced a model is left to undo"
+        )
     if not Path(latest.previous_checkpoint).is_file():
         raise PromotionError(f"the previous model {latest.previous_checkpoint} is gone")
     return promote(

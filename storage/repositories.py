@@ -611,3 +611,15 @@ class PromotionRepository:
     def recent(self, limit: int = 20) -> list[Promotion]:
         stmt = select(Promotion).order_by(Promotion.id.desc()).limit(limit)
         return list(self.session.scalars(stmt))
+
+    def rollback_target(self) -> Promotion | None:
+        """The newest promotion not yet undone: rollbacks pop promotions like a stack (each
+        rollback is itself recorded as a promotion with ``metrics.rollback_of``)."""
+        undone: set[int] = set()
+        for row in self.session.scalars(select(Promotion).order_by(Promotion.id.desc())):
+            of = json.loads(row.metrics or "{}").get("rollback_of")
+            if of is not None:
+                undone.add(int(of))
+            elif row.id not in undone:
+                return row
+        return None

@@ -325,3 +325,28 @@ def test_quickstart_trains_and_serves_the_final_weights(tmp_path, monkeypatch):
     assert bot.index is not None and bot.index.size > 500  # the ~550 chatterbot pairs
     hits = bot.index.search(bot.tokenizer.tokenize("你是什么语言编写的"), 3)
     assert hits and hits[0].answer == "Python"
+
+
+def test_rollback_steps_back_through_the_history_like_a_stack(tmp_path, live):
+    """promote A, promote B; rollback -> A, rollback -> the first model, rollback -> refused."""
+    from model.checkpoint import load_checkpoint, save_checkpoint
+
+    db = f"sqlite:///{tmp_path}/chat.db"
+    base = file_digest(live)
+    versions = []
+    for step in (111, 222):  # two different checkpoints (same weights, another step)
+        ckpt = load_checkpoint(live)
+        ckpt["train"]["step"] = step
+        del ckpt["format_version"]
+        path = tmp_path / f"cand{step}.pt"
+        save_checkpoint(path, ckpt)
+        versions.append(file_digest(path))
+        promote(path, live, db, promoted_by=1, forced=True)
+    assert file_digest(live) == versions[1]
+    do_rollback(live, db, promoted_by=1)
+    assert file_digest(live) == versions[0]
+    do_rollback(live, db, promoted_by=1)
+    assert file_digest(live) == base
+    with pytest.raises(PromotionError, match="nothing to roll back"):
+        do_rollback(live, db, promoted_by=1)
+    assert file_digest(live) == base
