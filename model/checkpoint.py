@@ -1,12 +1,13 @@
 """The checkpoint: one self-describing file, plain types and tensors, ``weights_only`` loadable.
 
-Keys: ``format_version``, ``model_config``, ``vocab``, ``tokenizer``, ``state_dict``, ``train``
-and, in the resumable ``last`` checkpoint only, ``optimizer`` (plus ``resume`` for sampler/RNG
-state). ``load_checkpoint`` is the only way to open one.
+Keys: ``format_version``, ``model_config``, ``vocab``, ``tokenizer``, ``state_dict``, ``train``,
+``weights_digest`` (SHA-256 of the weights, checked at every load) and, in the resumable
+``last`` checkpoint only, ``optimizer`` (plus ``resume`` for sampler/RNG state). ``load_checkpoint`` is the only way to open one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import warnings
@@ -29,6 +30,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     missing = [k for k in REQUIRED_KEYS if k not in payload]
     if missing:
         raise ValueError(f"checkpoint payload lacks {missing}")
+    payload["weights_digest"] = weights_digest(payload["state_dict"])
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -74,7 +76,26 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str = "cpu") -> di
             f"format {FORMAT_VERSION}"
         )
     _check_shapes(path, ckpt)
+    expected = ckpt.get("weights_digest")  # checkpoints older than it have none
+    if expected is not None and weights_digest(ckpt["state_dict"]) != expected:
+        raise CheckpointError(
+            f"{path} is damaged: its weights do not match the digest written with them"
+        )
     return ckpt
+
+
+def weights_digest(state_dict: dict[str, Any]) -> str:
+    """SHA-256 over the tensors' names, dtypes, shapes and bytes: a flipped bit in a weight
+    (disk, copy, tampering) is caught at load, and so before any promotion."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name]
+        if not isinstance(t, torch.Tensor):
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def check_device(device: str) -> None:

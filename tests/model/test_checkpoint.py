@@ -101,3 +101,18 @@ def test_quantized_model_gives_the_same_replies(tiny_checkpoint):
     got = bot.reply_many([q for q, _ in TINY_PAIRS], strategy="greedy")
     same = sum(g == a for g, (_, a) in zip(got, TINY_PAIRS, strict=True))
     assert same >= len(TINY_PAIRS) - 1
+
+
+def test_a_flipped_weight_is_caught_at_load(tmp_path, tiny_checkpoint):
+    import torch
+
+    from model.checkpoint import CheckpointError, load_checkpoint
+
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    assert load_checkpoint(tiny_checkpoint)["weights_digest"] == ckpt["weights_digest"]
+    ckpt["state_dict"]["embedding.weight"][3, 5] = 345.95  # as a flipped exponent bit does
+    damaged = tmp_path / "damaged.pt"
+    torch.save(ckpt, damaged)  # written around save_checkpoint, as a bad disk would
+    with pytest.raises(CheckpointError, match="damaged: its weights do not match") as err:
+        load_checkpoint(damaged)
+    assert "\n" not in str(err.value)

@@ -208,7 +208,7 @@ def test_cli_prepare_train_eval(tmp_path, tiny_tsv):
     assert p.returncode == 1 and "guidance must be >= 1" in p.stderr
     p = _xianliao("eval", str(tmp_path / "nope.pt"), str(tiny_tsv))
     assert p.returncode == 1 and "does not exist" in p.stderr and "Traceback" not in p.stderr
-    p = _xianliao("prepare", str(tmp_path / "missing.tsv"), "--out", str(data))
+    p = _xianliao("prepare", str(tmp_path / "missing.tsv"), "--out", str(tmp_path / "d2"))
     assert p.returncode == 1 and "does not exist" in p.stderr and "Traceback" not in p.stderr
 
 
