@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 
 # subcommand -> (module, function, one-line help)
@@ -28,6 +29,22 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "rollback": ("xianliao.retrain_cli", "rollback_main", "put the previous model back"),
     "quickstart": ("xianliao.quickstart", "main", "train a small model if none exists, then chat"),
 }
+
+
+# Commands that run for minutes: Ctrl+C, kill -INT and kill -TERM (what service managers send)
+# stop them cleanly (train saves last.pt; retrain never promotes; the others exit 130).
+LONG_COMMANDS = frozenset({"prepare", "index", "train", "eval", "retrain", "quickstart"})
+
+
+def _raise_interrupt(signum, frame) -> None:  # noqa: ANN001 - a signal handler
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _interrupt_on_signals() -> None:
+    """SIGINT and SIGTERM raise KeyboardInterrupt, even where SIGINT was inherited as ignored
+    (a shell starts background jobs, `cmd &` and nohup, with SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def _usage() -> str:
@@ -54,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     # python-telegram-bot 22 warns that RetryAfter.retry_after becomes a timedelta in its next
     # major version; opt in now (bot.handlers reads either form).
     os.environ.setdefault("PTB_TIMEDELTA", "1")
+    if name in LONG_COMMANDS:
+        _interrupt_on_signals()
     module_name, func_name, _ = COMMANDS[name]
     func = getattr(importlib.import_module(module_name), func_name)
     try:

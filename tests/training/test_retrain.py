@@ -350,3 +350,36 @@ def test_rollback_steps_back_through_the_history_like_a_stack(tmp_path, live):
     with pytest.raises(PromotionError, match="nothing to roll back"):
         do_rollback(live, db, promoted_by=1)
     assert file_digest(live) == base
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_background_retrain_stops_on_sigint_and_sigterm_without_promoting(
+    tmp_path, live, tiny_data, sig
+):
+    """Started as a shell starts a background job (SIGINT ignored), it still cancels."""
+    db = f"sqlite:///{tmp_path}/chat.db"
+    _log(db, [("你好", "随便", "approved", EDITED)])
+    digest = file_digest(live)
+    progress = tmp_path / "progress.jsonl"
+    args = ("--steps", "100000", "--out", str(tmp_path / "k"), "--progress-jsonl", str(progress))
+    proc = subprocess.Popen(
+        _cli(tmp_path, live, tiny_data, db, *args, "--promote", "force"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    deadline = time.monotonic() + 120
+    while not (progress.exists() and progress.read_text().strip()):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()
+    assert "cancelled; the live model is unchanged" in err.decode()
+    assert file_digest(live) == digest
+    engine = make_engine(db)
+    with session_factory(engine)() as s:
+        assert [r.status for r in TrainingRunRepository(s).recent()] == ["cancelled"]
+    engine.dispose()

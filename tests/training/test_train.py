@@ -225,7 +225,8 @@ def test_eval_metrics(tiny_checkpoint, tiny_tsv):
     assert len(triples) == 3 and triples[0][1] == triples[0][2]
 
 
-def test_ctrl_c_saves_last_and_exits_cleanly(tmp_path, tiny_data):
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])  # Ctrl+C; what service managers send
+def test_ctrl_c_saves_last_and_exits_cleanly(tmp_path, tiny_data, sig):
     import signal
     import time
 
@@ -260,7 +261,7 @@ def test_ctrl_c_saves_last_and_exits_cleanly(tmp_path, tiny_data):
     while not (tmp_path / "p.jsonl").exists():  # training has started
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
         time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, sig))
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
