@@ -302,8 +302,7 @@ def train_main(argv: list[str]) -> int:
             "--force to start again over it, or choose another --out"
         )
     _threads(a.threads)
-    # A shell starts background jobs (`xianliao train ... &`, nohup) with SIGINT ignored, and
-    # Python then never raises KeyboardInterrupt: `kill -INT` must still save last.pt and exit.
+    # (xianliao.cli makes SIGINT and SIGTERM interrupt; this is for train_main called directly.)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     model = {
         k: v
@@ -317,6 +316,12 @@ def train_main(argv: list[str]) -> int:
         }.items()
         if v is not None
     }
+    if a.resume and model:
+        sizes = ", ".join("--" + k.replace("_", "-") for k in model)
+        print(
+            f"xianliao train: --resume keeps the checkpoint's model; ignoring {sizes}",
+            file=sys.stderr,
+        )
     cfg = TrainConfig(
         steps=a.steps,
         minutes=a.minutes,

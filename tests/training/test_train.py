@@ -272,3 +272,16 @@ def test_ctrl_c_saves_last_and_exits_cleanly(tmp_path, tiny_data, sig):
     last = load_checkpoint(run / "last.pt")
     assert last["resume"]["step"] == result["steps"]
     assert (run / "best.pt").is_file()
+
+
+def test_resume_says_it_keeps_the_checkpoints_model_sizes(tmp_path, tiny_data, capsys):
+    from training.cli import train_main
+
+    base = [str(tiny_data), "--out", str(tmp_path / "r"), "--quiet", "--threads", "1"]
+    assert train_main([*base, "--steps", "2", "--hidden-size", "16", "--emb-size", "8"]) == 0
+    capsys.readouterr()
+    assert train_main([*base, "--steps", "3", "--resume", "--hidden-size", "99"]) == 0
+    err = capsys.readouterr().err
+    assert "--resume keeps the checkpoint's model; ignoring --hidden-size" in err
+    saved = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    assert saved["model_config"]["hidden_size"] == 16 and saved["train"]["step"] == 3
