@@ -62,6 +62,21 @@ def open_index(path: str | os.PathLike | None, checkpoint: Path) -> ReplyIndex |
         return None
 
 
+def _served_options(
+    path: Path, ckpt: dict, given: DecodeOptions | dict | None
+) -> DecodeOptions:
+    """The decoding a checkpoint is served with: the defaults, then what the checkpoint's
+    ``serving`` entry records (chosen for that model, e.g. by the quickstart), then ``given``."""
+    if isinstance(given, DecodeOptions):
+        return given
+    served = ckpt.get("serving") if isinstance(ckpt.get("serving"), dict) else {}
+    try:
+        recorded = DecodeOptions.from_dict(served)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: its serving options are invalid: {exc}") from None
+    return DecodeOptions.from_dict({**recorded.to_dict(), **(given or {})})
+
+
 class ChatBot:
     """``ChatBot.load(path).reply(text)``: tokenise, encode, decode, detokenise.
 
@@ -120,8 +135,7 @@ class ChatBot:
         model.prepare_for_inference(quantize=quantize)
         train = ckpt["train"] if isinstance(ckpt["train"], dict) else {}
         version = f"s{train.get('step', 0)}-{file_digest(path)[:8]}"
-        if isinstance(decode_options, dict):
-            decode_options = DecodeOptions.from_dict(decode_options)
+        decode_options = _served_options(path, ckpt, decode_options)
         bot = cls(
             model,
             vocab,
@@ -195,8 +209,11 @@ class ChatBot:
                 texts[b] = next((t for ids in more[b] if (t := self._allowed(ids))), None)
         return texts
 
-    def candidates(self, gen: list[list[int]], hits: list[Hit]) -> list[Candidate]:
-        """The model's and the index's replies, each once, without those the filter blocks."""
+    def candidates(
+        self, gen: list[list[int]], hits: list[Hit], max_len: int = MAX_INPUT_TOKENS
+    ) -> list[Candidate]:
+        """The model's and the index's replies, each once, without those the filter blocks
+        and answers longer than ``max_len`` tokens (as the model's own replies are)."""
         out: dict[str, Candidate] = {}
         for ids in gen:
             if ids and (text := self._allowed(ids)):
@@ -205,8 +222,8 @@ class ChatBot:
             key = normalise(hit.answer)
             if key in out and out[key].similarity >= hit.similarity:
                 continue
-            toks = self.tokenizer.tokenize(hit.answer)[:MAX_INPUT_TOKENS]
-            if toks and not self.filter.blocked(hit.answer, toks):
+            toks = self.tokenizer.tokenize(hit.answer)
+            if 0 < len(toks) <= max_len and not self.filter.blocked(hit.answer, toks):
                 ids = self.vocab.encode(toks)
                 out[key] = Candidate(hit.answer, ids, hit.source, hit.similarity)
         return list(out.values())
@@ -218,7 +235,7 @@ class ChatBot:
         the best of each (see ``candidate_score``)."""
         src, src_len = batch_inputs(id_lists, self.model.embedding.weight.device)
         gen = generate(self.model, src, src_len, opts)
-        cands = [self.candidates(g, h) for g, h in zip(gen, hits, strict=True)]
+        cands = [self.candidates(g, h, opts.max_len) for g, h in zip(gen, hits, strict=True)]
         flat = [(b, c) for b, cs in enumerate(cands) for c in cs]
         if not flat:
             return [None] * len(id_lists)

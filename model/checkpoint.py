@@ -1,7 +1,8 @@
 """The checkpoint: one self-describing file, plain types and tensors, ``weights_only`` loadable.
 
 Keys: ``format_version``, ``model_config``, ``vocab``, ``tokenizer``, ``state_dict``, ``train``,
-``weights_digest`` (SHA-256 of the weights, checked at every load) and, in the resumable
+``weights_digest`` (SHA-256 of the weights, checked at every load), optionally ``serving``
+(decoding options to serve it with) and, in the resumable
 ``last`` checkpoint only, ``optimizer`` (plus ``resume`` for sampler/RNG state). ``load_checkpoint`` is the only way to open one.
 """
 
@@ -146,10 +147,15 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:39] + "…"
 
 
-def export_for_inference(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
+def export_for_inference(
+    src: str | os.PathLike, dest: str | os.PathLike, *, serving: dict | None = None
+) -> Path:
     """Copy a checkpoint (e.g. the resumable ``last.pt``) without its optimizer and resume
-    state: what serving needs, a third of the size. Written atomically."""
+    state: what serving needs, a third of the size. Written atomically. ``serving``: decoding
+    options to record with it (``ChatBot.load`` serves it with them)."""
     ckpt = load_checkpoint(src)
-    for key in ("optimizer", "resume", "format_version"):
+    for key in ("optimizer", "resume", "format_version", "weights_digest"):
         ckpt.pop(key, None)
+    if serving is not None:
+        ckpt["serving"] = dict(serving)
     return save_checkpoint(dest, ckpt)

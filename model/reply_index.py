@@ -23,11 +23,14 @@ from model.reply_filter import has_content
 
 logger = logging.getLogger(__name__)
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 INDEX_NAME = "replies.sqlite"  # the default index file, beside the served checkpoint
-# A query word in more than this share of all questions (了, 你, 吗) is left out of the search
-# when the message has rarer words: it barely ranks and costs a long posting list.
-COMMON_SHARE = 0.02
+# A query word in more than this share of all questions (了, 你, 吗, 好) is left out of the
+# full-text search: it barely ranks and costs a long posting list. A message of such words only
+# is looked up by its exact words instead (an indexed column), which is what finds 你好吗.
+COMMON_SHARE = 0.005
+CHEAP_DOCS = 1000  # a word in fewer questions than this is never too common to search for
+MAX_QUERY_WORDS = 4  # the message's rarest words searched for (the search's cost is bounded)
 
 
 class ReplyIndexError(Exception):
@@ -109,6 +112,8 @@ class ReplyIndex:
                 question, answer UNINDEXED, source UNINDEXED,
                 tokenize = 'unicode61 remove_diacritics 0');
             CREATE VIRTUAL TABLE words USING fts5vocab(pairs, 'row');
+            CREATE TABLE questions(rid INTEGER PRIMARY KEY, q TEXT NOT NULL);
+            CREATE INDEX questions_q ON questions(q);
             """
         )
         conn.execute("INSERT INTO meta VALUES ('format', ?)", (str(INDEX_FORMAT),))
@@ -136,13 +141,20 @@ class ReplyIndex:
                 if len(rows) >= batch:
                     n += self._insert(rows)
             n += self._insert(rows)
-            self.size += n
             self._conn.execute("UPDATE meta SET value = ? WHERE key = 'pairs'", (str(self.size),))
         self._df.cache_clear()
         return n
 
     def _insert(self, rows: list[tuple[str, str, str]]) -> int:
-        self._conn.executemany("INSERT INTO pairs(question, answer, source) VALUES (?, ?, ?)", rows)
+        start = self.size + 1  # rowids 1..size are taken (rows are never deleted)
+        numbered = [(start + i, *row) for i, row in enumerate(rows)]
+        self._conn.executemany(
+            "INSERT INTO pairs(rowid, question, answer, source) VALUES (?, ?, ?, ?)", numbered
+        )
+        self._conn.executemany(
+            "INSERT INTO questions(rid, q) VALUES (?, ?)", [(r[0], r[1]) for r in numbered]
+        )
+        self.size += len(rows)
         n = len(rows)
         rows.clear()
         return n
@@ -157,31 +169,38 @@ class ReplyIndex:
         return int(row[0]) if row else 0
 
     def query_words(self, tokens: list[str]) -> list[str]:
-        """The words of a message worth searching for: known ones, the very common left out
-        unless nothing else is left."""
-        words = list(dict.fromkeys(t for t in tokens if has_content(t)))
-        known = [w for w in words if self._df(w) > 0]
-        rare = [w for w in known if self._df(w) <= COMMON_SHARE * max(self.size, 1)]
-        return rare or known
+        """The words of a message worth a full-text search: its ``MAX_QUERY_WORDS`` rarest
+        known words, none of the very common ones (see ``COMMON_SHARE``)."""
+        words = {t for t in tokens if has_content(t)}
+        limit = max(COMMON_SHARE * self.size, CHEAP_DOCS)
+        rare = sorted((self._df(w), w) for w in words if 0 < self._df(w) <= limit)
+        return [w for _, w in rare[:MAX_QUERY_WORDS]]
 
     def search(self, tokens: list[str], k: int = 20, pool: int = 200) -> list[Hit]:
-        """The ``k`` indexed questions most like ``tokens``, best first: the ``pool`` best by
-        BM25 over the message's rarer words, then ranked by ``similarity`` over all of them."""
-        words = self.query_words(tokens)
-        if not words or k <= 0:
+        """The ``k`` indexed questions most like ``tokens``, best first: those with exactly
+        the message's words, and the ``pool`` best by BM25 over its rarer words, ranked by
+        ``similarity`` over all of its words."""
+        mine = list(dict.fromkeys(t for t in tokens if has_content(t)))
+        if not mine or k <= 0:
             return []
         rows = self._conn.execute(
-            "SELECT question, answer, bm25(pairs), source FROM pairs WHERE pairs MATCH ? "
-            "ORDER BY rank LIMIT ?",
-            (_fts_query(words), max(k, pool)),
+            "SELECT p.question, p.answer, 0.0, p.source FROM questions AS q "
+            "JOIN pairs AS p ON p.rowid = q.rid WHERE q.q = ? LIMIT ?",
+            (" ".join(mine), pool),
         ).fetchall()
-        mine = [t for t in dict.fromkeys(tokens) if has_content(t)]
+        words = self.query_words(mine)
+        if words:
+            rows += self._conn.execute(
+                "SELECT question, answer, bm25(pairs), source FROM pairs WHERE pairs MATCH ? "
+                "ORDER BY rank LIMIT ?",
+                (_fts_query(words), max(k, pool)),
+            ).fetchall()
         weights = {w: self.idf(w) for w in mine}
-        hits = [
-            Hit(q, a, float(s), src, similarity(weights, q.split(" "))) for q, a, s, src in rows
-        ]
-        hits.sort(key=lambda h: (-h.similarity, h.bm25))
-        return hits[:k]
+        hits = {
+            (q, a): Hit(q, a, float(s), src, similarity(weights, q.split(" ")))
+            for q, a, s, src in rows
+        }
+        return sorted(hits.values(), key=lambda h: (-h.similarity, h.bm25))[:k]
 
     def idf(self, word: str) -> float:
         """log(N / df): how much a shared word says about two questions being alike."""

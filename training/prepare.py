@@ -17,6 +17,7 @@ import logging
 import multiprocessing as mp
 import os
 import pickle
+import signal
 import time
 import zlib
 from collections import deque
@@ -544,7 +545,14 @@ def _pool(workers: int, initializer: Callable, initargs: tuple):
         initializer(*initargs)
         return _InProcessPool()
     ctx = mp.get_context("spawn" if os.name != "posix" else "fork")
-    return ctx.Pool(workers, initializer=initializer, initargs=initargs)
+    return ctx.Pool(workers, initializer=_worker_init, initargs=(initializer, initargs))
+
+
+def _worker_init(initializer: Callable, initargs: tuple) -> None:
+    """In a pool worker: the pool stops its workers with SIGTERM, which must end them quietly
+    (a forked worker inherits the parent's handler, which turns SIGTERM into an interrupt)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    initializer(*initargs)
 
 
 def _pairs_and_bad(spec: str, stats: PrepareStats) -> Iterator[tuple[str, str]]:

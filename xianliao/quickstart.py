@@ -1,7 +1,7 @@
 """``xianliao quickstart``: the whole product on a fresh machine in one command.
 
-Trains a small model on the Chinese chatterbot-corpus data that pip installed (plus any
-``--corpus`` given) when ``MODEL_PATH`` does not exist yet, then runs the Telegram bot when
+Trains a small model on the Chinese chatterbot-corpus data that pip installed and the
+project's own everyday exchanges (plus any ``--corpus`` given) when ``MODEL_PATH`` does not exist yet, then runs the Telegram bot when
 ``TELEGRAM_BOT_TOKEN`` is set, else the terminal chat (same service, same logging).
 """
 
@@ -10,6 +10,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+# ~130 everyday exchanges written for this project (greetings, feelings, plans, questions
+# about the bot): with chatterbot-corpus's ~550 mostly translated pairs, enough for a first
+# bot to answer everyday messages from its reply index.
+EVERYDAY_CORPUS = Path(__file__).resolve().parents[1] / "training" / "data" / "everyday_zh.tsv"
+
+
+# How the quickstart model is served (recorded in its checkpoint): a model that learnt a few
+# hundred pairs by heart is a poor judge of other answers, so the question similarity of the
+# retrieved ones weighs more than by default (bench/RESULTS.md section 22).
+QUICKSTART_SERVING = {"similarity_weight": 8.0}
 
 
 def _build_index(corpora: list[str], model_path: Path) -> None:
@@ -51,7 +62,7 @@ def main(argv: list[str]) -> int:
         from training.train import TrainConfig, train
 
         data_dir = Path("data") / "quickstart"
-        corpora = ["chatterbot:chinese", *a.corpus]
+        corpora = ["chatterbot:chinese", str(EVERYDAY_CORPUS), *a.corpus]
         print(f"Preparing {', '.join(corpora)} -> {data_dir}", file=sys.stderr)
         try:
             prepare(corpora, data_dir, PrepareConfig(min_freq=1, valid_permille=20), progress=False)
@@ -70,6 +81,7 @@ def main(argv: list[str]) -> int:
             lr=3e-3,
             eval_every=250,
             model={"emb_size": 128, "hidden_size": 256},
+            both_directions=True,  # so the model can also judge replies read backwards
         )
         from model.checkpoint import export_for_inference
 
@@ -77,7 +89,7 @@ def main(argv: list[str]) -> int:
         _build_index(corpora, model_path)
         # The final weights, not the best-validation ones: a corpus of ~1,100 pairs has a
         # held-out set of ~20 unrelated pairs, which prefers an early, barely trained model.
-        export_for_inference(result.last_checkpoint, model_path)
+        export_for_inference(result.last_checkpoint, model_path, serving=QUICKSTART_SERVING)
         print(
             f"Model ready: {model_path} ({result.steps} steps, training loss {result.last_loss})",
             file=sys.stderr,
