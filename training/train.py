@@ -234,10 +234,12 @@ def train(
     tokens, window_loss, window_n, last_loss = 0, 0.0, 0, float("nan")
     interrupted = False
     start_step = step
+    # With a time budget the step total says nothing about when training ends: no ETA then,
+    # the budget in the description instead.
     bar = tqdm(
-        total=cfg.steps,
+        total=None if cfg.minutes else cfg.steps,
         initial=step,
-        desc="training",
+        desc=f"training (at most {cfg.minutes:g} min)" if cfg.minutes else "training",
         unit="step",
         disable=not progress,
         mininterval=1.0,
