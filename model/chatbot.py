@@ -62,9 +62,7 @@ def open_index(path: str | os.PathLike | None, checkpoint: Path) -> ReplyIndex |
         return None
 
 
-def _served_options(
-    path: Path, ckpt: dict, given: DecodeOptions | dict | None
-) -> DecodeOptions:
+def _served_options(path: Path, ckpt: dict, given: DecodeOptions | dict | None) -> DecodeOptions:
     """The decoding a checkpoint is served with: the defaults, then what the checkpoint's
     ``serving`` entry records (chosen for that model, e.g. by the quickstart), then ``given``."""
     if isinstance(given, DecodeOptions):
