@@ -44,6 +44,7 @@ class Candidate:
     ids: list[int]  # its tokens' ids, as the model scores it
     source: str  # "model", a corpus name, or "approved"
     similarity: float = 0.0  # of the indexed question to the message (retrieved answers)
+    offset: float = 0.0  # how much the answer's corpus is trusted (the index's offsets)
     score: float = float("-inf")
 
 
@@ -223,7 +224,7 @@ class ChatBot:
             toks = self.tokenizer.tokenize(hit.answer)
             if 0 < len(toks) <= max_len and not self.filter.blocked(hit.answer, toks):
                 ids = self.vocab.encode(toks)
-                out[key] = Candidate(hit.answer, ids, hit.source, hit.similarity)
+                out[key] = Candidate(hit.answer, ids, hit.source, hit.similarity, hit.offset)
         return list(out.values())
 
     def _rerank(
@@ -254,10 +255,11 @@ class ChatBot:
 def candidate_score(c: Candidate, model_score: float, opts: DecodeOptions) -> float:
     """The model's judgement of the reply for this message (``candidate_scores``), plus how
     alike the indexed question is to the message, more so for an admin's approved answer,
-    less a share of unknown words (the model cannot judge those). An approved answer to the
+    less a share of unknown words (the model cannot judge those), plus the offset of the
+    answer's corpus. An approved answer to the
     very same words is what an admin said the bot should reply: it is sent."""
     if c.source == "approved" and c.similarity >= SAME_QUESTION:
         return float("inf")
     weight = opts.similarity_weight + (opts.approved_weight if c.source == "approved" else 0.0)
     unknown = sum(1 for i in c.ids if i == UNK_ID) / max(len(c.ids), 1)
-    return model_score + weight * c.similarity - 2.0 * unknown
+    return model_score + weight * c.similarity - 2.0 * unknown + c.offset

@@ -10,6 +10,7 @@ edited (``ReplyIndex.memory``), which is rebuilt when the review state changes.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -44,6 +45,7 @@ class Hit:
     bm25: float  # FTS5's BM25 score (lower is better)
     source: str  # which corpus or "approved"
     similarity: float = 0.0  # how alike the two questions are, 0..1 (``similarity``)
+    offset: float = 0.0  # added to the answer's score: how much its corpus is trusted
 
 
 def default_index_path(checkpoint: str | os.PathLike) -> Path:
@@ -77,6 +79,9 @@ class ReplyIndex:
         self._df = lru_cache(maxsize=50_000)(self._doc_freq)
         row = conn.execute("SELECT value FROM meta WHERE key = 'pairs'").fetchone()
         self.size = int(row[0]) if row else 0
+        row = conn.execute("SELECT value FROM meta WHERE key = 'source_offsets'").fetchone()
+        # corpus name -> score offset of its answers (xianliao index --offset NAME=VALUE)
+        self.offsets: dict[str, float] = json.loads(row[0]) if row else {}
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> ReplyIndex:
@@ -159,6 +164,14 @@ class ReplyIndex:
         rows.clear()
         return n
 
+    def set_offsets(self, offsets: dict[str, float]) -> None:
+        """Record how much each corpus's answers are trusted (added to their scores)."""
+        with self._conn:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('source_offsets', ?)", (json.dumps(offsets),)
+            )
+        self.offsets = dict(offsets)
+
     def optimize(self) -> None:
         """Merge the index's segments (after a bulk build: faster searches, smaller file)."""
         with self._conn:
@@ -197,7 +210,9 @@ class ReplyIndex:
             ).fetchall()
         weights = {w: self.idf(w) for w in mine}
         hits = {
-            (q, a): Hit(q, a, float(s), src, similarity(weights, q.split(" ")))
+            (q, a): Hit(
+                q, a, float(s), src, similarity(weights, q.split(" ")), self.offsets.get(src, 0.0)
+            )
             for q, a, s, src in rows
         }
         return sorted(hits.values(), key=lambda h: (-h.similarity, h.bm25))[:k]
@@ -211,11 +226,17 @@ class ReplyIndex:
             self._conn.close()
 
 
-def build_index(pairs: Iterator[tuple[list[str], str, str]], path: str | os.PathLike) -> ReplyIndex:
+def build_index(
+    pairs: Iterator[tuple[list[str], str, str]],
+    path: str | os.PathLike,
+    offsets: dict[str, float] | None = None,
+) -> ReplyIndex:
     """Build an index file atomically: written beside ``path``, then moved into place."""
     tmp = Path(f"{path}.tmp")
     index = ReplyIndex.create(tmp)
     index.add(pairs)
+    if offsets:
+        index.set_offsets(offsets)
     index.optimize()
     index.close()
     os.replace(tmp, path)

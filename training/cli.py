@@ -190,6 +190,17 @@ def _nothing_written(stats) -> str:  # noqa: ANN001 - PrepareStats
     return f"no pairs written: all {stats.pairs_read} pairs read were skipped ({why})"
 
 
+def _offsets(p: argparse.ArgumentParser, specs: list[str]) -> dict[str, float]:
+    offsets = {}
+    for spec in specs:
+        name, _, value = spec.partition("=")
+        try:
+            offsets[name] = float(value)
+        except ValueError:
+            p.error(f"--offset wants NAME=NUMBER, not {spec!r}")
+    return offsets
+
+
 def index_main(argv: list[str]) -> int:
     import sqlite3
     from pathlib import Path
@@ -214,12 +225,26 @@ def index_main(argv: list[str]) -> int:
     p.add_argument(
         "--blocklist", metavar="FILE", help="more blocked words, beside the shipped list"
     )
+    p.add_argument(
+        "--offset",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="add VALUE to the scores of the answers of corpus NAME (its file name without "
+        "the extension), e.g. dgk_subtitle=-1 for a corpus whose answers fit less often",
+    )
     a = p.parse_args(argv)
     if not 0 <= a.valid_permille <= 1000:
         p.error("--valid-permille must be between 0 and 1000")
     try:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        stats = build(a.corpus, a.out, valid_permille=a.valid_permille, blocklist=a.blocklist)
+        stats = build(
+            a.corpus,
+            a.out,
+            valid_permille=a.valid_permille,
+            blocklist=a.blocklist,
+            offsets=_offsets(p, a.offset),
+        )
     except (CorpusError, OSError, sqlite3.Error) as exc:
         print(f"xianliao index: {exc}", file=sys.stderr)
         return 1

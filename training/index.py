@@ -83,13 +83,15 @@ def build(
     valid_permille: int = 10,
     blocklist: str | None = None,
     fast: bool = True,
+    offsets: dict[str, float] | None = None,
 ) -> IndexStats:
-    """Index the question/answer pairs of ``specs`` into the file ``out`` (atomically)."""
+    """Index the question/answer pairs of ``specs`` into the file ``out`` (atomically).
+    ``offsets``: corpus name (a file's stem) -> a number added to its answers' scores."""
     check_specs(specs)
     t0 = time.perf_counter()
     stats = IndexStats()
     pairs = _kept_pairs(specs, stats, ReplyFilter.default(blocklist), valid_permille)
-    index = build_index(_segmented(pairs, Tokenizer(fast=fast), stats), out)
+    index = build_index(_segmented(pairs, Tokenizer(fast=fast), stats), out, offsets)
     stats.pairs_indexed = index.size  # pairs whose question held a word
     index.close()
     stats.seconds = round(time.perf_counter() - t0, 3)

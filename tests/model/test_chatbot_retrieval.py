@@ -94,3 +94,14 @@ def test_invalid_decoding_options_are_one_line_errors(bot, options, says):
     with pytest.raises(ValueError) as err:
         bot.reply("你好", **options)
     assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_corpus_offset_moves_its_answers_down(bot):
+    bot.index = _index([("今天星期几", "我只会煮面"), ("今天星期几", "下次再聊")])
+    first = bot.reply("今天星期几", **GREEDY, similarity_weight=50)
+    other = {"我只会煮面": "下次再聊", "下次再聊": "我只会煮面"}[first]
+    bot.index = ReplyIndex.memory(
+        [(TOK.tokenize("今天星期几"), first, "noisy"), (TOK.tokenize("今天星期几"), other, "good")]
+    )
+    bot.index.offsets = {"noisy": -100.0}
+    assert bot.reply("今天星期几", **GREEDY, similarity_weight=50) == other

@@ -48,3 +48,24 @@ def test_out_of_range_permille_is_refused(tmp_path, capsys):
             ]
         )
     assert "--valid-permille" in capsys.readouterr().err
+
+
+def test_offsets_are_stored_with_the_index_and_reach_the_hits(tmp_path):
+    a = write_tsv(tmp_path / "good.tsv", [("你吃饭了吗", "吃过了")])
+    b = write_tsv(tmp_path / "noisy.tsv", [("你吃饭了吗", "我是探员")])
+    out = tmp_path / "i.sqlite"
+    args = [str(a), str(b), "--out", str(out), "--valid-permille", "0"]
+    assert index_main([*args, "--offset", "noisy=-1.5"]) == 0
+    index = ReplyIndex.open(out)
+    assert index.offsets == {"noisy": -1.5}
+    from model.text import Tokenizer
+
+    hits = {h.answer: h.offset for h in index.search(Tokenizer().tokenize("你吃饭了吗"))}
+    assert hits == {"吃过了": 0.0, "我是探员": -1.5}
+
+
+def test_a_bad_offset_is_refused(tmp_path, capsys):
+    corpus = str(write_tsv(tmp_path / "c.tsv", TINY_PAIRS))
+    with pytest.raises(SystemExit):
+        index_main([corpus, "--out", str(tmp_path / "i"), "--offset", "dgk"])
+    assert "--offset wants NAME=NUMBER" in capsys.readouterr().err
