@@ -351,7 +351,11 @@ class DialogueService:
         model = self._model
         reply = self._generate(model, [text])[0]
         latency = (time.monotonic() - incoming.received_at) * 1000.0
-        return self._log_batch([(incoming, text, reply, latency, model)])[0]
+        try:
+            return self._log_batch([(incoming, text, reply, latency, model)])[0]
+        except Exception as exc:  # the database cannot be written: the reply still counts
+            self._log_failed(exc, 1)
+            return Reply(reply)
 
     async def respond(self, incoming: Incoming) -> Reply:
         """Answer and log one message without blocking the event loop."""

@@ -346,4 +346,7 @@ def test_a_database_that_cannot_be_written_still_gets_replies(tmp_path, caplog):
     assert service.log_failures == 3
     errors = [r for r in caplog.records if "cannot store exchanges" in r.getMessage()]
     assert len(errors) == 1  # once per outage, not per message
+    # the terminal chat's path too: the reply is printed, the failure counted
+    assert service.respond_sync(msg("终端", message_id=9)).text == "你说：终端"
+    assert service.log_failures == 4
     engine.dispose()
