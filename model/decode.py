@@ -46,7 +46,7 @@ class DecodeOptions:
     # this question makes likelier than any question would; ~2x the work (1 = off)
     rerank_beam: bool = False  # beam: rerank its n-best with mmi_weight and bidi_weight too
     # (off: beam search returns its most likely reply)
-    retrieve: int = 20  # answers taken from the reply index (when one is served) for the
+    retrieve: int = 10  # answers taken from the reply index (when one is served) for the
     # indexed questions most like the message; they and the model's own candidates are all
     # scored as in sample_rank, and the best is sent (0 = generation only)
     similarity_weight: float = 2.0  # added to a retrieved answer's score per unit of question

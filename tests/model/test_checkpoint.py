@@ -124,7 +124,7 @@ def test_a_checkpoint_records_how_it_is_served(tmp_path, tiny_checkpoint):
     path = export_for_inference(tiny_checkpoint, tmp_path / "m.pt", serving={"retrieve": 7})
     assert ChatBot.load(path).options.retrieve == 7
     assert ChatBot.load(path, decode_options={"retrieve": 3}).options.retrieve == 3
-    assert ChatBot.load(tiny_checkpoint).options.retrieve == 20  # the default
+    assert ChatBot.load(tiny_checkpoint).options.retrieve == 10  # the default
     bad = export_for_inference(tiny_checkpoint, tmp_path / "b.pt", serving={"retrieve": -1})
     with pytest.raises(CheckpointError, match="serving options are invalid"):
         ChatBot.load(bad)
