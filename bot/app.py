@@ -87,7 +87,13 @@ def build_application(settings: Settings, service: DialogueService) -> Applicati
         on_model_changed=lambda: service.reload(settings.model_path),
     )
     register_retrain(application, supervisor)  # before register(): its catch-all comes last
-    register(application, BotDeps(service, admin_ids, typing_delay_s=settings.typing_delay_s))
+    deps = BotDeps(
+        service,
+        admin_ids,
+        typing_delay_s=settings.typing_delay_s,
+        send_retry_s=settings.send_retry_s,
+    )
+    register(application, deps)
     if settings.model_watch_s > 0 and application.job_queue is not None:
         application.job_queue.run_repeating(
             _watch_model_file(service, settings.model_path), settings.model_watch_s

@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     send_max_rate: float = Field(default=30.0, ge=0)  # requests per second, whole bot
     send_group_max_rate: float = Field(default=20.0, ge=0)  # requests per minute per group
     send_max_retries: int = Field(default=3, ge=0)  # retries after 429 retry_after
+    # a reply whose sending fails (Telegram down, timeouts) is retried this long, with backoff
+    send_retry_s: float = Field(default=30.0, ge=0)
 
     # --- webhook mode (used when WEBHOOK_URL is set) ---
     webhook_url: str | None = None  # public https URL Telegram posts to

@@ -22,7 +22,14 @@ from telegram import (
     Update,
 )
 from telegram.constants import ChatAction, ChatType
-from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
+from telegram.error import (
+    BadRequest,
+    Forbidden,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+    TimedOut,
+)
 from telegram.ext import (
     Application,
     ApplicationHandlerStop,
@@ -83,6 +90,10 @@ MAX_REVIEW = 20
 TYPING_REPEAT_S = 4.5  # Telegram shows "typing..." for about 5 seconds
 
 
+SEND_BACKOFF_S = 0.2  # first wait before resending a failed message; doubles each time
+SEND_BACKOFF_MAX_S = 5.0
+
+
 @dataclass
 class BotDeps:
     """What handlers need, stored in ``application.bot_data["deps"]``."""
@@ -90,7 +101,7 @@ class BotDeps:
     service: DialogueService
     admin_ids: frozenset[int]
     typing_delay_s: float = 1.0
-    send_attempts: int = 4
+    send_retry_s: float = 30.0  # how long a failing send is retried (SEND_RETRY_S)
     # One lock per chat while it is being answered, so replies keep the order of the messages.
     chat_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = field(
         default_factory=weakref.WeakValueDictionary
@@ -113,24 +124,28 @@ def deps(context: ContextTypes.DEFAULT_TYPE) -> BotDeps:
 async def send_text(
     context: ContextTypes.DEFAULT_TYPE, chat_id: int, text: str, **kwargs: Any
 ) -> Message | None:
-    """Send plain text, retrying on transient failures (5xx, dropped connections, 429)."""
+    """Send plain text, retrying transient failures (5xx, dropped connections, timeouts, 429)
+    with backoff for up to ``send_retry_s`` seconds; then the error is raised."""
     text = fit_message(text)
-    attempts = deps(context).send_attempts
-    for attempt in range(1, attempts + 1):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deps(context).send_retry_s
+    backoff = SEND_BACKOFF_S
+    while True:
         try:
             return await context.bot.send_message(chat_id, text, **kwargs)
         except RetryAfter as exc:  # left over after the rate limiter's own retries
-            if attempt == attempts:
-                raise
-            await asyncio.sleep(_seconds(exc.retry_after) + 0.1)
+            wait, why = _seconds(exc.retry_after) + 0.1, "flood limit"
         except (BadRequest, Forbidden):
             raise
-        except NetworkError as exc:  # includes TimedOut and 5xx answers
-            if attempt == attempts:
-                raise
-            logger.warning("sendMessage failed (%s), retry %d/%d", exc, attempt, attempts - 1)
-            await asyncio.sleep(0.2 * 2 ** (attempt - 1))
-    return None
+        except TimedOut:  # the message may have arrived: a resend may show it twice
+            wait, why = backoff, "timed out; it may have arrived, so the retry may duplicate it"
+        except NetworkError as exc:  # 5xx answers, dropped connections
+            wait, why = backoff, str(exc)
+        if loop.time() + wait > deadline:
+            raise
+        logger.warning("sendMessage to chat %s failed (%s): retrying in %.1fs", chat_id, why, wait)
+        await asyncio.sleep(wait)
+        backoff = min(backoff * 2, SEND_BACKOFF_MAX_S)
 
 
 def _seconds(value: Any) -> float:

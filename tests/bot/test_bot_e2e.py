@@ -357,6 +357,15 @@ def test_bot_api_failures_lose_nothing_and_log_nothing_twice(fake_api, start_bot
         assert len(fake_api.sent_to(u)) == (2 if u == users[0] else 1)
 
 
+def test_a_send_failing_for_seconds_is_retried_not_lost(fake_api, start_bot, caplog):
+    start_bot(send_retry_s=20)
+    fake_api.fail("sendMessage", "500", times=5)  # ~6 s of failures (0.2 s doubling)
+    fake_api.private_text(USER, "坚持住")
+    assert fake_api.wait_sent(USER, 1, timeout=30)[0]["text"] == "你说：坚持住"
+    retries = [r for r in caplog.records if "retrying in" in r.getMessage()]
+    assert len(retries) == 5
+
+
 def test_webhook_mode(fake_api, start_bot, db_path):
     bot = start_bot(mode="webhook")
     assert fake_api.webhook["secret_token"] == "s3cret-token"
