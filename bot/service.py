@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -53,6 +54,7 @@ TOO_LONG_REPLY = "消息太长啦，请控制在 {limit} 个字以内再发给�
 # (users.last_seen_at has a resolution of a minute anyway); saves two queries per transaction.
 SEEN_TTL_S = 50.0
 SEEN_MAX = 50_000  # remembered rows before the memory is cleared
+DB_CHECK_S = 10.0  # how often the SQLite file is checked to be still in place
 FORGET_MEMORY_S = 600.0  # how long a /forget is remembered for messages still in flight
 
 
@@ -205,6 +207,26 @@ class _Pending:
     future: asyncio.Future[Reply]
 
 
+def _sqlite_file(sessions: sessionmaker[Session] | None) -> str | None:
+    """The path of the SQLite database file behind ``sessions``, if that is what it is."""
+    bind = sessions.kw.get("bind") if sessions is not None else None
+    url = getattr(bind, "url", None)
+    if url is None or url.get_backend_name() != "sqlite" or not url.database:
+        return None
+    name = url.database
+    if name.startswith("file:"):  # a URI filename: file:PATH?mode=...
+        name = name[5:].split("?", 1)[0]
+    return None if name == ":memory:" else name
+
+
+def _file_identity(path: str | None) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path) if path else None
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if st else None
+
+
 class DialogueService:
     """Answers messages with the model and logs every exchange.
 
@@ -256,6 +278,11 @@ class DialogueService:
         self._forgotten: dict[int, float] = {}  # user id -> when they asked /forget
         self.log_failures = 0  # exchanges answered but not stored (the database failed)
         self._log_failing = False
+        # The SQLite file being written, to notice it deleted or replaced under the bot (the
+        # writes would go on into an unlinked file, and the next start would find it empty).
+        self._db_file = _sqlite_file(sessions)
+        self._db_identity = _file_identity(self._db_file)
+        self._db_checked = time.monotonic()
 
     # ----- the model ---------------------------------------------------------------------------
 
@@ -475,6 +502,20 @@ class DialogueService:
                 if not p.future.done():
                     p.future.set_result(result)
 
+    def _check_db_file(self) -> None:
+        """At most every ``DB_CHECK_S``: is the SQLite file still the one opened at start?"""
+        now = time.monotonic()
+        if self._db_identity is None or now - self._db_checked < DB_CHECK_S:
+            return
+        self._db_checked = now
+        if _file_identity(self._db_file) != self._db_identity:
+            logger.error(
+                "the database file %s was deleted or replaced while the bot runs: what is "
+                "logged now is lost when the bot stops; restart the bot",
+                self._db_file,
+            )
+            self._db_identity = None  # said once
+
     def _log_failed(self, exc: Exception, n: int) -> None:
         """Count exchanges that could not be stored (``log_failures``, for /stats and
         monitoring); say so in the log once per outage, not once per message."""
@@ -490,6 +531,7 @@ class DialogueService:
         """Log answered messages in one transaction; redelivered ones get the stored reply."""
         if self.sessions is None:
             return [Reply(reply) for _, _, reply, _, _ in items]
+        self._check_db_file()
         forgotten = [self._was_forgotten(inc) for inc, *_ in items]
         if any(forgotten):  # answered, but never stored: the user asked to be forgotten
             rest = [it for it, f in zip(items, forgotten, strict=True) if not f]

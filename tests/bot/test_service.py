@@ -350,3 +350,30 @@ def test_a_database_that_cannot_be_written_still_gets_replies(tmp_path, caplog):
     assert service.respond_sync(msg("终端", message_id=9)).text == "你说：终端"
     assert service.log_failures == 4
     engine.dispose()
+
+
+def test_a_database_file_deleted_under_the_bot_is_reported(tmp_path, caplog, monkeypatch):
+    import logging
+
+    import bot.service as service_module
+
+    monkeypatch.setattr(service_module, "DB_CHECK_S", 0.0)
+    engine = make_engine(f"sqlite:///{tmp_path}/chat.db")
+    init_schema(engine)
+    service = make_service(session_factory(engine))
+    assert service._db_file == f"{tmp_path}/chat.db"
+
+    async def scenario():
+        await service.respond(msg("一", message_id=1))
+        for p in tmp_path.iterdir():  # as `rm -r data/` would
+            p.unlink()
+        await service.respond(msg("二", message_id=2))
+        await service.respond(msg("三", message_id=3))
+        await service.aclose()
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(scenario())
+    service.close()
+    said = [r for r in caplog.records if "was deleted or replaced" in r.getMessage()]
+    assert len(said) == 1
+    engine.dispose()
