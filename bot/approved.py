@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from model.reply_index import Hit, ReplyIndex
 from model.text import Tokenizer
+from storage.db import database_error_line
 from storage.repositories import ExchangeRepository
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class ApprovedReplies:
                 pairs = list(repo.iter_training_pairs(distinct=True))
         except SQLAlchemyError as exc:
             if not self._failing:  # once, not per message
-                logger.warning("approved answers unavailable: %s", str(exc).splitlines()[0])
+                logger.warning("approved answers unavailable: %s", database_error_line(exc))
             self._failing = True
             return
         self._failing = False

@@ -69,10 +69,9 @@ def promote(
     record the promotion. A candidate that does not load is never promoted."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from bot.runtime import database_error_line
     from model.chatbot import ChatBot
     from model.checkpoint import CheckpointError
-    from storage.db import session_factory
+    from storage.db import database_error_line, session_factory
     from storage.repositories import PromotionRepository
 
     candidate, model_path = Path(candidate), Path(model_path)
@@ -117,8 +116,7 @@ def rollback(model_path: str | os.PathLike, database_url: str, *, promoted_by: i
     record that as a promotion: rolling back twice steps back twice (a stack)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from bot.runtime import database_error_line
-    from storage.db import session_factory
+    from storage.db import database_error_line, session_factory
     from storage.repositories import PromotionRepository
 
     engine = _open(database_url, create=False)  # no database: no promotion to undo

@@ -17,7 +17,14 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from bot.config import Settings
 from bot.service import DialogueService, ReplyModel
-from storage.db import NoDatabase, init_schema, make_engine, open_existing, session_factory
+from storage.db import (
+    NoDatabase,
+    database_error_line,
+    init_schema,
+    make_engine,
+    open_existing,
+    session_factory,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -131,13 +138,6 @@ def _make_engine_with_schema(database_url: str) -> Engine:
         engine.dispose()
         raise
     return engine
-
-
-def database_error_line(exc: Exception) -> str:
-    """The first line of a database error (SQLAlchemy's own, without its background link)."""
-    orig = getattr(exc, "orig", None)
-    text = str(orig if orig is not None else exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def open_sessions(database_url: str):  # noqa: ANN201 - sessionmaker

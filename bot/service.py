@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.approved import ApprovedReplies
 from bot.model_workers import ModelClosed
+from storage.db import database_error_line
 from storage.models import REVIEW_PENDING, REVIEW_STATUSES
 from storage.repositories import (
     AuditRepository,
@@ -495,7 +496,7 @@ class DialogueService:
                 self._log_failed(exc, len(items))
                 results = [Reply(reply) for _, _, reply, _, _ in items]
             else:
-                if self.log_failures and self._log_failing:
+                if self._log_failing:
                     logger.warning("logging exchanges works again")
                 self._log_failing = False
             for p, result in zip(pending, results, strict=True):
@@ -523,7 +524,7 @@ class DialogueService:
         if not self._log_failing:
             logger.error(
                 "cannot store exchanges (replying anyway, not logging them): %s",
-                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                database_error_line(exc),
             )
         self._log_failing = True
 

@@ -62,10 +62,6 @@ class DecodeOptions:
         if unknown:
             raise ValueError(f"unknown decoding options: {', '.join(sorted(unknown))}")
         opts = cls(**d)
-        if opts.strategy not in STRATEGIES:
-            raise ValueError(
-                f"strategy must be one of {', '.join(STRATEGIES)}, not {opts.strategy!r}"
-            )
         opts.validate()
         return opts
 

@@ -186,3 +186,10 @@ def _stamp(conn: Connection, version: int) -> None:
     SchemaVersion.__table__.create(conn, checkfirst=True)
     conn.execute(SchemaVersion.__table__.delete())
     conn.execute(SchemaVersion.__table__.insert().values(version=version))
+
+
+def database_error_line(exc: Exception) -> str:
+    """The first line of a database error (SQLAlchemy's own, without its background link)."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

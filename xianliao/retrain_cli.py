@@ -119,8 +119,8 @@ def retrain_main(argv: list[str]) -> int:
         torch.set_num_threads(a.threads)
     from sqlalchemy.exc import SQLAlchemyError
 
-    from bot.runtime import StartupError, database_error_line, open_database
-    from storage.db import session_factory
+    from bot.runtime import StartupError, open_database
+    from storage.db import database_error_line, session_factory
     from storage.repositories import TrainingRunRepository
 
     db_url = a.database_url or s.database_url
