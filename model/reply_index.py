@@ -193,13 +193,14 @@ class ReplyIndex:
         """The ``k`` indexed questions most like ``tokens``, best first: those with exactly
         the message's words, and the ``pool`` best by BM25 over its rarer words, ranked by
         ``similarity`` over all of its words."""
-        mine = list(dict.fromkeys(t for t in tokens if has_content(t)))
+        words_in_order = [t for t in tokens if has_content(t)]  # as ``add`` stores questions
+        mine = list(dict.fromkeys(words_in_order))
         if not mine or k <= 0:
             return []
         rows = self._conn.execute(
             "SELECT p.question, p.answer, 0.0, p.source FROM questions AS q "
             "JOIN pairs AS p ON p.rowid = q.rid WHERE q.q = ? LIMIT ?",
-            (" ".join(mine), pool),
+            (" ".join(words_in_order), pool),
         ).fetchall()
         words = self.query_words(mine)
         if words:

@@ -49,6 +49,16 @@ def test_index_is_read_only_once_built(built):
         index.add([(["新"], "问题", "x")])
 
 
+def test_a_question_of_one_repeated_common_word_is_found_by_its_exact_words():
+    # 谢谢 is in every question here, so only the exact-words lookup can find 谢谢谢谢.
+    pairs = [(["谢谢", "谢谢"], "不客气", "a")] + [
+        (["谢谢", f"词{i}"], "嗯", "a") for i in range(1200)
+    ]
+    index = ReplyIndex.memory(pairs)
+    assert index.query_words(["谢谢", "谢谢"]) == []  # too common for the full-text search
+    assert [h.answer for h in index.search(["谢谢", "谢谢"], k=1)] == ["不客气"]
+
+
 def test_add_updates_search_at_once():
     index = ReplyIndex.memory([(TOK.tokenize("你好"), "你好呀", "a")])
     assert [h.answer for h in index.search(TOK.tokenize("今天星期几"))] == []
