@@ -21,7 +21,7 @@ from bench_replies import dev_pairs, reply_stats  # noqa: E402
 
 
 def main() -> int:
-    from model.chatbot import ChatBot
+    from xianliao.model.chatbot import ChatBot
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("checkpoint")

@@ -32,8 +32,8 @@ MESSAGES = ["你吃饭了吗", "晚安", "我好累", "你叫什么名字", "明
 
 SEARCH = r"""
 import json, sys, time
-from model.reply_index import ReplyIndex
-from model.text import Tokenizer
+from xianliao.model.reply_index import ReplyIndex
+from xianliao.model.text import Tokenizer
 tok = Tokenizer()
 index = ReplyIndex.open(sys.argv[1])
 msgs = json.loads(sys.argv[2])

@@ -30,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import OUT, XHJ, machine  # noqa: E402
 
-from model.chatbot import ChatBot  # noqa: E402
-from model.checkpoint import save_checkpoint  # noqa: E402
-from model.seq2seq import Seq2Seq, Seq2SeqConfig, default_cutoffs  # noqa: E402
-from model.text import Tokenizer  # noqa: E402
-from training.train import read_vocab  # noqa: E402
+from xianliao.model.chatbot import ChatBot  # noqa: E402
+from xianliao.model.checkpoint import save_checkpoint  # noqa: E402
+from xianliao.model.seq2seq import Seq2Seq, Seq2SeqConfig, default_cutoffs  # noqa: E402
+from xianliao.model.text import Tokenizer  # noqa: E402
+from xianliao.training.train import read_vocab  # noqa: E402
 
 
 def tutorial_checkpoint(path: Path, vocab_dir: str, *, adaptive: bool, size: int = 20000) -> Path:

@@ -27,7 +27,7 @@ from common import OUT, ROOT, XIANLIAO, generate_corpus, load_pairs, machine, ru
 
 SEED_STYLE = r"""
 import sys
-from model.text import Tokenizer
+from xianliao.model.text import Tokenizer
 tok = Tokenizer()
 pairs = []
 with open(sys.argv[1], encoding="utf-8") as f:

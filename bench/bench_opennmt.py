@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_throughput import ProjectTrainer, project_cfg  # noqa: E402
 from common import OUT, machine  # noqa: E402
 
-from training.data import BatchSampler, PairArrays, Source  # noqa: E402
-from training.train import read_vocab  # noqa: E402
+from xianliao.training.data import BatchSampler, PairArrays, Source  # noqa: E402
+from xianliao.training.train import read_vocab  # noqa: E402
 
 # "Step 10/ 40; acc: ...; bsz:  307/ 333/64; 368/399 tok/s;     11 sec;"
 REPORT = re.compile(r"Step\s+(\d+)/\s*\d+;.*bsz:\s*(\d+)/\s*(\d+)/\s*\d+;.*?;\s+(\d+) sec;")

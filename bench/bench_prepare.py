@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import DGK, OUT, XIANLIAO, generate_corpus, machine, run_measured  # noqa: E402
 
-from model.text import normalise  # noqa: E402
+from xianliao.model.text import normalise  # noqa: E402
 
 PAIR_BYTES = 57.5  # mean bytes per generated pair (DGK lines + 5% rare words)
 

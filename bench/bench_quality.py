@@ -41,9 +41,9 @@ EVERYDAY = [
 
 
 def main() -> int:
-    from model.chatbot import ChatBot
-    from model.decode import DecodeOptions
-    from training.evaluate import evaluate
+    from xianliao.model.chatbot import ChatBot
+    from xianliao.model.decode import DecodeOptions
+    from xianliao.training.evaluate import evaluate
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("checkpoint")

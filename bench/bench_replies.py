@@ -43,7 +43,7 @@ def dev_pairs(paths: list[str], limit: int, seed: int) -> list[tuple[str, str]]:
 
 
 def reply_stats(bot, replies: list[str]) -> dict:
-    from training.evaluate import is_generic
+    from xianliao.training.evaluate import is_generic
 
     tokens = [bot.tokenizer.tokenize(r) for r in replies]
     bigrams = [tuple(t[i : i + 2]) for t in tokens for i in range(len(t) - 1)]
@@ -83,7 +83,7 @@ def score(judged: Path, key: Path) -> dict:
 
 
 def main() -> int:
-    from model.chatbot import ChatBot
+    from xianliao.model.chatbot import ChatBot
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("checkpoint", nargs="?")

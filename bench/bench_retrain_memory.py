@@ -36,8 +36,8 @@ def fill_database(db: Path, rows: int, seed: int = 0) -> float:
     """Insert ``rows`` approved exchanges through SQLAlchemy (bound parameters, batches)."""
     from sqlalchemy import insert
 
-    from storage.db import init_schema, make_engine
-    from storage.models import Chat, Exchange, User
+    from xianliao.storage.db import init_schema, make_engine
+    from xianliao.storage.models import Chat, Exchange, User
 
     t0 = time.perf_counter()
     engine = make_engine(f"sqlite:///{db}")

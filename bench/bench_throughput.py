@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import OUT, machine  # noqa: E402
 from tutorial_model import TutorialTrainer  # noqa: E402
 
-from model.seq2seq import Seq2Seq, Seq2SeqConfig, default_cutoffs  # noqa: E402
-from training.data import BatchSampler, PairArrays, Source  # noqa: E402
-from training.train import read_vocab  # noqa: E402
+from xianliao.model.seq2seq import Seq2Seq, Seq2SeqConfig, default_cutoffs  # noqa: E402
+from xianliao.training.data import BatchSampler, PairArrays, Source  # noqa: E402
+from xianliao.training.train import read_vocab  # noqa: E402
 
 
 class ProjectTrainer:

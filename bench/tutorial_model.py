@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.vocab import GO_ID, PAD_ID
+from xianliao.model.vocab import GO_ID, PAD_ID
 
 
 class EncoderRNN(nn.Module):

@@ -12,9 +12,9 @@ import logging
 from telegram import Update
 from telegram.ext import Application, CommandHandler, ContextTypes, filters
 
-from bot.handlers import _admin_only, deps, send_text
-from bot.promotion import PromotionError
-from bot.retrain import RetrainBusy, RetrainSupervisor
+from xianliao.bot.handlers import _admin_only, deps, send_text
+from xianliao.bot.promotion import PromotionError
+from xianliao.bot.retrain import RetrainBusy, RetrainSupervisor
 
 logger = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ from telegram.error import InvalidToken, NetworkError, TelegramError
 from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, ContextTypes
 from telegram.request import HTTPXRequest
 
-from bot.admin_retrain import register_retrain
-from bot.config import Settings, read_settings
-from bot.handlers import ADMIN_COMMANDS, USER_COMMANDS, BotDeps, register
-from bot.retrain import RetrainSupervisor
-from bot.runtime import StartupError, create_service, setup_logging
-from bot.service import DialogueService
-from bot.updates import TolerantBot
+from xianliao.bot.admin_retrain import register_retrain
+from xianliao.bot.config import Settings, read_settings
+from xianliao.bot.handlers import ADMIN_COMMANDS, USER_COMMANDS, BotDeps, register
+from xianliao.bot.retrain import RetrainSupervisor
+from xianliao.bot.runtime import StartupError, create_service, setup_logging
+from xianliao.bot.service import DialogueService
+from xianliao.bot.updates import TolerantBot
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from model.reply_index import Hit, ReplyIndex
-from model.text import Tokenizer
-from storage.db import database_error_line
-from storage.repositories import ExchangeRepository
+from xianliao.model.reply_index import Hit, ReplyIndex
+from xianliao.model.text import Tokenizer
+from xianliao.storage.db import database_error_line
+from xianliao.storage.repositories import ExchangeRepository
 
 logger = logging.getLogger(__name__)
 

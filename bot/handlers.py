@@ -41,7 +41,7 @@ from telegram.ext import (
     filters,
 )
 
-from bot.service import DialogueService, Incoming, RateDecision, fit_message
+from xianliao.bot.service import DialogueService, Incoming, RateDecision, fit_message
 
 logger = logging.getLogger(__name__)
 

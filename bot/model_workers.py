@@ -40,7 +40,7 @@ def _load(
     """In the worker: load the checkpoint once; returns (version, decode options).
     ``extras``: more ``ChatBot.load`` arguments (the reply index, the blocklist)."""
     global _BOT
-    from model.chatbot import ChatBot
+    from xianliao.model.chatbot import ChatBot
 
     _die_with_parent()
     _BOT = ChatBot.load(path, device=device, threads=threads, quantize=quantize, **(extras or {}))

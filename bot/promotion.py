@@ -34,7 +34,7 @@ def _atomic_copy(src: Path, dest: Path) -> None:
 
 def _archive(path: Path, history: Path) -> Path:
     """Keep a copy of a checkpoint as ``history/<sha256 prefix>.pt`` (once per content)."""
-    from model.errors import file_digest
+    from xianliao.model.errors import file_digest
 
     dest = history / f"{file_digest(path)[:16]}.pt"
     if not dest.exists():
@@ -45,7 +45,7 @@ def _archive(path: Path, history: Path) -> Path:
 def _open(database_url: str, *, create: bool):  # noqa: ANN202 - an Engine
     """The database, or ``PromotionError`` with one line (a bad URL, a file that is not a
     database, none there when ``create`` is False: then nothing was promoted with it)."""
-    from bot.runtime import MissingDatabase, StartupError, open_database
+    from xianliao.bot.runtime import MissingDatabase, StartupError, open_database
 
     try:
         return open_database(database_url, create=create)
@@ -69,10 +69,10 @@ def promote(
     record the promotion. A candidate that does not load is never promoted."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from model.chatbot import ChatBot
-    from model.checkpoint import CheckpointError
-    from storage.db import database_error_line, session_factory
-    from storage.repositories import PromotionRepository
+    from xianliao.model.chatbot import ChatBot
+    from xianliao.model.checkpoint import CheckpointError
+    from xianliao.storage.db import database_error_line, session_factory
+    from xianliao.storage.repositories import PromotionRepository
 
     candidate, model_path = Path(candidate), Path(model_path)
     try:
@@ -116,8 +116,8 @@ def rollback(model_path: str | os.PathLike, database_url: str, *, promoted_by: i
     record that as a promotion: rolling back twice steps back twice (a stack)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from storage.db import database_error_line, session_factory
-    from storage.repositories import PromotionRepository
+    from xianliao.storage.db import database_error_line, session_factory
+    from xianliao.storage.repositories import PromotionRepository
 
     engine = _open(database_url, create=False)  # no database: no promotion to undo
     try:

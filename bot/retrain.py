@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from storage.db import init_schema, make_engine, session_factory
-from storage.repositories import TrainingRunRepository
+from xianliao.storage.db import init_schema, make_engine, session_factory
+from xianliao.storage.repositories import TrainingRunRepository
 
 logger = logging.getLogger(__name__)
 
@@ -314,7 +314,7 @@ class RetrainSupervisor:
     # ----- promote / rollback ------------------------------------------------------------------
     async def promote(self, admin_id: int, run_id: int | None = None) -> str:
         """Force a run's candidate live (the latest succeeded run by default)."""
-        from bot.promotion import PromotionError, promote
+        from xianliao.bot.promotion import PromotionError, promote
 
         def find(session) -> tuple[int, str] | None:
             runs = TrainingRunRepository(session)
@@ -348,7 +348,7 @@ class RetrainSupervisor:
         return await self._model_changed()
 
     async def rollback(self, admin_id: int) -> str:
-        from bot.promotion import rollback
+        from xianliao.bot.promotion import rollback
 
         await asyncio.to_thread(rollback, self.model_path, self.database_url, promoted_by=admin_id)
         return await self._model_changed()

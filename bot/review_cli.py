@@ -34,10 +34,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from bot.config import Settings
-from bot.runtime import tolerate_bad_bytes, valid_text
-from storage.db import NoDatabase, open_existing, read_only_engine, session_factory
-from storage.models import (
+from xianliao.bot.config import Settings
+from xianliao.bot.runtime import tolerate_bad_bytes, valid_text
+from xianliao.storage.db import NoDatabase, open_existing, read_only_engine, session_factory
+from xianliao.storage.models import (
     REVIEW_APPROVED,
     REVIEW_PENDING,
     REVIEW_REJECTED,
@@ -46,7 +46,7 @@ from storage.models import (
     Feedback,
     User,
 )
-from storage.repositories import AuditRepository, ExchangeFilter, ExchangeRepository
+from xianliao.storage.repositories import AuditRepository, ExchangeFilter, ExchangeRepository
 
 PROG = "xianliao review"
 CLI_REVIEWER = 0  # the reviewer id recorded for changes made from the command line

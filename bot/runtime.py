@@ -15,9 +15,9 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from bot.config import Settings
-from bot.service import DialogueService, ReplyModel
-from storage.db import (
+from xianliao.bot.config import Settings
+from xianliao.bot.service import DialogueService, ReplyModel
+from xianliao.storage.db import (
     NoDatabase,
     database_error_line,
     init_schema,
@@ -40,7 +40,7 @@ class MissingDatabase(StartupError):
 def _load(settings: Settings, path: Path, workers: int) -> ReplyModel:
     """A ``model.chatbot.ChatBot`` in this process, or a pool of ``workers`` processes."""
     if workers > 0:
-        from bot.model_workers import ModelWorkerPool
+        from xianliao.bot.model_workers import ModelWorkerPool
 
         return ModelWorkerPool(
             path,
@@ -51,7 +51,7 @@ def _load(settings: Settings, path: Path, workers: int) -> ReplyModel:
             index_path=settings.reply_index,
             blocklist=settings.reply_blocklist,
         )
-    from model.chatbot import ChatBot
+    from xianliao.model.chatbot import ChatBot
 
     return ChatBot.load(
         path,
@@ -66,7 +66,7 @@ def _load(settings: Settings, path: Path, workers: int) -> ReplyModel:
 def load_model(settings: Settings, path: Path | None = None, workers: int = 0) -> ReplyModel:
     """Load the checkpoint (``MODEL_PATH`` unless ``path``): in this process, or in
     ``workers`` worker processes (:class:`bot.model_workers.ModelWorkerPool`)."""
-    from model.errors import CheckpointError, DeviceError
+    from xianliao.model.errors import CheckpointError, DeviceError
 
     path = Path(path or settings.model_path)
     if not path.exists():

@@ -31,11 +31,11 @@ from typing import Any, Protocol
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.approved import ApprovedReplies
-from bot.model_workers import ModelClosed
-from storage.db import database_error_line
-from storage.models import REVIEW_PENDING, REVIEW_STATUSES
-from storage.repositories import (
+from xianliao.bot.approved import ApprovedReplies
+from xianliao.bot.model_workers import ModelClosed
+from xianliao.storage.db import database_error_line
+from xianliao.storage.models import REVIEW_PENDING, REVIEW_STATUSES
+from xianliao.storage.repositories import (
     AuditRepository,
     ChatRepository,
     ExchangeFilter,

@@ -13,15 +13,15 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from bot.config import read_settings
-from bot.runtime import (
+from xianliao.bot.config import read_settings
+from xianliao.bot.runtime import (
     StartupError,
     create_service,
     setup_logging,
     tolerate_bad_bytes,
     valid_text,
 )
-from bot.service import DialogueService, Incoming
+from xianliao.bot.service import DialogueService, Incoming
 
 TERMINAL_USER_ID = 0  # the local user; Telegram ids are positive, so it never clashes
 QUIT_WORDS = {"/quit", "/exit", "quit", "exit", "退出"}

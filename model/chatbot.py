@@ -10,13 +10,13 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import CheckpointError, file_digest, load_checkpoint
-from model.decode import DecodeOptions, batch_inputs, candidate_scores, decode, generate
-from model.reply_filter import ReplyFilter
-from model.reply_index import Hit, ReplyIndex, ReplyIndexError, default_index_path
-from model.seq2seq import Seq2Seq, Seq2SeqConfig
-from model.text import Tokenizer, detokenize, normalise
-from model.vocab import UNK_ID, Vocab
+from xianliao.model.checkpoint import CheckpointError, file_digest, load_checkpoint
+from xianliao.model.decode import DecodeOptions, batch_inputs, candidate_scores, decode, generate
+from xianliao.model.reply_filter import ReplyFilter
+from xianliao.model.reply_index import Hit, ReplyIndex, ReplyIndexError, default_index_path
+from xianliao.model.seq2seq import Seq2Seq, Seq2SeqConfig
+from xianliao.model.text import Tokenizer, detokenize, normalise
+from xianliao.model.vocab import UNK_ID, Vocab
 
 logger = logging.getLogger(__name__)
 

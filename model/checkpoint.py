@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from model.errors import CheckpointError, DeviceError, file_digest  # noqa: F401 - re-exported
+from xianliao.model.errors import CheckpointError, DeviceError, file_digest  # noqa: F401 - re-exported
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model_config", "vocab", "tokenizer", "state_dict", "train")

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from model.seq2seq import Seq2Seq
-from model.vocab import EOS_ID, GO_ID, PAD_ID, UNK_ID
+from xianliao.model.seq2seq import Seq2Seq
+from xianliao.model.vocab import EOS_ID, GO_ID, PAD_ID, UNK_ID
 
 NEG_INF = float("-inf")
 STRATEGIES = ("greedy", "beam", "sample", "sample_rank")

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from model.text import normalise
+from xianliao.model.text import normalise
 
 DEFAULT_BLOCKLIST = Path(__file__).with_name("data") / "blocklist.txt"
 # Text with no letter, digit or CJK character: punctuation, emoticons such as "=。=" or "==".

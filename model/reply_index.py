@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from model.reply_filter import has_content
+from xianliao.model.reply_filter import has_content
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from model.vocab import GO_ID, PAD_ID, UNK_ID
+from xianliao.model.vocab import GO_ID, PAD_ID, UNK_ID
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.models import Base, SchemaVersion
+from xianliao.storage.models import Base, SchemaVersion
 
 logger = logging.getLogger(__name__)
 

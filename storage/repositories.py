@@ -17,7 +17,7 @@ from sqlalchemy import Engine, Select, delete, exists, func, or_, select, text, 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from storage.models import (
+from xianliao.storage.models import (
     REVIEW_APPROVED,
     REVIEW_STATUSES,
     AdminAction,

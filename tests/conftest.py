@@ -52,7 +52,7 @@ def tiny_tsv(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory, tiny_tsv) -> Path:
-    from training.prepare import PrepareConfig, prepare
+    from xianliao.training.prepare import PrepareConfig, prepare
 
     out = tmp_path_factory.mktemp("data")
     prepare(
@@ -67,7 +67,7 @@ TINY_MODEL = {"emb_size": 48, "hidden_size": 64, "dropout": 0.0}
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_data) -> Path:
     """A tiny model trained until it answers the TINY_PAIRS by heart."""
-    from training.train import TrainConfig, train
+    from xianliao.training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("run")
     cfg = TrainConfig(

@@ -12,6 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 PROJECT = {"bot", "model", "storage", "training", "xianliao"}
+# the subpackages of the one import package, xianliao, whose folders are at the top level
+SUBSYSTEMS = PROJECT - {"xianliao"}
 
 ALLOWED = {
     # rjieba is the optional, jieba-compatible fast path of the tokenizer
@@ -34,15 +36,24 @@ ALLOWED = {
 }
 
 
+def _subsystem(module: str) -> str:
+    """``xianliao.model.decode`` -> ``model``; ``xianliao.cli`` -> ``xianliao``; a bare project
+    name (``import model``) is named so that no rule allows it: it would not import installed."""
+    parts = module.split(".")
+    if parts[0] == "xianliao":
+        return parts[1] if len(parts) > 1 and parts[1] in SUBSYSTEMS else "xianliao"
+    return f"bare {parts[0]}" if parts[0] in SUBSYSTEMS else parts[0]
+
+
 def _imports(package: str):
     for path in sorted((ROOT / package).rglob("*.py")):
         tree = ast.parse(path.read_text("utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 for alias in node.names:
-                    yield path, alias.name.split(".")[0]
+                    yield path, _subsystem(alias.name)
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                yield path, node.module.split(".")[0]
+                yield path, _subsystem(node.module)
 
 
 @pytest.mark.parametrize("package", sorted(ALLOWED))
@@ -63,7 +74,8 @@ def test_nothing_imports_bot_or_training_but_the_entry_point():
 
 def test_chat_and_training_never_load_telegram():
     code = (
-        "import sys, bot.terminal, bot.review_cli, bot.retrain, training.cli, training.retrain; "
+        "import sys, xianliao.bot.terminal, xianliao.bot.review_cli, xianliao.bot.retrain, "
+        "xianliao.training.cli, xianliao.training.retrain; "
         "sys.exit(1 if 'telegram' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
@@ -110,3 +122,44 @@ def test_a_bad_setting_is_one_line_for_every_entry_point(command, monkeypatch, c
         f"xianliao {command}: setting ADMIN_USER_IDS: Value error, ADMIN_USER_IDS "
         "must be numeric Telegram user ids separated by commas"
     ]
+
+
+def test_tests_and_benchmarks_import_the_installed_package_only():
+    """``import model`` works in the repository by accident of the working directory and
+    nowhere else; every import goes through ``xianliao``."""
+    for folder in ("tests", "bench", "xianliao"):
+        bare = sorted(
+            {(str(p.relative_to(ROOT)), m) for p, m in _imports(folder) if m.startswith("bare ")}
+        )
+        assert bare == [], folder
+
+
+def test_the_wheel_installs_one_package_with_its_data(tmp_path):
+    """``pip install .`` puts ``xianliao`` (and its metadata) in site-packages, nothing else,
+    with the blocklist and the everyday corpus inside."""
+    import zipfile
+
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+    )
+    (wheel,) = tmp_path.glob("xianliao-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {
+        "xianliao",
+        wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info",
+    }
+    assert "xianliao/model/data/blocklist.txt" in names
+    assert "xianliao/training/data/everyday_zh.tsv" in names
+    assert "xianliao/bot/service.py" in names and "xianliao/storage/db.py" in names

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from storage.db import init_schema, make_engine, session_factory
-from storage.models import TrainingRun
-from storage.repositories import (
+from xianliao.storage.db import init_schema, make_engine, session_factory
+from xianliao.storage.models import TrainingRun
+from xianliao.storage.repositories import (
     ChatRepository,
     ExchangeRepository,
     TrainingRunRepository,

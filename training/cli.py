@@ -49,7 +49,7 @@ def _device(value: str) -> str:
     starts, instead of a traceback from deep inside torch)."""
     if value == "auto":
         return value
-    from model.checkpoint import DeviceError, check_device
+    from xianliao.model.checkpoint import DeviceError, check_device
 
     try:
         check_device(value)
@@ -62,8 +62,8 @@ def _vocab_from(path: str):
     """The vocabulary of a prepared data dir (its vocab.txt) or of a checkpoint."""
     from pathlib import Path
 
-    from model.checkpoint import CheckpointError, load_checkpoint
-    from model.vocab import Vocab
+    from xianliao.model.checkpoint import CheckpointError, load_checkpoint
+    from xianliao.model.vocab import Vocab
 
     if Path(path).is_dir():
         tokens = (Path(path) / "vocab.txt").read_text("utf-8").split("\n")
@@ -75,9 +75,9 @@ def _vocab_from(path: str):
 
 
 def prepare_main(argv: list[str]) -> int:
-    from model.vocab import SPECIALS
-    from training.corpus import CorpusError
-    from training.prepare import PrepareConfig, prepare
+    from xianliao.model.vocab import SPECIALS
+    from xianliao.training.corpus import CorpusError
+    from xianliao.training.prepare import PrepareConfig, prepare
 
     # torch is imported only for --vocab-from: prepare itself never needs it, and every worker
     # process would carry its memory.
@@ -205,8 +205,8 @@ def index_main(argv: list[str]) -> int:
     import sqlite3
     from pathlib import Path
 
-    from training.corpus import CorpusError
-    from training.index import build
+    from xianliao.training.corpus import CorpusError
+    from xianliao.training.index import build
 
     p = OneLineParser(
         prog="xianliao index",
@@ -270,9 +270,9 @@ def _data_arg(spec: str) -> tuple[str, float]:
 
 
 def train_main(argv: list[str]) -> int:
-    from model.checkpoint import CheckpointError
-    from training.data import DataError
-    from training.train import TrainConfig, result_json, train
+    from xianliao.model.checkpoint import CheckpointError
+    from xianliao.training.data import DataError
+    from xianliao.training.train import TrainConfig, result_json, train
 
     d = TrainConfig()
     p = OneLineParser(
@@ -385,11 +385,11 @@ def train_main(argv: list[str]) -> int:
 
 
 def eval_main(argv: list[str]) -> int:
-    from model.chatbot import ChatBot
-    from model.checkpoint import CheckpointError
-    from model.decode import DecodeOptions
-    from training.corpus import CorpusError
-    from training.evaluate import evaluate, report_dict
+    from xianliao.model.chatbot import ChatBot
+    from xianliao.model.checkpoint import CheckpointError
+    from xianliao.model.decode import DecodeOptions
+    from xianliao.training.corpus import CorpusError
+    from xianliao.training.evaluate import evaluate, report_dict
 
     p = OneLineParser(
         prog="xianliao eval",

@@ -30,6 +30,12 @@ class CorpusError(Exception):
     """A corpus argument that cannot be read at all (missing file, unknown format)."""
 
 
+# ~130 everyday exchanges written for this project (greetings, feelings, plans, questions
+# about the bot): with chatterbot-corpus's ~550 mostly translated pairs, enough for a first
+# bot to answer everyday messages from its reply index. Package data, so installed copies have it.
+EVERYDAY_CORPUS = Path(__file__).with_name("data") / "everyday_zh.tsv"
+
+
 def chatterbot_dir(language: str = "chinese") -> Path:
     try:
         import chatterbot_corpus

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.vocab import EOS_ID, GO_ID, PAD_ID
+from xianliao.model.vocab import EOS_ID, GO_ID, PAD_ID
 
 
 class DataError(Exception):

@@ -10,11 +10,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from model.chatbot import ChatBot
-from model.decode import DecodeOptions
-from model.vocab import UNK_ID
-from training.corpus import Bad, iter_corpus
-from training.data import collate
+from xianliao.model.chatbot import ChatBot
+from xianliao.model.decode import DecodeOptions
+from xianliao.model.vocab import UNK_ID
+from xianliao.training.corpus import Bad, iter_corpus
+from xianliao.training.data import collate
 
 # Replies that fit any question. A reply counts as generic when, without punctuation and
 # spaces, it is one of these. The list is fixed so numbers compare across runs and models.

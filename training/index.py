@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model.reply_filter import ReplyFilter, has_content
-from model.reply_index import build_index
-from model.text import Tokenizer, normalise
-from training.corpus import Bad, check_specs, iter_corpus
-from training.prepare import held_out
+from xianliao.model.reply_filter import ReplyFilter, has_content
+from xianliao.model.reply_index import build_index
+from xianliao.model.text import Tokenizer, normalise
+from xianliao.training.corpus import Bad, check_specs, iter_corpus
+from xianliao.training.prepare import held_out
 
 
 @dataclass

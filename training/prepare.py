@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from model.reply_filter import ReplyFilter, has_content
-from model.text import Tokenizer, detokenize, normalise
-from model.vocab import SPECIALS, UNK_ID, Vocab
-from training.corpus import Bad, check_specs, is_tsv, iter_corpus, parse_tsv_line
+from xianliao.model.reply_filter import ReplyFilter, has_content
+from xianliao.model.text import Tokenizer, detokenize, normalise
+from xianliao.model.vocab import SPECIALS, UNK_ID, Vocab
+from xianliao.training.corpus import Bad, check_specs, is_tsv, iter_corpus, parse_tsv_line
 
 logger = logging.getLogger(__name__)
 

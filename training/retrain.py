@@ -88,11 +88,11 @@ def export_logged_pairs(
     pairs a hash puts among the ``heldout_permille`` go there instead (for the gate). Pairs
     with a word of the shipped blocklist or of ``blocklist`` are dropped. Duplicates are
     removed by the database (SELECT DISTINCT), so memory stays bounded however many rows."""
-    from model.reply_filter import ReplyFilter, read_blocklist
-    from model.text import normalise
-    from storage.db import init_schema, make_engine, read_only_engine, session_factory
-    from storage.repositories import ExchangeRepository
-    from training.prepare import held_out
+    from xianliao.model.reply_filter import ReplyFilter, read_blocklist
+    from xianliao.model.text import normalise
+    from xianliao.storage.db import init_schema, make_engine, read_only_engine, session_factory
+    from xianliao.storage.repositories import ExchangeRepository
+    from xianliao.training.prepare import held_out
 
     engine = make_engine(database_url)
     try:
@@ -139,8 +139,8 @@ def export_logged_pairs(
 def _describe_model(bot, tsvs: dict[str, str], limit: int, options: dict) -> dict:
     """Metrics and probe replies of ``bot`` with the served decoding (its own defaults and
     ``options``, as the bot's DECODE_OPTIONS)."""
-    from model.decode import DecodeOptions
-    from training.evaluate import evaluate
+    from xianliao.model.decode import DecodeOptions
+    from xianliao.training.evaluate import evaluate
 
     out: dict = {"version": bot.version}
     served = {**bot.options.to_dict(), **options, "seed": 0}
@@ -167,7 +167,7 @@ def compare(
     """Evaluate both checkpoints on the same held-out sets and probes; decide if the new one is
     not worse: perplexity within ``tolerance`` on every set, generic share up by at most 5
     points and distinct-2 down by at most 5 points on the base set."""
-    from model.chatbot import ChatBot
+    from xianliao.model.chatbot import ChatBot
 
     tsvs = {k: v for k, v in tsvs.items() if Path(v).is_file() and Path(v).stat().st_size}
     live = _describe_model(ChatBot.load(live_path), tsvs, limit, options or {})
@@ -202,10 +202,10 @@ def retrain(
     progress_bar: bool = False,
 ) -> dict:
     """Export, prepare, train, compare. Returns the report (also in ``out_dir/report.json``)."""
-    from model.checkpoint import CheckpointError, export_for_inference, load_checkpoint
-    from model.vocab import Vocab
-    from training.prepare import PrepareConfig, prepare
-    from training.train import TrainConfig, read_vocab, train
+    from xianliao.model.checkpoint import CheckpointError, export_for_inference, load_checkpoint
+    from xianliao.model.vocab import Vocab
+    from xianliao.training.prepare import PrepareConfig, prepare
+    from xianliao.training.train import TrainConfig, read_vocab, train
 
     t0 = time.perf_counter()
     out = Path(cfg.out_dir)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from model.seq2seq import Seq2Seq, Seq2SeqConfig, default_cutoffs
-from model.vocab import Vocab
-from training.data import BatchSampler, DataError, PairArrays, Source, iter_eval_batches
+from xianliao.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from xianliao.model.seq2seq import Seq2Seq, Seq2SeqConfig, default_cutoffs
+from xianliao.model.vocab import Vocab
+from xianliao.training.data import BatchSampler, DataError, PairArrays, Source, iter_eval_batches
 
 logger = logging.getLogger(__name__)
 

@@ -14,16 +14,20 @@ import sys
 # subcommand -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "prepare": (
-        "training.cli",
+        "xianliao.training.cli",
         "prepare_main",
         "segment a corpus into vocabulary + token-id arrays",
     ),
-    "index": ("training.cli", "index_main", "build the reply index from corpora"),
-    "train": ("training.cli", "train_main", "train (or resume) a model on prepared data"),
-    "eval": ("training.cli", "eval_main", "evaluate a checkpoint on a TSV file"),
-    "chat": ("bot.terminal", "main", "chat with a checkpoint in the terminal"),
-    "bot": ("bot.app", "main", "run the Telegram bot"),
-    "review": ("bot.review_cli", "main", "list, approve, edit and export logged exchanges"),
+    "index": ("xianliao.training.cli", "index_main", "build the reply index from corpora"),
+    "train": ("xianliao.training.cli", "train_main", "train (or resume) a model on prepared data"),
+    "eval": ("xianliao.training.cli", "eval_main", "evaluate a checkpoint on a TSV file"),
+    "chat": ("xianliao.bot.terminal", "main", "chat with a checkpoint in the terminal"),
+    "bot": ("xianliao.bot.app", "main", "run the Telegram bot"),
+    "review": (
+        "xianliao.bot.review_cli",
+        "main",
+        "list, approve, edit and export logged exchanges",
+    ),
     "retrain": ("xianliao.retrain_cli", "retrain_main", "retrain on approved logged exchanges"),
     "promote": ("xianliao.retrain_cli", "promote_main", "put a checkpoint live (forced)"),
     "rollback": ("xianliao.retrain_cli", "rollback_main", "put the previous model back"),

@@ -11,12 +11,6 @@ import argparse
 import sys
 from pathlib import Path
 
-# ~130 everyday exchanges written for this project (greetings, feelings, plans, questions
-# about the bot): with chatterbot-corpus's ~550 mostly translated pairs, enough for a first
-# bot to answer everyday messages from its reply index.
-EVERYDAY_CORPUS = Path(__file__).resolve().parents[1] / "training" / "data" / "everyday_zh.tsv"
-
-
 # How the quickstart model is served (recorded in its checkpoint): a model that learnt a few
 # hundred pairs by heart is a poor judge of other answers, so the question similarity of the
 # retrieved ones weighs more than by default (bench/RESULTS.md section 22).
@@ -26,8 +20,8 @@ QUICKSTART_SERVING = {"similarity_weight": 8.0}
 def _build_index(corpora: list[str], model_path: Path) -> None:
     """The reply index over every pair of the corpora (a first bot has few, so none is held
     out), beside the model: answers that people wrote, judged by the model."""
-    from model.reply_index import default_index_path
-    from training.index import build
+    from xianliao.model.reply_index import default_index_path
+    from xianliao.training.index import build
 
     path = default_index_path(model_path)
     stats = build(corpora, path, valid_permille=0)
@@ -50,16 +44,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("--env-file", default=".env", help="settings file (default: .env)")
     a = p.parse_args(argv)
 
-    from bot.config import read_settings
+    from xianliao.bot.config import read_settings
 
     settings = read_settings(a.env_file, "xianliao quickstart")
     if settings is None:
         return 2
     model_path = Path(settings.model_path)
     if a.retrain or not model_path.exists():
-        from training.corpus import CorpusError
-        from training.prepare import PrepareConfig, prepare
-        from training.train import TrainConfig, train
+        from xianliao.training.corpus import EVERYDAY_CORPUS, CorpusError
+        from xianliao.training.prepare import PrepareConfig, prepare
+        from xianliao.training.train import TrainConfig, train
 
         data_dir = Path("data") / "quickstart"
         corpora = ["chatterbot:chinese", str(EVERYDAY_CORPUS), *a.corpus]
@@ -83,7 +77,7 @@ def main(argv: list[str]) -> int:
             model={"emb_size": 128, "hidden_size": 256},
             both_directions=True,  # so the model can also judge replies read backwards
         )
-        from model.checkpoint import export_for_inference
+        from xianliao.model.checkpoint import export_for_inference
 
         result = train([(str(data_dir), 1.0)], model_path.parent, cfg)
         _build_index(corpora, model_path)
@@ -97,7 +91,7 @@ def main(argv: list[str]) -> int:
     if a.train_only:
         return 0
     if settings.token():
-        from bot.app import main as bot_main
+        from xianliao.bot.app import main as bot_main
 
         return bot_main(["--env-file", a.env_file])
     print(
@@ -105,6 +99,6 @@ def main(argv: list[str]) -> int:
         "to run the Telegram bot).",
         file=sys.stderr,
     )
-    from bot.terminal import main as chat_main
+    from xianliao.bot.terminal import main as chat_main
 
     return chat_main(["--env-file", a.env_file])

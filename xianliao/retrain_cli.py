@@ -20,7 +20,7 @@ class RunInProgress(Exception):
 
 def _settings(env_file: str, prog: str):
     """The bot's settings, or None after printing what is wrong with them."""
-    from bot.config import read_settings
+    from xianliao.bot.config import read_settings
 
     return read_settings(env_file, prog)
 
@@ -45,7 +45,7 @@ def _read_blocklist(path: str) -> list[str]:
 
 def _busy_message(session, run_id: int) -> str:  # noqa: ANN001 - a Session
     """Why a run cannot start while ``run_id`` runs, and how to stop that one from here too."""
-    from storage.repositories import TrainingRunRepository
+    from xianliao.storage.repositories import TrainingRunRepository
 
     run = TrainingRunRepository(session).get(run_id)
     try:
@@ -61,9 +61,9 @@ def _busy_message(session, run_id: int) -> str:  # noqa: ANN001 - a Session
 
 
 def retrain_main(argv: list[str]) -> int:
-    from bot.promotion import PromotionError, promote
-    from training.cli import OneLineParser, whole_number
-    from training.retrain import RetrainConfig, RetrainError, retrain
+    from xianliao.bot.promotion import PromotionError, promote
+    from xianliao.training.cli import OneLineParser, whole_number
+    from xianliao.training.retrain import RetrainConfig, RetrainError, retrain
 
     d = {f.name: f.default for f in fields(RetrainConfig) if not callable(f.default)}
     p = OneLineParser(
@@ -119,9 +119,9 @@ def retrain_main(argv: list[str]) -> int:
         torch.set_num_threads(a.threads)
     from sqlalchemy.exc import SQLAlchemyError
 
-    from bot.runtime import StartupError, open_database
-    from storage.db import database_error_line, session_factory
-    from storage.repositories import TrainingRunRepository
+    from xianliao.bot.runtime import StartupError, open_database
+    from xianliao.storage.db import database_error_line, session_factory
+    from xianliao.storage.repositories import TrainingRunRepository
 
     db_url = a.database_url or s.database_url
     model_path = a.model or str(s.model_path)
@@ -255,8 +255,8 @@ def retrain_main(argv: list[str]) -> int:
 def _start_run(sessions, a: argparse.Namespace, params: dict) -> int:  # noqa: ANN001
     """Mark this process's training run as running (creating it unless the bot made it with
     ``--run-id``); ``RunInProgress`` while another run is alive."""
-    from bot.retrain import live_run_or_fail_stale
-    from storage.repositories import TrainingRunRepository
+    from xianliao.bot.retrain import live_run_or_fail_stale
+    from xianliao.storage.repositories import TrainingRunRepository
 
     with sessions() as session:
         runs = TrainingRunRepository(session)
@@ -274,8 +274,8 @@ def _start_run(sessions, a: argparse.Namespace, params: dict) -> int:  # noqa: A
 
 
 def promote_main(argv: list[str]) -> int:
-    from bot.promotion import PromotionError, promote
-    from training.cli import OneLineParser
+    from xianliao.bot.promotion import PromotionError, promote
+    from xianliao.training.cli import OneLineParser
 
     p = OneLineParser(
         prog="xianliao promote",
@@ -304,8 +304,8 @@ def promote_main(argv: list[str]) -> int:
 
 
 def rollback_main(argv: list[str]) -> int:
-    from bot.promotion import PromotionError, rollback
-    from training.cli import OneLineParser
+    from xianliao.bot.promotion import PromotionError, rollback
+    from xianliao.training.cli import OneLineParser
 
     p = OneLineParser(
         prog="xianliao rollback",

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from bot_helpers import ADMIN_ID, EchoModel, RunningBot, free_port, make_settings
 
-from bot.service import DialogueService
 from tests.fake_bot_api import FakeBotAPI
+from xianliao.bot.service import DialogueService
 
 
 @pytest.fixture
@@ -27,8 +27,8 @@ def db_path(tmp_path) -> Path:
 @pytest.fixture
 def start_bot(fake_api, db_path):
     """``start_bot(model=..., mode="polling", **settings)`` -> a running bot, stopped after."""
-    from bot.app import build_application
-    from bot.runtime import open_sessions
+    from xianliao.bot.app import build_application
+    from xianliao.bot.runtime import open_sessions
 
     running: list[RunningBot] = []
 

@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # so "tests.fake_bot_api" imports however pytest is started
     sys.path.insert(0, str(ROOT))
 
-from bot.config import Settings  # noqa: E402
-from bot.service import DialogueService  # noqa: E402
 from tests.fake_bot_api import TOKEN, FakeBotAPI  # noqa: E402
+from xianliao.bot.config import Settings  # noqa: E402
+from xianliao.bot.service import DialogueService  # noqa: E402
 
 __all__ = ["TOKEN", "FakeBotAPI"]
 

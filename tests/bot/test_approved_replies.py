@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from bot_helpers import db_rows
 
-from bot.review_cli import main as review_main
-from bot.service import DialogueService, Incoming
-from storage.db import init_schema, make_engine, session_factory
+from xianliao.bot.review_cli import main as review_main
+from xianliao.bot.service import DialogueService, Incoming
+from xianliao.storage.db import init_schema, make_engine, session_factory
 
 ROOT = Path(__file__).resolve().parents[2]
 EDITED = "我只会煮面"  # words the tiny vocabulary knows, not what it answers to the question
@@ -40,7 +40,7 @@ def _respond(service: DialogueService, text: str, message_id: int) -> str:
 
 
 def test_a_running_service_serves_an_edit_at_once(db_url, tiny_checkpoint, capsys):
-    from model.chatbot import ChatBot
+    from xianliao.model.chatbot import ChatBot
 
     engine = make_engine(db_url)
     service = DialogueService(

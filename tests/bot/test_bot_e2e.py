@@ -10,7 +10,7 @@ import urllib.request
 
 from bot_helpers import ADMIN_ID, EchoModel, db_rows
 
-from bot.handlers import (
+from xianliao.bot.handlers import (
     FORGET_ASK_TEXT,
     HELP_TEXT,
     NON_TEXT_TEXT,
@@ -18,7 +18,7 @@ from bot.handlers import (
     RATE_LIMITED_TEXT,
     START_TEXT,
 )
-from bot.service import TOO_LONG_REPLY
+from xianliao.bot.service import TOO_LONG_REPLY
 
 pytest_plugins = ["bot_fixtures"]
 
@@ -249,7 +249,7 @@ def test_an_update_ptb_cannot_parse_is_skipped_and_polling_goes_on(fake_api, sta
 
 
 def test_an_anonymous_group_admin_is_not_stored_as_the_group(fake_api, start_bot, db_path):
-    from bot.handlers import ANONYMOUS_SENDER_ID
+    from xianliao.bot.handlers import ANONYMOUS_SENDER_ID
 
     start_bot()
     group = -100777
@@ -296,7 +296,7 @@ def test_forget_deletes_everything_after_confirmation(fake_api, start_bot, db_pa
 
 
 def test_reload_swaps_the_model_and_survives_a_bad_checkpoint(fake_api, start_bot):
-    from model.checkpoint import CheckpointError
+    from xianliao.model.checkpoint import CheckpointError
 
     outcomes = [EchoModel(version="echo-v2"), CheckpointError("runs/best.pt is not a checkpoint")]
 
@@ -400,7 +400,7 @@ def test_many_users_are_answered_concurrently(fake_api, start_bot, db_path):
 
 
 def test_a_failing_model_gets_an_apology_and_the_bot_keeps_going(fake_api, start_bot, caplog):
-    from bot.handlers import ERROR_TEXT
+    from xianliao.bot.handlers import ERROR_TEXT
 
     class Moody(EchoModel):
         def reply_many(self, texts, **options):

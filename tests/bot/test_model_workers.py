@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from bot.model_workers import ModelClosed, ModelWorkerPool
-from model.checkpoint import CheckpointError
+from xianliao.bot.model_workers import ModelClosed, ModelWorkerPool
+from xianliao.model.checkpoint import CheckpointError
 
 GREEDY = {"strategy": "greedy"}
 
@@ -34,7 +34,7 @@ def _gone(pid: int, timeout: float = 20.0) -> bool:
 
 
 def test_workers_answer_like_the_model_in_process(tiny_checkpoint):
-    from model.chatbot import ChatBot
+    from xianliao.model.chatbot import ChatBot
 
     local = ChatBot.load(tiny_checkpoint, threads=1)
     pool = ModelWorkerPool(tiny_checkpoint, workers=2, threads=1)
@@ -109,8 +109,8 @@ def test_the_bot_process_does_not_load_torch_when_workers_hold_the_model(tiny_ch
 def test_model_quantize_loads_an_int8_model_in_process_and_in_workers(tiny_checkpoint):
     import torch
 
-    from bot.config import Settings
-    from bot.runtime import load_model
+    from xianliao.bot.config import Settings
+    from xianliao.bot.runtime import load_model
 
     plain = load_model(Settings(_env_file=None, model_path=tiny_checkpoint, torch_threads=1))
     assert type(plain.model.encoder) is torch.nn.GRU

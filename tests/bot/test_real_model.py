@@ -24,7 +24,7 @@ def checkpoint(request) -> Path:
 
 
 def test_bot_answers_with_the_real_model_and_reloads(fake_api, start_bot, db_path, checkpoint):
-    from model.chatbot import ChatBot
+    from xianliao.model.chatbot import ChatBot
 
     chatbot = ChatBot.load(checkpoint, threads=1)
     start_bot(chatbot, loader=lambda path: ChatBot.load(path, threads=1), model_path=checkpoint)

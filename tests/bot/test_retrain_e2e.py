@@ -29,7 +29,7 @@ def _texts(fake_api, chat_id, start=0):
 
 
 def test_review_edit_retrain_promote_rollback(fake_api, start_bot, db_path, live, tiny_data):
-    from model.chatbot import ChatBot
+    from xianliao.model.chatbot import ChatBot
 
     def load(path):
         return ChatBot.load(path, threads=1)

@@ -9,10 +9,10 @@ import signal
 
 import pytest
 
-from bot.retrain import RetrainBusy, RetrainSupervisor
-from model.checkpoint import file_digest
-from storage.db import init_schema, make_engine, session_factory
-from storage.repositories import (
+from xianliao.bot.retrain import RetrainBusy, RetrainSupervisor
+from xianliao.model.checkpoint import file_digest
+from xianliao.storage.db import init_schema, make_engine, session_factory
+from xianliao.storage.repositories import (
     ChatRepository,
     ExchangeRepository,
     TrainingRunRepository,

@@ -11,18 +11,18 @@ from pathlib import Path
 
 import pytest
 
-import storage.db
-from bot.review_cli import main
-from storage.db import init_schema, make_engine, session_factory
-from storage.models import AdminAction, Exchange
-from storage.repositories import (
+import xianliao.storage.db as storage_db
+from xianliao.bot.review_cli import main
+from xianliao.storage.db import init_schema, make_engine, session_factory
+from xianliao.storage.models import AdminAction, Exchange
+from xianliao.storage.repositories import (
     ChatRepository,
     ExchangeFilter,
     ExchangeRepository,
     FeedbackRepository,
     UserRepository,
 )
-from training.corpus import Bad, read_tsv
+from xianliao.training.corpus import Bad, read_tsv
 
 # (user, day in January 2026, question, reply, feedback from user 9)
 ROWS = [
@@ -300,7 +300,7 @@ def test_database_problems_are_one_line(capsys, tmp_path, monkeypatch):
 
     db = DB(tmp_path / "locked.db")
     db.engine.dispose()
-    monkeypatch.setattr(storage.db, "SQLITE_BUSY_TIMEOUT_MS", 50)
+    monkeypatch.setattr(storage_db, "SQLITE_BUSY_TIMEOUT_MS", 50)
     holder = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:

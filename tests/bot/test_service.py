@@ -9,7 +9,7 @@ import time
 import pytest
 from bot_helpers import EchoModel
 
-from bot.service import (
+from xianliao.bot.service import (
     EMPTY_INPUT_REPLY,
     TOO_LONG_REPLY,
     DialogueService,
@@ -19,8 +19,8 @@ from bot.service import (
     fit_message,
     utf16_len,
 )
-from storage.db import init_schema, make_engine, session_factory
-from storage.repositories import ExchangeRepository
+from xianliao.storage.db import init_schema, make_engine, session_factory
+from xianliao.storage.repositories import ExchangeRepository
 
 pytest_plugins = ["bot_fixtures"]
 
@@ -260,8 +260,8 @@ def test_reload_closes_the_replaced_model(sessions, tmp_path):
 
 
 def test_rows_written_recently_are_not_rewritten_but_deletions_are_survived(sessions):
-    from storage.models import User
-    from storage.repositories import UserRepository
+    from xianliao.storage.models import User
+    from xianliao.storage.repositories import UserRepository
 
     service = make_service(sessions)
 
@@ -355,7 +355,7 @@ def test_a_database_that_cannot_be_written_still_gets_replies(tmp_path, caplog):
 def test_a_database_file_deleted_under_the_bot_is_reported(tmp_path, caplog, monkeypatch):
     import logging
 
-    import bot.service as service_module
+    import xianliao.bot.service as service_module
 
     monkeypatch.setattr(service_module, "DB_CHECK_S", 0.0)
     engine = make_engine(f"sqlite:///{tmp_path}/chat.db")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from model.chatbot import FALLBACK_REPLY, ChatBot
-from model.reply_filter import ReplyFilter
-from model.reply_index import Hit, ReplyIndex
-from model.text import Tokenizer
+from xianliao.model.chatbot import FALLBACK_REPLY, ChatBot
+from xianliao.model.reply_filter import ReplyFilter
+from xianliao.model.reply_index import Hit, ReplyIndex
+from xianliao.model.text import Tokenizer
 
 TOK = Tokenizer()
 GREEDY = {"strategy": "greedy"}

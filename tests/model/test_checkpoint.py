@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from model.chatbot import FALLBACK_REPLY, ChatBot
-from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from xianliao.model.chatbot import FALLBACK_REPLY, ChatBot
+from xianliao.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def test_round_trip_keeps_everything(tiny_checkpoint, tmp_path):
@@ -106,7 +106,7 @@ def test_quantized_model_gives_the_same_replies(tiny_checkpoint):
 def test_a_flipped_weight_is_caught_at_load(tmp_path, tiny_checkpoint):
     import torch
 
-    from model.checkpoint import CheckpointError, load_checkpoint
+    from xianliao.model.checkpoint import CheckpointError, load_checkpoint
 
     ckpt = torch.load(tiny_checkpoint, weights_only=True)
     assert load_checkpoint(tiny_checkpoint)["weights_digest"] == ckpt["weights_digest"]
@@ -119,7 +119,7 @@ def test_a_flipped_weight_is_caught_at_load(tmp_path, tiny_checkpoint):
 
 
 def test_a_checkpoint_records_how_it_is_served(tmp_path, tiny_checkpoint):
-    from model.checkpoint import export_for_inference
+    from xianliao.model.checkpoint import export_for_inference
 
     path = export_for_inference(tiny_checkpoint, tmp_path / "m.pt", serving={"retrieve": 7})
     assert ChatBot.load(path).options.retrieve == 7

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from model.reply_filter import ReplyFilter, has_content, read_blocklist, repeats_run
+from xianliao.model.reply_filter import ReplyFilter, has_content, read_blocklist, repeats_run
 
 
 @pytest.mark.parametrize(

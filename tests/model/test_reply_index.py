@@ -7,16 +7,16 @@ import sqlite3
 
 import pytest
 
-from model.reply_index import ReplyIndex, ReplyIndexError, default_index_path, similarity
-from model.text import Tokenizer
 from tests.conftest import TINY_PAIRS, write_tsv
+from xianliao.model.reply_index import ReplyIndex, ReplyIndexError, default_index_path, similarity
+from xianliao.model.text import Tokenizer
 
 TOK = Tokenizer()
 
 
 @pytest.fixture
 def built(tmp_path):
-    from training.index import build
+    from xianliao.training.index import build
 
     more = [("你吃饭了吗", "吃过了,你呢"), ("你吃饭了吗", "还没有"), ("我们去吃饭吧", "好啊")]
     corpus = write_tsv(tmp_path / "c.tsv", [*TINY_PAIRS, *more, ("你好", "傻逼"), ("嗨", "=。=")])
@@ -82,7 +82,7 @@ def test_bad_index_files_are_one_line_errors(tmp_path, content, match):
 def test_a_broken_index_beside_the_model_leaves_generation(tmp_path, tiny_checkpoint, caplog):
     import shutil
 
-    from model.chatbot import ChatBot
+    from xianliao.model.chatbot import ChatBot
 
     ckpt = tmp_path / "best.pt"
     shutil.copy(tiny_checkpoint, ckpt)

@@ -1,9 +1,16 @@
 import pytest
 import torch
 
-from model.decode import DecodeOptions, _banned_by_ngram, batch_inputs, beam_search, decode, greedy
-from model.seq2seq import Seq2Seq, Seq2SeqConfig, default_cutoffs
-from model.vocab import EOS_ID, PAD_ID, UNK_ID
+from xianliao.model.decode import (
+    DecodeOptions,
+    _banned_by_ngram,
+    batch_inputs,
+    beam_search,
+    decode,
+    greedy,
+)
+from xianliao.model.seq2seq import Seq2Seq, Seq2SeqConfig, default_cutoffs
+from xianliao.model.vocab import EOS_ID, PAD_ID, UNK_ID
 
 
 def _model(**kw) -> Seq2Seq:
@@ -152,7 +159,7 @@ def test_bidi_rerank_adds_the_way_back_per_question_token():
     """MMI-bidi: each candidate scores log p(y|x) / lp(|y|+1) + w * log p(x|y) / (|x| + 1), the
     second term from the same model read backwards. Checked against scores computed here, and
     a large weight has to change the pick of a model whose two directions disagree."""
-    from model.decode import _answer_batch, _length_penalty, mmi_rerank
+    from xianliao.model.decode import _answer_batch, _length_penalty, mmi_rerank
 
     m = _model()
     question = [5, 6, 7]
@@ -228,7 +235,7 @@ def test_adaptive_greedy_skips_the_tails_without_changing_the_reply():
     """Greedy decoding with an adaptive softmax scores the tails only when a tail cluster beats
     every allowed shortlist word; the replies equal the argmax over the full vocabulary, also
     under n-gram blocking and min length, and tail words still come out."""
-    from model.decode import _token_by_token
+    from xianliao.model.decode import _token_by_token
 
     m = _model(adaptive_cutoffs=[10, 30])
     head = torch.nn.Linear(16, 12)  # the head with a bias, to make its two cluster entries

@@ -3,8 +3,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from model.text import Tokenizer, detokenize, normalise
-from model.vocab import EOS_ID, GO_ID, PAD_ID, SPECIALS, UNK_ID, Vocab
+from xianliao.model.text import Tokenizer, detokenize, normalise
+from xianliao.model.vocab import EOS_ID, GO_ID, PAD_ID, SPECIALS, UNK_ID, Vocab
 
 
 def test_specials_have_fixed_ids():
@@ -99,7 +99,7 @@ def _reference_normalise(text: str) -> str:
     import re
     import unicodedata
 
-    from model.text import _CJK_SPACE, _CONTROL
+    from xianliao.model.text import _CJK_SPACE, _CONTROL
 
     text = unicodedata.normalize("NFKC", text)
     text = _CONTROL.sub("", text).lower()

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Connection, text
 
-from storage.db import (
+from xianliao.storage.db import (
     MIGRATIONS,
     init_schema,
     make_engine,
@@ -18,8 +18,8 @@ from storage.db import (
     schema_version,
     session_factory,
 )
-from storage.models import Exchange
-from storage.repositories import (
+from xianliao.storage.models import Exchange
+from xianliao.storage.repositories import (
     AuditRepository,
     ChatRepository,
     ExchangeFilter,
@@ -252,7 +252,7 @@ def test_training_runs_and_promotions(factory):
 
 
 def test_postgres_url_is_mapped_to_an_installed_driver():
-    from storage.db import _normalise_url
+    from xianliao.storage.db import _normalise_url
 
     url = _normalise_url("postgresql://u:p@localhost/db")
     assert url.get_backend_name() == "postgresql"

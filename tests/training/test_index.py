@@ -7,8 +7,8 @@ import json
 import pytest
 from conftest import TINY_PAIRS, write_tsv
 
-from model.reply_index import ReplyIndex
-from training.cli import index_main
+from xianliao.model.reply_index import ReplyIndex
+from xianliao.training.cli import index_main
 
 
 def test_index_command_builds_an_index_without_the_held_out_pairs(tmp_path, capsys):
@@ -58,7 +58,7 @@ def test_offsets_are_stored_with_the_index_and_reach_the_hits(tmp_path):
     assert index_main([*args, "--offset", "noisy=-1.5"]) == 0
     index = ReplyIndex.open(out)
     assert index.offsets == {"noisy": -1.5}
-    from model.text import Tokenizer
+    from xianliao.model.text import Tokenizer
 
     hits = {h.answer: h.offset for h in index.search(Tokenizer().tokenize("你吃饭了吗"))}
     assert hits == {"吃过了": 0.0, "我是探员": -1.5}

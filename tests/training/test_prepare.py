@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from conftest import TINY_PAIRS, write_tsv
 
-from model.vocab import UNK_ID, Vocab
-from training.corpus import Bad, CorpusError, iter_corpus
-from training.data import PairArrays
-from training.prepare import BoundedCounter, PrepareConfig, prepare
+from xianliao.model.vocab import UNK_ID, Vocab
+from xianliao.training.corpus import Bad, CorpusError, iter_corpus
+from xianliao.training.data import PairArrays
+from xianliao.training.prepare import BoundedCounter, PrepareConfig, prepare
 
 
 def _cfg(**kw):
@@ -140,7 +140,7 @@ def test_bounded_counter_matches_a_plain_counter_with_the_same_pruning_rule():
 
 
 def test_word_hashes_are_stable_and_tell_words_apart():
-    from training.prepare import pack_words, word_hashes
+    from xianliao.training.prepare import pack_words, word_hashes
 
     words = [f"词{i}" for i in range(100_000)] + [str(i) for i in range(100_000)]
     words += ["", "a", "aa", "a" * 5000, "a" * 5001, "ab", "ba", "\0", "\0\0", "你好", "好你"]
@@ -195,7 +195,7 @@ def test_small_blocks_give_the_same_data_as_one_block(tmp_path):
 
 
 def test_counter_cap_option_is_checked_and_used(tmp_path, capsys):
-    from training.cli import prepare_main
+    from xianliao.training.cli import prepare_main
 
     with pytest.raises(SystemExit) as info:
         prepare_main(["x.tsv", "--out", str(tmp_path / "d"), "--counter-cap", "100"])
@@ -240,7 +240,7 @@ def test_cleaning_drops_wordless_and_blocklisted_answers_and_counts_them(tmp_pat
 
 
 def test_vocab_from_a_data_dir_gives_mixable_data(tmp_path, tiny_data):
-    from training.cli import prepare_main
+    from xianliao.training.cli import prepare_main
 
     tsv = write_tsv(tmp_path / "more.tsv", [("你好", "早点休息吧"), ("新词", "没见过")])
     out = tmp_path / "more"

@@ -10,19 +10,19 @@ import time
 import pytest
 from conftest import TINY_PAIRS
 
-from bot.promotion import PromotionError, promote
-from bot.promotion import rollback as do_rollback
-from model.chatbot import ChatBot
-from model.checkpoint import file_digest
-from storage.db import init_schema, make_engine, session_factory
-from storage.repositories import (
+from xianliao.bot.promotion import PromotionError, promote
+from xianliao.bot.promotion import rollback as do_rollback
+from xianliao.model.chatbot import ChatBot
+from xianliao.model.checkpoint import file_digest
+from xianliao.storage.db import init_schema, make_engine, session_factory
+from xianliao.storage.repositories import (
     ChatRepository,
     ExchangeRepository,
     PromotionRepository,
     TrainingRunRepository,
     UserRepository,
 )
-from training.retrain import RetrainConfig, RetrainError, export_logged_pairs, retrain
+from xianliao.training.retrain import RetrainConfig, RetrainError, export_logged_pairs, retrain
 
 EDITED = "我喜欢聊天"  # words the tiny vocabulary knows
 
@@ -149,7 +149,7 @@ def test_retrain_learns_the_edited_answer_then_promote_and_rollback(tmp_path, li
 def test_retrain_keeps_training_both_ways(tmp_path, live, tiny_data):
     """A live model trained with --both-directions is retrained the same way, so it can still
     rerank replies read backwards (decoding option bidi_weight)."""
-    from model.checkpoint import load_checkpoint, save_checkpoint
+    from xianliao.model.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(live)
     ckpt["train"]["config"]["both_directions"] = True
@@ -294,8 +294,8 @@ def test_killed_run_leaves_the_live_model_and_is_marked_failed(tmp_path, live, t
 
 def test_quickstart_trains_and_serves_the_final_weights(tmp_path, monkeypatch):
     pytest.importorskip("chatterbot_corpus")
-    from model.checkpoint import load_checkpoint
     from xianliao.cli import main
+    from xianliao.model.checkpoint import load_checkpoint
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MODEL_PATH", str(tmp_path / "runs" / "model.pt"))
@@ -319,7 +319,7 @@ def test_quickstart_trains_and_serves_the_final_weights(tmp_path, monkeypatch):
     assert "optimizer" not in served
     assert (tmp_path / "data" / "quickstart" / "vocab.txt").is_file()
     # ... and the reply index over the same corpus, beside the model, which the bot serves
-    from model.chatbot import ChatBot
+    from xianliao.model.chatbot import ChatBot
 
     bot = ChatBot.load(tmp_path / "runs" / "model.pt")
     assert bot.index is not None and bot.index.size > 500  # the ~550 chatterbot pairs
@@ -329,7 +329,7 @@ def test_quickstart_trains_and_serves_the_final_weights(tmp_path, monkeypatch):
 
 def test_rollback_steps_back_through_the_history_like_a_stack(tmp_path, live):
     """promote A, promote B; rollback -> A, rollback -> the first model, rollback -> refused."""
-    from model.checkpoint import load_checkpoint, save_checkpoint
+    from xianliao.model.checkpoint import load_checkpoint, save_checkpoint
 
     db = f"sqlite:///{tmp_path}/chat.db"
     base = file_digest(live)

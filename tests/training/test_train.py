@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import TINY_MODEL, TINY_PAIRS
 
-from training.data import BatchSampler, DataError, PairArrays, Source
-from training.train import TrainConfig, train
+from xianliao.training.data import BatchSampler, DataError, PairArrays, Source
+from xianliao.training.train import TrainConfig, train
 
 SMALL = {"emb_size": 16, "hidden_size": 24, "dropout": 0.1}
 
@@ -52,8 +52,8 @@ def test_reversed_pairs_share_the_arrays(tiny_data):
 def test_both_directions_learns_the_reply_and_the_way_back(tiny_data, tmp_path):
     """--both-directions: one model answers the question and, read backwards, gives the
     question back from the answer; validation stays on the forward direction."""
-    from model.chatbot import ChatBot
-    from model.checkpoint import load_checkpoint
+    from xianliao.model.chatbot import ChatBot
+    from xianliao.model.checkpoint import load_checkpoint
 
     cfg = TrainConfig(
         steps=600,
@@ -213,8 +213,8 @@ def test_cli_prepare_train_eval(tmp_path, tiny_tsv):
 
 
 def test_eval_metrics(tiny_checkpoint, tiny_tsv):
-    from model.chatbot import ChatBot
-    from training.evaluate import distinct_n, evaluate, is_generic
+    from xianliao.model.chatbot import ChatBot
+    from xianliao.training.evaluate import distinct_n, evaluate, is_generic
 
     assert is_generic("我不知道。") and is_generic(" 是的! ") and not is_generic("我喜欢聊天")
     assert distinct_n([["a", "b"], ["a", "b"]], 1) == 0.5
@@ -267,7 +267,7 @@ def test_ctrl_c_saves_last_and_exits_cleanly(tmp_path, tiny_data, sig):
     assert "Traceback" not in err
     result = json.loads(out.strip().splitlines()[-1])
     assert result["interrupted"] is True and result["steps"] >= 50
-    from model.checkpoint import load_checkpoint
+    from xianliao.model.checkpoint import load_checkpoint
 
     last = load_checkpoint(run / "last.pt")
     assert last["resume"]["step"] == result["steps"]
@@ -275,7 +275,7 @@ def test_ctrl_c_saves_last_and_exits_cleanly(tmp_path, tiny_data, sig):
 
 
 def test_resume_says_it_keeps_the_checkpoints_model_sizes(tmp_path, tiny_data, capsys):
-    from training.cli import train_main
+    from xianliao.training.cli import train_main
 
     base = [str(tiny_data), "--out", str(tmp_path / "r"), "--quiet", "--threads", "1"]
     assert train_main([*base, "--steps", "2", "--hidden-size", "16", "--emb-size", "8"]) == 0
