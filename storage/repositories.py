@@ -31,6 +31,7 @@ from xianliao.storage.models import (
 )
 
 LAST_SEEN_RESOLUTION = timedelta(minutes=1)  # users.last_seen_at is refreshed at most this often
+MAX_EXCHANGE_ID = 2**63 - 1  # the largest id a database stores (BIGINT)
 
 
 def _json(value: Any) -> str:
@@ -464,6 +465,76 @@ class ExchangeRepository:
             return float(self.session.scalar(stmt.limit(1).offset(k)))
 
         return LatencyStats(n, rank(0.50), rank(0.95))
+
+    # ----- for review (ops.review): rows with the user's name and the feedback counts -----
+
+    def review_rows(
+        self,
+        flt: ExchangeFilter | None = None,
+        *,
+        ids: Sequence[int] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        newest_first: bool = False,
+        batch_size: int = 500,
+    ) -> Iterator[Any]:
+        """Every exchange column, ``username`` and ``feedback_up``/``feedback_down`` counts of
+        the exchanges matching ``flt`` (and among ``ids`` when given), in id order; streamed
+        ``batch_size`` rows at a time."""
+        up = (
+            select(func.count(Feedback.id))
+            .where(Feedback.exchange_id == Exchange.id, Feedback.value > 0)
+            .scalar_subquery()
+        )
+        down = (
+            select(func.count(Feedback.id))
+            .where(Feedback.exchange_id == Exchange.id, Feedback.value < 0)
+            .scalar_subquery()
+        )
+        stmt = select(
+            Exchange.id,
+            Exchange.created_at,
+            Exchange.user_id,
+            User.username,
+            Exchange.chat_id,
+            Exchange.message_id,
+            Exchange.source,
+            Exchange.user_text,
+            Exchange.reply_text,
+            Exchange.edited_reply,
+            Exchange.review_status,
+            Exchange.reviewed_by,
+            Exchange.reviewed_at,
+            Exchange.model_version,
+            Exchange.latency_ms,
+            Exchange.decode_options,
+            up.label("feedback_up"),
+            down.label("feedback_down"),
+        ).outerjoin(User, User.id == Exchange.user_id)
+        stmt = (flt or ExchangeFilter()).apply(stmt)
+        if ids is not None:
+            stmt = stmt.where(Exchange.id.in_(list(ids)))
+        stmt = stmt.order_by(Exchange.id.desc() if newest_first else Exchange.id.asc())
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        if offset:
+            stmt = stmt.offset(offset)
+        yield from self.session.execute(stmt.execution_options(yield_per=batch_size))
+
+    def existing_ids(self, ids: Iterable[int]) -> set[int]:
+        """Those of ``ids`` that name an exchange (ids too big for the database name none)."""
+        storable = [i for i in ids if 0 < i <= MAX_EXCHANGE_ID]
+        found: set[int] = set()
+        for start in range(0, len(storable), 500):
+            chunk = storable[start : start + 500]
+            found.update(self.session.scalars(select(Exchange.id).where(Exchange.id.in_(chunk))))
+        return found
+
+    def ids_to_change(self, flt: ExchangeFilter, status: str) -> list[int]:
+        """The ids of exchanges matching ``flt`` not in review ``status`` yet, in id order."""
+        _check_status(status)
+        stmt = flt.apply(select(Exchange.id)).where(Exchange.review_status != status)
+        return list(self.session.scalars(stmt.order_by(Exchange.id)))
 
 
 class FeedbackRepository:
