@@ -16,13 +16,16 @@ from telegram.error import InvalidToken, NetworkError, TelegramError
 from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, ContextTypes
 from telegram.request import HTTPXRequest
 
+from xianliao.bot.admin import ADMIN_COMMANDS, register_admin
 from xianliao.bot.admin_retrain import register_retrain
 from xianliao.bot.config import Settings, read_settings
-from xianliao.bot.handlers import ADMIN_COMMANDS, USER_COMMANDS, BotDeps, register
+from xianliao.bot.handlers import USER_COMMANDS, BotDeps, register
 from xianliao.bot.retrain import RetrainSupervisor
 from xianliao.bot.runtime import StartupError, create_service, setup_logging
 from xianliao.bot.service import DialogueService
 from xianliao.bot.updates import TolerantBot
+from xianliao.ops.review import Review
+from xianliao.storage.database import Database
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +35,26 @@ NO_TOKEN_MESSAGE = (
 )
 
 
-def build_application(settings: Settings, service: DialogueService) -> Application:
-    """The PTB Application: base URL, flood limits, handlers, command menus."""
+def _review_ops(service: DialogueService, db: Database | None) -> Review:
+    """Review on the service's database; an approval or an edit is served from the next
+    message on (the approved answers are read again)."""
+    if db is None:
+        if service.sessions is None:
+            raise StartupError("the bot needs a database (it logs every exchange)")
+        db = Database(service.sessions.kw["bind"])  # the same engine, not a second one
+
+    def changed() -> None:
+        if service.approved is not None:
+            service.approved.invalidate()
+
+    return Review(db, on_change=changed, via="telegram")
+
+
+def build_application(
+    settings: Settings, service: DialogueService, db: Database | None = None
+) -> Application:
+    """The PTB Application: base URL, flood limits, handlers, command menus. ``db`` is the
+    service's database (by default, the one its sessions are bound to)."""
     token = settings.token()
     if not token:
         raise StartupError(NO_TOKEN_MESSAGE)
@@ -86,7 +107,9 @@ def build_application(settings: Settings, service: DialogueService) -> Applicati
         extra_args=shlex.split(settings.retrain_args),
         on_model_changed=lambda: service.reload(settings.model_path),
     )
-    register_retrain(application, supervisor)  # before register(): its catch-all comes last
+    # before register(): its "unknown command" catch-all comes last
+    register_admin(application, _review_ops(service, db))
+    register_retrain(application, supervisor)
     deps = BotDeps(
         service,
         admin_ids,
