@@ -1,7 +1,7 @@
 """Admin commands for retraining: /retrain [status|cancel|scratch], /promote [run], /rollback,
 and /edit ID ANSWER (the answer the bot should have given, used by retraining).
 
-Training runs in a separate process (``bot.retrain.RetrainSupervisor``); these handlers only
+Training runs in a separate process (``ops.supervisor.RunSupervisor``); these handlers only
 start, query and stop it, and report to the admin's chat.
 """
 
@@ -15,16 +15,17 @@ from telegram.ext import Application, CommandHandler, ContextTypes, filters
 
 from xianliao.bot.admin import admin_only, review_ops
 from xianliao.bot.handlers import send_text
-from xianliao.bot.promotion import PromotionError
-from xianliao.bot.retrain import RetrainBusy, RetrainSupervisor
+from xianliao.ops.models import PromotionError
 from xianliao.ops.review import UnknownExchanges
+from xianliao.ops.runs import RunInProgress
+from xianliao.ops.supervisor import RunSupervisor
 
 logger = logging.getLogger(__name__)
 
 USAGE = "用法 usage: /retrain [status | cancel | scratch]"
 
 
-def supervisor(context: ContextTypes.DEFAULT_TYPE) -> RetrainSupervisor:
+def supervisor(context: ContextTypes.DEFAULT_TYPE) -> RunSupervisor:
     return context.bot_data["retrain"]
 
 
@@ -57,7 +58,7 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
     try:
         run_id = await sup.start(update.effective_user.id, notify, mode=mode)
-    except RetrainBusy as exc:
+    except RunInProgress as exc:
         await send_text(
             context,
             chat_id,
@@ -133,7 +134,7 @@ async def edit(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     await send_text(context, chat_id, text)
 
 
-def register_retrain(application: Application, sup: RetrainSupervisor) -> None:
+def register_retrain(application: Application, sup: RunSupervisor) -> None:
     application.bot_data["retrain"] = sup
     new = filters.UpdateType.MESSAGE
     application.add_handlers(

@@ -20,11 +20,11 @@ from xianliao.bot.admin import ADMIN_COMMANDS, register_admin
 from xianliao.bot.admin_retrain import register_retrain
 from xianliao.bot.config import Settings, read_settings
 from xianliao.bot.handlers import USER_COMMANDS, BotDeps, register
-from xianliao.bot.retrain import RetrainSupervisor
-from xianliao.bot.runtime import StartupError, create_service, setup_logging
+from xianliao.bot.runtime import StartupError, create_service, open_database, setup_logging
 from xianliao.bot.service import DialogueService
 from xianliao.bot.updates import TolerantBot
 from xianliao.ops.review import Review
+from xianliao.ops.supervisor import RunSupervisor
 from xianliao.storage.database import Database
 
 logger = logging.getLogger(__name__)
@@ -35,13 +35,17 @@ NO_TOKEN_MESSAGE = (
 )
 
 
-def _review_ops(service: DialogueService, db: Database | None) -> Review:
-    """Review on the service's database; an approval or an edit is served from the next
-    message on (the approved answers are read again)."""
-    if db is None:
-        if service.sessions is None:
-            raise StartupError("the bot needs a database (it logs every exchange)")
-        db = Database(service.sessions.kw["bind"])  # the same engine, not a second one
+def _service_database(service: DialogueService, settings: Settings) -> Database:
+    """The database the service logs into (the same engine, not a second one); DATABASE_URL
+    for a service that does not log."""
+    if service.sessions is None:
+        return open_database(settings.database_url)
+    return Database(service.sessions.kw["bind"])
+
+
+def _review_ops(service: DialogueService, db: Database) -> Review:
+    """Review on the bot's database; an approval or an edit is served from the next message on
+    (the approved answers are read again)."""
 
     def changed() -> None:
         if service.approved is not None:
@@ -66,6 +70,7 @@ def build_application(
         max_retries=settings.send_max_retries,
     )
     admin_ids = settings.admin_user_ids
+    db = db or _service_database(service, settings)
 
     async def post_init(application: Application) -> None:
         await set_command_menus(application, admin_ids)
@@ -100,8 +105,8 @@ def build_application(
         .post_shutdown(post_shutdown)
         .build()
     )
-    supervisor = RetrainSupervisor(
-        database_url=settings.database_url,
+    supervisor = RunSupervisor(
+        db,
         model_path=settings.model_path,
         base_data=settings.base_data_dir,
         extra_args=shlex.split(settings.retrain_args),
@@ -228,7 +233,9 @@ def main(argv: list[str]) -> int:
         return 2
     setup_logging(settings.log_level, secrets=[token])
     try:
+        # The model first: a missing checkpoint must not leave an empty database behind.
         service = create_service(settings, workers=settings.model_workers)
+        db = _service_database(service, settings)  # the one database object of the process
     except StartupError as exc:
         print(f"xianliao bot: {exc}", file=sys.stderr)
         return 2
@@ -236,7 +243,7 @@ def main(argv: list[str]) -> int:
     try:
         username = asyncio.run(_check_bot_api(settings))
         logger.info("connected to the Bot API as @%s", username)
-        application = build_application(settings, service)
+        application = build_application(settings, service, db)
         if settings.webhook_url:
             secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
             if secret is None:
@@ -278,4 +285,5 @@ def main(argv: list[str]) -> int:
         return 1
     finally:
         service.close()
+        db.dispose()
     return 0
