@@ -148,6 +148,23 @@ class RunSupervisor:
             cmd += ["--threads", "1"]
         return cmd
 
+    def progress(self) -> dict[str, Any] | None:
+        """The run in progress in this process, or None: ``run_id``, ``started_by``,
+        ``elapsed_s`` and, once training reports, ``step``, ``steps``, ``loss``, ``eta_s``."""
+        a = self.active
+        if a is None:
+            return None
+        return {
+            "run_id": a.run_id,
+            "started_by": a.started_by,
+            "elapsed_s": time.monotonic() - a.started,
+            **{
+                k: a.last_progress[k]
+                for k in ("step", "steps", "loss", "eta_s")
+                if k in a.last_progress
+            },
+        }
+
     def status_text(self) -> str:
         a = self.active
         if a is None:
