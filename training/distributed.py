@@ -12,8 +12,10 @@ import hashlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -127,28 +129,50 @@ def weights_digest(state_dict: dict) -> str:
     return h.hexdigest()
 
 
-def launch(nproc: int, argv: list[str]) -> int:
-    """``xianliao train --nproc N ...``: run ``torchrun --standalone --nproc_per_node N -m
-    xianliao train ...`` and return its exit status. SIGINT/SIGTERM are passed on to torchrun,
-    which passes them to the ranks (they stop together and save ``last.pt``)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "xianliao",
-        "train",
-        *argv,
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(nproc: int, argv: list[str], grace_s: float = 30.0) -> int:
+    """``xianliao train --nproc N ...``: start N ranks of ``xianliao train ...`` on this machine
+    with the environment ``torchrun --standalone`` gives them, and return the worst exit status.
+
+    Not torchrun itself: its agent answers Ctrl+C with a traceback and status 1 even when every
+    rank stopped cleanly. Here a stop is passed to every rank (they agree on a step, save
+    ``last.pt`` and exit 0); a rank that fails takes the others down after ``grace_s``, since
+    they would otherwise wait for it in a collective.
+    """
+    env = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "WORLD_SIZE": str(nproc),
+        "LOCAL_WORLD_SIZE": str(nproc),
+    }
+    env.setdefault("OMP_NUM_THREADS", "1")  # as torchrun: N processes share the cores
+    cmd = [sys.executable, "-m", "xianliao", "train", *argv]
+    procs = [
+        subprocess.Popen(cmd, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
+        for r in range(nproc)
     ]
-    # torchrun in a process group of its own: Ctrl+C in a terminal reaches this process alone,
-    # which passes it on once (a second signal would cut torchrun's grace period short).
-    proc = subprocess.Popen(cmd, process_group=0)
 
     def forward(signum, frame) -> None:  # noqa: ANN001 - a signal handler
-        proc.send_signal(signum)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
-    return proc.wait()
+    failed_at = None
+    while any(proc.poll() is None for proc in procs):
+        if failed_at is None and any(proc.poll() not in (None, 0) for proc in procs):
+            failed_at = time.monotonic()
+            forward(signal.SIGTERM, None)
+        if failed_at is not None and time.monotonic() - failed_at > grace_s:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+        time.sleep(0.2)
+    return max(proc.returncode for proc in procs)
