@@ -20,7 +20,17 @@ ALLOWED = {
     "model": STDLIB | {"torch", "numpy", "jieba", "rjieba", "model"},
     "storage": STDLIB | {"sqlalchemy", "storage"},
     "training": STDLIB
-    | {"torch", "numpy", "tqdm", "yaml", "chatterbot_corpus", "model", "storage", "training"},
+    | {
+        "torch",
+        "numpy",
+        "tqdm",
+        "yaml",
+        "chatterbot_corpus",
+        "matplotlib",
+        "model",
+        "storage",
+        "training",
+    },
     "bot": STDLIB
     | {
         "telegram",
