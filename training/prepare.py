@@ -70,18 +70,17 @@ class PrepareConfig:
     block_bytes: int = 1 << 20  # bytes of a TSV file per work unit: workers read the file
     # themselves, so the parent process only hands out byte ranges
     # most distinct words counted at once, the rarest pruned beyond it; 0 = automatic:
-    # max(100,000, 4 x max_vocab), which kept 29,988 of the 30,000 words a 300k cap kept on
-    # 10M generated pairs (bench/RESULTS.md)
+    # max(100,000, 4 x max_vocab), enough to keep nearly every word a far larger cap keeps
+    # (bench/RESULTS.md)
     counter_cap: int = 0
-
-    def effective_counter_cap(self) -> int:
-        return self.counter_cap or max(100_000, 4 * self.max_vocab)
-
-    fast: bool = True  # use rjieba when installed (identical segmentation, ~13x faster)
+    fast: bool = True  # use rjieba when installed (the same segmentation, much faster)
     # drop pairs whose answer is only punctuation/an emoticon or holds a blocklisted word (the
     # shipped list plus the file ``blocklist``, if given), so the model never learns them
     clean: bool = True
     blocklist: str | None = None
+
+    def effective_counter_cap(self) -> int:
+        return self.counter_cap or max(100_000, 4 * self.max_vocab)
 
 
 @dataclass
