@@ -140,6 +140,8 @@ def train_main(argv: list[str]) -> int:
             "--force to start again over it, or choose another --out"
         )
     if a.nproc and a.nproc > 1:
+        if a.batch_size % a.nproc and not a.resume:  # (a resumed run keeps its own batch size)
+            p.error(f"--batch-size {a.batch_size} does not split evenly over {a.nproc} processes")
         return launch(a.nproc, _without_nproc(argv))
     set_threads(a.threads)
     should_stop = None

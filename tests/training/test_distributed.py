@@ -133,3 +133,22 @@ def test_another_number_of_processes_resumes_but_not_exactly(torchrun_run, tmp_p
     assert r.steps == 210 and r.world_size == 1
     assert "resuming a 2-process run on 1 processes" in caplog.text
     assert read_metrics(run / "metrics.jsonl")[-1]["step"] == 210
+
+
+def test_nproc_refuses_what_cannot_run_in_one_line(tiny_data, tmp_path, capsys, monkeypatch):
+    from xianliao.training.cli import train_main
+
+    base = [str(tiny_data), "--out", str(tmp_path / "run"), "--steps", "2"]
+    with pytest.raises(SystemExit) as exit_:
+        train_main([*base, "--nproc", "3", "--batch-size", "8"])
+    assert exit_.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("does not split evenly over 3 processes (see --help)")
+    )
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun
+    with pytest.raises(SystemExit):
+        train_main([*base, "--nproc", "2"])
+    assert "leave it out under torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
