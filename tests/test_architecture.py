@@ -22,7 +22,17 @@ ALLOWED = {
     # admin operations: no Telegram, no bot; training runs only as a subprocess
     "ops": STDLIB | {"sqlalchemy", "model", "storage", "ops"},
     "training": STDLIB
-    | {"torch", "numpy", "tqdm", "yaml", "chatterbot_corpus", "model", "storage", "training"},
+    | {
+        "torch",
+        "numpy",
+        "tqdm",
+        "yaml",
+        "chatterbot_corpus",
+        "matplotlib",
+        "model",
+        "storage",
+        "training",
+    },
     "bot": STDLIB
     | {
         "telegram",

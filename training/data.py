@@ -189,8 +189,11 @@ class BatchSampler:
             self._used = state["used"]
 
 
-def iter_eval_batches(arrays: PairArrays, batch_size: int, limit: int):
-    """Fixed, ordered batches over the first ``limit`` pairs (validation perplexity)."""
-    n = min(len(arrays), limit)
-    for start in range(0, n, batch_size):
-        yield collate([arrays.pair(i) for i in range(start, min(n, start + batch_size))])
+def iter_eval_batches(arrays: PairArrays, batch_size: int, limit: int, shard=(0, 1)):
+    """Fixed, ordered batches over the first ``limit`` pairs (validation perplexity); with
+    ``shard=(rank, world_size)`` only every world_size-th pair from the rank-th on, so that the
+    ranks of a distributed run share the work."""
+    rank, world = shard
+    idx = range(rank, min(len(arrays), limit), world)
+    for start in range(0, len(idx), batch_size):
+        yield collate([arrays.pair(i) for i in idx[start : start + batch_size]])

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "index": ("xianliao.training.cli", "index_main", "build the reply index from corpora"),
     "train": ("xianliao.training.cli", "train_main", "train (or resume) a model on prepared data"),
     "eval": ("xianliao.training.cli", "eval_main", "evaluate a checkpoint on a TSV file"),
+    "plot": ("xianliao.training.cli", "plot_main", "draw a training run's curves into curves.png"),
     "chat": ("xianliao.bot.terminal", "main", "chat with a checkpoint in the terminal"),
     "bot": ("xianliao.bot.app", "main", "run the Telegram bot"),
     "review": (

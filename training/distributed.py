@@ -1,0 +1,178 @@
+"""Data-parallel training across processes: torchrun starts one process per rank, each trains a
+replica on its own share of every batch, and DistributedDataParallel averages the gradients.
+
+The ranks must take the same decisions at the same step (stop, learning rate, validate), or one
+waits forever in a collective the others never reach. So every decision that depends on
+something local (a signal, the clock) goes through :meth:`Dist.agree` before anyone acts on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as tdist
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process stands among the ranks; the default is a run on its own."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes checkpoints, metrics and the plot, and prints the result."""
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, environ: dict | None = None) -> Dist:
+        """The ranks torchrun describes in RANK, WORLD_SIZE and LOCAL_RANK (absent: one process)."""
+        env = os.environ if environ is None else environ
+        return cls(
+            rank=int(env.get("RANK", "0")),
+            world_size=int(env.get("WORLD_SIZE", "1")),
+            local_rank=int(env.get("LOCAL_RANK", "0")),
+        )
+
+    def device_for(self, device: torch.device) -> torch.device:
+        """Each rank on its own GPU of the host; CPU ranks share the CPU."""
+        if device.type == "cuda" and self.enabled:
+            device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(device)
+        return device
+
+    def start(self, device: torch.device) -> None:
+        """Join the process group (torchrun's MASTER_ADDR/PORT): NCCL for GPUs, gloo on CPU."""
+        if self.enabled and not tdist.is_initialized():
+            tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    def stop(self) -> None:
+        if self.enabled and tdist.is_initialized():
+            tdist.destroy_process_group()
+
+    def _comm_device(self) -> torch.device:
+        # NCCL reduces only CUDA tensors; gloo only CPU ones.
+        if tdist.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        """Element-wise sums over the ranks (the values themselves on one process)."""
+        if not self.enabled:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self._comm_device())
+        tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
+        return t.tolist()
+
+    def agree(self, stop: bool, elapsed: float) -> tuple[bool, float]:
+        """(any rank wants to stop, the longest elapsed time): the same answer on every rank."""
+        if not self.enabled:
+            return stop, elapsed
+        t = torch.tensor([float(stop), elapsed], dtype=torch.float64, device=self._comm_device())
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+        return bool(t[0].item()), float(t[1].item())
+
+    def gather(self, obj: object) -> list:
+        """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+        if not self.enabled:
+            return [obj]
+        out: list = [None] * self.world_size
+        tdist.all_gather_object(out, obj)
+        return out
+
+
+class StopRequest:
+    """SIGINT/SIGTERM ask for a stop at the end of the current step instead of raising
+    KeyboardInterrupt in the middle of it: a rank interrupted inside a gradient all-reduce would
+    leave the other ranks waiting forever, so the request goes through :meth:`Dist.agree`."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum, frame) -> None:  # noqa: ANN001 - a signal handler
+        if not self.requested:
+            logger.warning("%s: stopping after this step", signal.Signals(signum).name)
+        self.requested = True
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+
+def weights_digest(state_dict: dict) -> str:
+    """SHA-256 over a state dict's tensors (names and bytes, in order): equal digests on every
+    rank show that the replicas did not drift apart."""
+    h = hashlib.sha256()
+    for name, tensor in state_dict.items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(nproc: int, argv: list[str], grace_s: float = 30.0) -> int:
+    """``xianliao train --nproc N ...``: start N ranks of ``xianliao train ...`` on this machine
+    with the environment ``torchrun --standalone`` gives them, and return the worst exit status.
+
+    Not torchrun itself: its agent answers Ctrl+C with a traceback and status 1 even when every
+    rank stopped cleanly. Here a stop is passed to every rank (they agree on a step, save
+    ``last.pt`` and exit 0); a rank that fails takes the others down after ``grace_s``, since
+    they would otherwise wait for it in a collective.
+    """
+    env = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "WORLD_SIZE": str(nproc),
+        "LOCAL_WORLD_SIZE": str(nproc),
+    }
+    env.setdefault("OMP_NUM_THREADS", "1")  # as torchrun: N processes share the cores
+    cmd = [sys.executable, "-m", "xianliao", "train", *argv]
+    procs = [
+        subprocess.Popen(cmd, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
+        for r in range(nproc)
+    ]
+
+    def forward(signum, frame) -> None:  # noqa: ANN001 - a signal handler
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    failed_at = None
+    while any(proc.poll() is None for proc in procs):
+        if failed_at is None and any(proc.poll() not in (None, 0) for proc in procs):
+            failed_at = time.monotonic()
+            forward(signal.SIGTERM, None)
+        if failed_at is not None and time.monotonic() - failed_at > grace_s:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+        time.sleep(0.2)
+    return max(proc.returncode for proc in procs)
