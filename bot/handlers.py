@@ -6,9 +6,8 @@ import asyncio
 import contextlib
 import logging
 import time
-import weakref
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from telegram import (
@@ -41,7 +40,7 @@ from telegram.ext import (
     filters,
 )
 
-from xianliao.bot.service import DialogueService, Incoming, RateDecision, fit_message
+from xianliao.bot.service import DialogueService, Incoming, RateDecision, Reply, fit_message
 
 logger = logging.getLogger(__name__)
 
@@ -102,16 +101,6 @@ class BotDeps:
     admin_ids: frozenset[int]
     typing_delay_s: float = 1.0
     send_retry_s: float = 30.0  # how long a failing send is retried (SEND_RETRY_S)
-    # One lock per chat while it is being answered, so replies keep the order of the messages.
-    chat_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = field(
-        default_factory=weakref.WeakValueDictionary
-    )
-
-    def chat_lock(self, chat_id: int) -> asyncio.Lock:
-        lock = self.chat_locks.get(chat_id)
-        if lock is None:
-            lock = self.chat_locks[chat_id] = asyncio.Lock()
-        return lock
 
 
 def deps(context: ContextTypes.DEFAULT_TYPE) -> BotDeps:
@@ -316,17 +305,15 @@ async def text_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
         if not _addressed_to_bot(message, context):
             return
         text = _without_mention(text, context.bot.username)
-    bot_deps = deps(context)
-    async with bot_deps.chat_lock(message.chat.id):
-        reply = await _typing_while(
-            context,
-            message.chat.id,
-            bot_deps.service.respond(_incoming(message, text, received_at)),
-        )
+    chat_id = message.chat.id
+
+    async def deliver(reply: Reply) -> None:
         markup = feedback_keyboard(reply.exchange_id) if reply.exchange_id is not None else None
-        await send_text(
-            context, message.chat.id, reply.text, reply_markup=markup, **_reply_kwargs(message)
-        )
+        await send_text(context, chat_id, reply.text, reply_markup=markup, **_reply_kwargs(message))
+
+    # The service holds the chat's turn until the reply is sent: replies keep message order.
+    incoming = _incoming(message, text, received_at)
+    await _typing_while(context, chat_id, deps(context).service.respond(incoming, deliver))
 
 
 async def non_text_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -355,13 +355,13 @@ def test_a_database_that_cannot_be_written_still_gets_replies(tmp_path, caplog):
 def test_a_database_file_deleted_under_the_bot_is_reported(tmp_path, caplog, monkeypatch):
     import logging
 
-    import xianliao.bot.service as service_module
+    import xianliao.bot.reply_log as reply_log_module
 
-    monkeypatch.setattr(service_module, "DB_CHECK_S", 0.0)
+    monkeypatch.setattr(reply_log_module, "DB_CHECK_S", 0.0)
     engine = make_engine(f"sqlite:///{tmp_path}/chat.db")
     init_schema(engine)
     service = make_service(session_factory(engine))
-    assert service._db_file == f"{tmp_path}/chat.db"
+    assert service.log.db_file == f"{tmp_path}/chat.db"
 
     async def scenario():
         await service.respond(msg("一", message_id=1))
