@@ -43,6 +43,7 @@ from xianliao.storage.repositories import (
     ExchangeFilter,
     ExchangeRepository,
     FeedbackRepository,
+    InboxRepository,
     UserRepository,
     flush_deleted,
 )
@@ -247,7 +248,9 @@ class DialogueService:
 
         def work(s: Session) -> dict[str, int]:
             self.log.unsee(user_id)
-            return UserRepository(s).delete_user_data(user_id)
+            removed = UserRepository(s).delete_user_data(user_id)
+            InboxRepository(s).delete_user(user_id)  # messages of theirs not answered yet
+            return removed
 
         removed = await self._db(work)
         # After the commit: no copy left in SQLite's WAL file.
