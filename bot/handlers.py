@@ -131,15 +131,16 @@ async def send_text(
         try:
             return await context.bot.send_message(chat_id, text, **kwargs)
         except RetryAfter as exc:  # left over after the rate limiter's own retries
-            wait, why = _seconds(exc.retry_after) + 0.1, "flood limit"
+            error, wait, why = exc, _seconds(exc.retry_after) + 0.1, "flood limit"
         except (BadRequest, Forbidden):
             raise
-        except TimedOut:  # the message may have arrived: a resend may show it twice
-            wait, why = backoff, "timed out; it may have arrived, so the retry may duplicate it"
+        except TimedOut as exc:  # the message may have arrived: a resend may show it twice
+            error, wait = exc, backoff
+            why = "timed out; it may have arrived, so the retry may duplicate it"
         except NetworkError as exc:  # 5xx answers, dropped connections
-            wait, why = backoff, str(exc)
+            error, wait, why = exc, backoff, str(exc)
         if loop.time() + wait > deadline:
-            raise
+            raise error
         logger.warning("sendMessage to chat %s failed (%s): retrying in %.1fs", chat_id, why, wait)
         await asyncio.sleep(wait)
         backoff = min(backoff * 2, SEND_BACKOFF_MAX_S)
@@ -317,12 +318,18 @@ async def text_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
         return
     try:
         await _answer_text(update, context)
-    except TelegramError as exc:
-        if isinstance(exc, BadRequest | Forbidden):
-            await inbox.finish(update.update_id)  # sending it again would fail the same way
-        else:
-            inbox.release(update.update_id)  # Telegram unreachable: the reply waits stored
+    except (BadRequest, Forbidden):
+        await inbox.finish(update.update_id)  # sending it again would fail the same way
         raise
+    except TelegramError as exc:  # Telegram unreachable: the reply waits, stored
+        inbox.release(update.update_id)
+        logger.warning(
+            "reply in chat %s not sent (%s): kept, sent again within PENDING_RETRY_S=%gs",
+            update.effective_chat.id if update.effective_chat else "?",
+            exc,
+            deps(context).pending_retry_s,
+        )
+        return
     except Exception:
         await inbox.finish(update.update_id)  # the user gets the apology of error_handler
         raise
