@@ -106,7 +106,7 @@ class Inbox:
         try:
             rows = await asyncio.to_thread(self._pending, first, set(self._active))
         except Exception as exc:
-            self._failed("cannot read the stored messages", exc)
+            self._failed("cannot read or tidy the stored messages", exc)
             return []
         updates = self._parse(rows, bot)
         if first and updates:

@@ -230,5 +230,22 @@ def test_a_restart_sends_the_stored_reply_and_gives_up_old_messages(
     assert db_rows(db_path, "SELECT payload FROM inbox") == [("",), ("",)]  # text not kept
 
 
+def test_a_database_that_cannot_be_written_still_gets_every_message_answered(
+    fake_api, start_bot, db_path, caplog
+):
+    from xianliao.bot.runtime import open_database
+
+    open_database(f"sqlite:///{db_path}").dispose()  # the schema, then read-only from now on
+    with caplog.at_level(logging.ERROR):
+        start_bot(database_url=f"sqlite:///file:{db_path}?mode=ro&uri=true")
+        for i in range(3):
+            fake_api.private_text(USER, f"只读{i}")
+        texts = [m["text"] for m in fake_api.wait_sent(USER, 3)]
+    assert texts == [f"你说：只读{i}" for i in range(3)]
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("inbox:")]
+    assert len(said) == 1 and "readonly database" in said[0]  # once per outage, not per message
+    assert db_rows(db_path, "SELECT COUNT(*) FROM inbox") == [(0,)]
+
+
 if __name__ == "__main__":
     _serve(sys.argv[1], sys.argv[2], float(sys.argv[3]))
