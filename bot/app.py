@@ -120,6 +120,8 @@ def build_application(
         admin_ids,
         typing_delay_s=settings.typing_delay_s,
         send_retry_s=settings.send_retry_s,
+        pending_max_age_s=settings.pending_max_age_s,
+        pending_retry_s=settings.pending_retry_s,
     )
     register(application, deps)
     if settings.model_watch_s > 0 and application.job_queue is not None:

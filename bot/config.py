@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     send_max_retries: int = Field(default=3, ge=0)  # retries after 429 retry_after
     # a reply whose sending fails (Telegram down, timeouts) is retried this long, with backoff
     send_retry_s: float = Field(default=30.0, ge=0)
+    # --- what survives a crash (docs/operations.md) ---
+    # Received messages are stored until answered; after a restart the ones older than this
+    # are given up instead of answered late.
+    pending_max_age_s: float = Field(default=3600.0, gt=0)
+    # A stored message whose reply could not be sent is tried again this often while running.
+    pending_retry_s: float = Field(default=60.0, gt=0)
 
     # --- webhook mode (used when WEBHOOK_URL is set) ---
     webhook_url: str | None = None  # public https URL Telegram posts to

@@ -6,12 +6,12 @@ import asyncio
 import contextlib
 import logging
 import time
-import weakref
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from telegram import (
+    Bot,
     BotCommand,
     CallbackQuery,
     InlineKeyboardButton,
@@ -41,7 +41,9 @@ from telegram.ext import (
     filters,
 )
 
-from xianliao.bot.service import DialogueService, Incoming, RateDecision, fit_message
+from xianliao.bot.inbox import Inbox
+from xianliao.bot.service import DialogueService, Incoming, RateDecision, Reply, fit_message
+from xianliao.bot.updates import TolerantBot
 
 logger = logging.getLogger(__name__)
 
@@ -90,16 +92,11 @@ class BotDeps:
     admin_ids: frozenset[int]
     typing_delay_s: float = 1.0
     send_retry_s: float = 30.0  # how long a failing send is retried (SEND_RETRY_S)
-    # One lock per chat while it is being answered, so replies keep the order of the messages.
-    chat_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = field(
-        default_factory=weakref.WeakValueDictionary
-    )
-
-    def chat_lock(self, chat_id: int) -> asyncio.Lock:
-        lock = self.chat_locks.get(chat_id)
-        if lock is None:
-            lock = self.chat_locks[chat_id] = asyncio.Lock()
-        return lock
+    # Stored messages older than this are not answered after a restart (PENDING_MAX_AGE_S).
+    pending_max_age_s: float = 3600.0
+    # A stored message whose reply could not be sent is answered again this often.
+    pending_retry_s: float = 60.0
+    inbox: Inbox | None = None  # set by register() when the service logs to a database
 
 
 def deps(context: ContextTypes.DEFAULT_TYPE) -> BotDeps:
@@ -122,15 +119,16 @@ async def send_text(
         try:
             return await context.bot.send_message(chat_id, text, **kwargs)
         except RetryAfter as exc:  # left over after the rate limiter's own retries
-            wait, why = _seconds(exc.retry_after) + 0.1, "flood limit"
+            error, wait, why = exc, _seconds(exc.retry_after) + 0.1, "flood limit"
         except (BadRequest, Forbidden):
             raise
-        except TimedOut:  # the message may have arrived: a resend may show it twice
-            wait, why = backoff, "timed out; it may have arrived, so the retry may duplicate it"
+        except TimedOut as exc:  # the message may have arrived: a resend may show it twice
+            error, wait = exc, backoff
+            why = "timed out; it may have arrived, so the retry may duplicate it"
         except NetworkError as exc:  # 5xx answers, dropped connections
-            wait, why = backoff, str(exc)
+            error, wait, why = exc, backoff, str(exc)
         if loop.time() + wait > deadline:
-            raise
+            raise error
         logger.warning("sendMessage to chat %s failed (%s): retrying in %.1fs", chat_id, why, wait)
         await asyncio.sleep(wait)
         backoff = min(backoff * 2, SEND_BACKOFF_MAX_S)
@@ -177,7 +175,10 @@ def _is_group(message: Message) -> bool:
 
 def _addressed_to_bot(message: Message, context: ContextTypes.DEFAULT_TYPE) -> bool:
     """In groups: the message mentions the bot or replies to one of its messages."""
-    bot = context.bot
+    return _addressed_to(message, context.bot)
+
+
+def _addressed_to(message: Message, bot: Bot) -> bool:
     replied = message.reply_to_message
     if replied is not None and replied.from_user is not None and replied.from_user.id == bot.id:
         return True
@@ -256,6 +257,9 @@ async def rate_gate(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if _is_group(message) and not is_command and not _addressed_to_bot(message, context):
         return  # group chatter the bot does not answer costs the user nothing
     if not await _rate_ok(message, context):
+        inbox = deps(context).inbox
+        if inbox is not None:
+            await inbox.finish(update.update_id)  # dropped on purpose: not answered later
         raise ApplicationHandlerStop
 
 
@@ -283,7 +287,33 @@ async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
 
 
 async def text_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Answer a text message with the model and log the exchange."""
+    """Answer a text message with the model and log the exchange; a stored message (the
+    inbox) is marked done once answered, or kept to be answered again if the send failed."""
+    inbox = deps(context).inbox
+    if inbox is None:
+        await _answer_text(update, context)
+        return
+    try:
+        await _answer_text(update, context)
+    except (BadRequest, Forbidden):
+        await inbox.finish(update.update_id)  # sending it again would fail the same way
+        raise
+    except TelegramError as exc:  # Telegram unreachable: the reply waits, stored
+        inbox.release(update.update_id)
+        logger.warning(
+            "reply in chat %s not sent (%s): kept, sent again within PENDING_RETRY_S=%gs",
+            update.effective_chat.id if update.effective_chat else "?",
+            exc,
+            deps(context).pending_retry_s,
+        )
+        return
+    except Exception:
+        await inbox.finish(update.update_id)  # the user gets the apology of error_handler
+        raise
+    await inbox.finish(update.update_id)
+
+
+async def _answer_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     received_at = time.monotonic()
     message = update.message
     if message is None or message.text is None:
@@ -293,17 +323,15 @@ async def text_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
         if not _addressed_to_bot(message, context):
             return
         text = _without_mention(text, context.bot.username)
-    bot_deps = deps(context)
-    async with bot_deps.chat_lock(message.chat.id):
-        reply = await _typing_while(
-            context,
-            message.chat.id,
-            bot_deps.service.respond(_incoming(message, text, received_at)),
-        )
+    chat_id = message.chat.id
+
+    async def deliver(reply: Reply) -> None:
         markup = feedback_keyboard(reply.exchange_id) if reply.exchange_id is not None else None
-        await send_text(
-            context, message.chat.id, reply.text, reply_markup=markup, **_reply_kwargs(message)
-        )
+        await send_text(context, chat_id, reply.text, reply_markup=markup, **_reply_kwargs(message))
+
+    # The service holds the chat's turn until the reply is sent: replies keep message order.
+    incoming = _incoming(message, text, received_at)
+    await _typing_while(context, chat_id, deps(context).service.respond(incoming, deliver))
 
 
 async def non_text_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -415,9 +443,35 @@ NON_TEXT = (
 )
 
 
+TEXT_MESSAGE = filters.UpdateType.MESSAGE & filters.TEXT & ~filters.COMMAND
+
+
+def answerable(update: Update, bot: Bot) -> bool:
+    """Whether ``update`` is a message :func:`text_message` answers (what the inbox stores)."""
+    message = update.message
+    if message is None or not TEXT_MESSAGE.check_update(update):
+        return False
+    return not _is_group(message) or _addressed_to(message, bot)
+
+
+def _use_inbox(application: Application, bot_deps: BotDeps) -> None:
+    """Store received messages (``bot.inbox``) when polling through a TolerantBot and the
+    service logs to a database."""
+    bot, sessions = application.bot, bot_deps.service.sessions
+    if bot_deps.inbox is None and sessions is not None and isinstance(bot, TolerantBot):
+        bot_deps.inbox = Inbox(
+            sessions,
+            wanted=lambda update: answerable(update, bot),
+            max_age_s=bot_deps.pending_max_age_s,
+            retry_s=bot_deps.pending_retry_s,
+        )
+        bot.use_inbox(bot_deps.inbox)
+
+
 def register(application: Application, bot_deps: BotDeps) -> None:
     """Add all handlers to ``application``; edited messages are deliberately ignored."""
     application.bot_data["deps"] = bot_deps
+    _use_inbox(application, bot_deps)
     new = filters.UpdateType.MESSAGE  # not edits, not channel posts
 
     def command(name: str, callback: Callable[..., Awaitable[None]]) -> CommandHandler:
@@ -430,7 +484,7 @@ def register(application: Application, bot_deps: BotDeps) -> None:
             command("help", help_command),
             command("forget", forget),
             MessageHandler(new & filters.COMMAND & filters.ChatType.PRIVATE, unknown_command),
-            MessageHandler(new & filters.TEXT & ~filters.COMMAND, text_message),
+            MessageHandler(TEXT_MESSAGE, text_message),
             MessageHandler(new & NON_TEXT, non_text_message),
             CallbackQueryHandler(feedback_button, pattern=r"^fb:"),
             CallbackQueryHandler(forget_button, pattern=r"^fg:"),

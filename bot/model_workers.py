@@ -4,9 +4,9 @@ In one process, python-telegram-bot's work (HTTP, JSON, handlers) and the model'
 decoding loop take turns on one interpreter lock, so the bot cannot use a second core. A
 :class:`ModelWorkerPool` loads the checkpoint in ``workers`` processes of its own (started with
 ``spawn``: the bot has threads and an event loop, which ``fork`` would copy half-way) and answers
-batches there; it has the same interface as ``model.chatbot.ChatBot`` (``version``,
-``decode_options``, ``reply``, ``reply_many``), so :class:`bot.service.DialogueService` serves
-it unchanged and dispatches up to :attr:`ModelWorkerPool.parallelism` batches at once.
+batches there; it is a :class:`bot.model_holder.ReplyModel` (``version``, ``decode_options``,
+``reply``, ``reply_many``, ``parallelism``, ``close``), so the dialogue service serves it as it
+serves a ``ChatBot`` and dispatches up to :attr:`ModelWorkerPool.parallelism` batches at once.
 """
 
 from __future__ import annotations

@@ -1,31 +1,74 @@
-"""A bot that survives updates it cannot parse.
+"""The bot's ``getUpdates``: it survives updates it cannot parse, and loses none in a crash.
 
 python-telegram-bot parses a whole ``getUpdates`` batch at once; one update it cannot read (a
 poll without ``persistent_id``, as some older self-hosted Bot API servers send) fails the
 batch, the offset never moves past it, and polling retries the same batch for ever. Here such
 an update is logged once, with its id, and replaced by an empty ``Update`` of the same id that
 no handler takes, so the offset moves on and every other update is answered.
+
+With an inbox (:mod:`bot.inbox`), the messages of each batch are stored before the batch is
+returned, that is before the next ``getUpdates`` confirms them to Telegram; updates stored
+earlier and not finished (before a restart, or whose reply failed) are returned with the batch;
+an update stored before that comes again is replaced by an empty one, so nothing is answered
+twice.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from telegram import Update
 from telegram.ext import ExtBot
 
+if TYPE_CHECKING:
+    from xianliao.bot.inbox import Inbox
+
 logger = logging.getLogger(__name__)
 
 PARSE_ERRORS = (KeyError, TypeError, ValueError, AttributeError)
+BOT_API_MAX_LIMIT = 100  # getUpdates' default and largest batch
 
 
 class TolerantBot(ExtBot):
-    """``ExtBot`` whose ``get_updates`` skips the updates it cannot parse (see module doc)."""
+    """``ExtBot`` whose ``get_updates`` skips the updates it cannot parse and stores the
+    messages in ``inbox`` when one is set (see module doc)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Set before Bot.__init__ freezes the object's attributes; filled by use_inbox().
+        self._inbox: list[Inbox] = []
+        super().__init__(*args, **kwargs)
+
+    def use_inbox(self, inbox: Inbox) -> None:
+        self._inbox[:] = [inbox]
+
+    @property
+    def inbox(self) -> Inbox | None:
+        return self._inbox[0] if self._inbox else None
 
     async def get_updates(self, offset: int | None = None, *args: Any, **kwargs: Any):
+        inbox = self.inbox
+        if inbox is None:
+            return await self._fetch(offset, *args, **kwargs)
+        replay = await inbox.replay(self)
+        if replay and len(args) < 2:
+            kwargs["timeout"] = 0  # answer the stored ones now, not after a long poll
+        fetched = await self._fetch(offset, *args, **kwargs)
+        known = await inbox.received(fetched)
+        limit = kwargs.get("limit", args[0] if args else None) or BOT_API_MAX_LIMIT
+        if len(fetched) >= limit:
+            # More may wait at Telegram: hand out no stored update past this batch, or the
+            # next offset would confirm updates not fetched (so not stored) yet.
+            last = fetched[-1].update_id
+            inbox.defer([u for u in replay if u.update_id > last])
+            replay = [u for u in replay if u.update_id <= last]
+        out = {u.update_id: (Update(u.update_id) if u.update_id in known else u) for u in fetched}
+        out.update((u.update_id, u) for u in replay)
+        return tuple(out[k] for k in sorted(out))
+
+    async def _fetch(self, offset: int | None, *args: Any, **kwargs: Any) -> tuple[Update, ...]:
         try:
-            return await super().get_updates(offset, *args, **kwargs)
+            return tuple(await super().get_updates(offset, *args, **kwargs))
         except PARSE_ERRORS:
             pass  # PTB logged it; read the same batch again, one update at a time
         limit = kwargs.get("limit", args[0] if args else None)

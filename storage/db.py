@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from xianliao.storage.models import Base, SchemaVersion
+from xianliao.storage.models import Base, InboxUpdate, SchemaVersion
 
 logger = logging.getLogger(__name__)
 
@@ -144,9 +144,14 @@ def _v1_initial(conn: Connection) -> None:
     Base.metadata.create_all(conn)
 
 
+def _v2_inbox(conn: Connection) -> None:
+    """Version 2: the inbox of received updates (a crash loses no message)."""
+    InboxUpdate.__table__.create(conn, checkfirst=True)
+
+
 # Ordered: MIGRATIONS[i] upgrades a database from version i to version i + 1. Append new steps
 # (with ALTER TABLE ... written portably) and change the models to match; never edit old steps.
-MIGRATIONS: tuple[Migration, ...] = (_v1_initial,)
+MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_inbox)
 
 
 def schema_version(engine: Engine) -> int:

@@ -1,4 +1,5 @@
-"""The tables: users, chats, exchanges, feedback, admin audit, training runs and promotions.
+"""The tables: users, chats, exchanges, feedback, admin audit, training runs, promotions and
+the inbox of received updates.
 
 Portable SQLAlchemy 2.0 constructs only (SQLite today, PostgreSQL later). Times are stored as
 UTC and read back as aware UTC datetimes on every backend. JSON payloads are text columns holding
@@ -187,3 +188,22 @@ class Promotion(Base):
     forced: Mapped[bool] = mapped_column(Boolean, default=False)
     metrics: Mapped[str | None] = mapped_column(Text)  # JSON object
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class InboxUpdate(Base):
+    """A Telegram update stored as it was received, before Telegram is told it arrived.
+
+    ``done_at`` is set once it was answered (the reply sent) or needed no answer; until then a
+    restarted bot answers it. Done rows keep only their id (``payload`` emptied), so an update
+    delivered again is recognised without keeping the user's text twice.
+    """
+
+    __tablename__ = "inbox"
+    __table_args__ = (Index("ix_inbox_done_at", "done_at"),)
+
+    update_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    chat_id: Mapped[int] = mapped_column(BigInteger)
+    user_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    payload: Mapped[str] = mapped_column(Text)  # the update's JSON, as the Bot API sent it
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    done_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

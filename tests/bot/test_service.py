@@ -355,13 +355,13 @@ def test_a_database_that_cannot_be_written_still_gets_replies(tmp_path, caplog):
 def test_a_database_file_deleted_under_the_bot_is_reported(tmp_path, caplog, monkeypatch):
     import logging
 
-    import xianliao.bot.service as service_module
+    import xianliao.bot.reply_log as reply_log_module
 
-    monkeypatch.setattr(service_module, "DB_CHECK_S", 0.0)
+    monkeypatch.setattr(reply_log_module, "DB_CHECK_S", 0.0)
     engine = make_engine(f"sqlite:///{tmp_path}/chat.db")
     init_schema(engine)
     service = make_service(session_factory(engine))
-    assert service._db_file == f"{tmp_path}/chat.db"
+    assert service.log.db_file == f"{tmp_path}/chat.db"
 
     async def scenario():
         await service.respond(msg("一", message_id=1))
@@ -377,3 +377,52 @@ def test_a_database_file_deleted_under_the_bot_is_reported(tmp_path, caplog, mon
     said = [r for r in caplog.records if "was deleted or replaced" in r.getMessage()]
     assert len(said) == 1
     engine.dispose()
+
+
+def test_a_chat_waits_for_its_earlier_reply_to_be_delivered_other_chats_do_not(sessions):
+    service = make_service(sessions)
+    delivered: list[str] = []
+
+    def deliver_after(delay: float):
+        async def deliver(reply):
+            await asyncio.sleep(delay)
+            delivered.append(reply.text)
+
+        return deliver
+
+    async def scenario():
+        await asyncio.gather(
+            service.respond(msg("慢的", user_id=1, message_id=1), deliver_after(0.3)),
+            service.respond(msg("快的", user_id=1, message_id=2), deliver_after(0)),
+            service.respond(msg("别的聊天", user_id=2, message_id=3), deliver_after(0)),
+        )
+        await service.aclose()
+
+    asyncio.run(scenario())
+    service.close()
+    # chat 1's second reply waits for its first to be delivered; chat 2 does not wait
+    assert delivered == ["你说：别的聊天", "你说：慢的", "你说：快的"]
+
+
+def test_a_model_without_parallelism_or_close_is_served_as_one_in_process():
+    from xianliao.bot.model_holder import ReplyModel, serving
+
+    class Plain:  # what model.chatbot.ChatBot offers
+        version = "plain"
+        decode_options = {"strategy": "echo"}
+
+        def reply(self, text, **options):
+            return f"你说：{text}"
+
+        def reply_many(self, texts, **options):
+            return [f"你说：{t}" for t in texts]
+
+    model = serving(Plain())
+    assert isinstance(model, ReplyModel) and model.parallelism == 1
+    model.close()  # nothing to stop, and no error
+    pool_like = ParallelEcho(parallelism=2, delay=0)
+    assert serving(pool_like) is pool_like  # a full ReplyModel is served as it is
+    service = DialogueService(Plain(), sessions=None)
+    assert service.respond_sync(msg("你好")).text == "你说：你好"
+    assert service.model_version == "plain"
+    service.close()

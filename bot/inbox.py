@@ -1,0 +1,189 @@
+"""Durable receipt: every message for the bot is stored before Telegram is told it arrived.
+
+python-telegram-bot confirms the updates of one ``getUpdates`` answer by asking for the next
+offset, which it does as soon as it has queued them, long before they are answered: a bot killed
+then would lose them, since Telegram never sends a confirmed update again. So the bot's
+``get_updates`` (:class:`bot.updates.TolerantBot`) stores the text messages it is about to hand
+out in the ``inbox`` table first, and an update is marked done only once its reply was sent (or
+it needed none). A restarted bot hands the stored, unfinished updates out again before new ones;
+so does a running bot, every ``retry_s``, for updates whose reply could not be sent. Updates
+older than ``max_age_s`` are given up (logged). The reply itself is stored (as the exchange)
+before it is sent, so answering an update again sends the stored reply instead of a new one.
+
+What a crash can still do: a reply sent just before the crash, but not yet marked done, is sent
+once more after the restart (at least once, never lost). Commands and button presses are not
+stored (a user repeats them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+from telegram import Bot, Update
+
+from xianliao.storage.db import database_error_line
+from xianliao.storage.repositories import InboxRepository, StoredUpdate
+
+logger = logging.getLogger(__name__)
+
+KEEP_DONE = timedelta(days=1)  # Telegram keeps an unconfirmed update for a day
+
+
+class Inbox:
+    """The bot side of the ``inbox`` table (see module doc). ``wanted(update)``: whether an
+    update is a message the bot answers (only those are stored)."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        wanted: Callable[[Update], bool],
+        max_age_s: float,
+        retry_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.sessions = sessions
+        self.wanted = wanted
+        self.max_age_s = max_age_s
+        self.retry_s = retry_s
+        self.clock = clock
+        self._active: set[int] = set()  # handed out, not finished
+        self._deferred: list[Update] = []
+        self._started = False
+        self._next_retry = 0.0
+        self._done: list[int] = []
+        self._flush_lock = asyncio.Lock()
+        self._failing = False
+
+    # ----- receiving -----------------------------------------------------------------------------
+
+    async def received(self, updates: Sequence[Update]) -> set[int]:
+        """Store the wanted ``updates``; returns the ids stored before (delivered again)."""
+        rows = [
+            {
+                "update_id": u.update_id,
+                "chat_id": u.message.chat.id,
+                "user_id": u.message.from_user.id if u.message.from_user else None,
+                "payload": u.to_json(),
+            }
+            for u in updates
+            if u.message is not None and self.wanted(u)
+        ]
+        if not rows:
+            return set()
+        try:
+            known = await asyncio.to_thread(self._store, rows)
+        except Exception as exc:  # answer anyway; only a crash now would lose them
+            self._failed("cannot store received messages", exc)
+            return set()
+        self._active.update(r["update_id"] for r in rows if r["update_id"] not in known)
+        return known
+
+    def _store(self, rows: list[dict]) -> set[int]:
+        with self.sessions.begin() as session:
+            known = InboxRepository(session).add_new(rows)
+        self._ok()
+        return known
+
+    # ----- answering again -----------------------------------------------------------------------
+
+    async def replay(self, bot: Bot) -> list[Update]:
+        """Stored updates to hand out again: at the first call every unfinished one (from
+        before a restart), later those not finished ``retry_s`` after they were handed out."""
+        if self._deferred:
+            out, self._deferred = self._deferred, []
+            return out
+        now = self.clock()
+        if self._started and now < self._next_retry:
+            return []
+        first, self._started, self._next_retry = not self._started, True, now + self.retry_s
+        try:
+            rows = await asyncio.to_thread(self._pending, first, set(self._active))
+        except Exception as exc:
+            self._failed("cannot read or tidy the stored messages", exc)
+            return []
+        updates = self._parse(rows, bot)
+        if first and updates:
+            logger.info("answering %d message(s) received before the restart", len(updates))
+        elif updates:
+            logger.info(
+                "answering %d stored message(s) again (their reply was not sent)", len(updates)
+            )
+        self._active.update(u.update_id for u in updates)
+        return updates
+
+    def defer(self, updates: Sequence[Update]) -> None:
+        """Hand these out at the next call (they are still active)."""
+        self._deferred.extend(updates)
+
+    def _pending(self, first: bool, active: set[int]) -> list[StoredUpdate]:
+        too_old = datetime.now(UTC) - timedelta(seconds=self.max_age_s)
+        with self.sessions.begin() as session:
+            inbox = InboxRepository(session)
+            if first:
+                inbox.prune(datetime.now(UTC) - KEEP_DONE)
+            rows = inbox.pending(exclude=active)
+            old = [r.update_id for r in rows if r.received_at < too_old]
+            if old:
+                logger.warning(
+                    "gave up %d stored message(s) older than PENDING_MAX_AGE_S=%gs: %s",
+                    len(old),
+                    self.max_age_s,
+                    ", ".join(map(str, old[:20])),
+                )
+                inbox.mark_done(old)
+        return [r for r in rows if r.received_at >= too_old]
+
+    def _parse(self, rows: list[StoredUpdate], bot: Bot) -> list[Update]:
+        out = []
+        for row in rows:
+            try:
+                out.append(Update.de_json(json.loads(row.payload), bot))
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                logger.warning("cannot read stored update %s (%s)", row.update_id, exc)
+        return out
+
+    # ----- finishing -----------------------------------------------------------------------------
+
+    def release(self, update_id: int) -> None:
+        """Its reply could not be sent: keep it stored, to be answered again."""
+        self._active.discard(update_id)
+
+    async def finish(self, update_id: int) -> None:
+        """Its reply was sent (or it needed none): mark it done. Marks that arrive while one
+        is written go together in the next transaction."""
+        if update_id not in self._active:
+            return
+        self._active.discard(update_id)
+        self._done.append(update_id)
+        async with self._flush_lock:
+            if not self._done:
+                return  # written by the call before
+            ids, self._done = self._done, []
+            try:
+                await asyncio.to_thread(self._mark_done, ids)
+            except Exception as exc:  # answered again after a restart: at least once
+                self._failed("cannot mark messages answered", exc)
+
+    def _mark_done(self, ids: list[int]) -> None:
+        with self.sessions.begin() as session:
+            InboxRepository(session).mark_done(ids)
+        self._ok()
+
+    # ----- failures ------------------------------------------------------------------------------
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        if not self._failing:
+            logger.error("inbox: %s: %s", what, database_error_line(exc))
+        self._failing = True
+
+    def _ok(self) -> None:
+        if self._failing:
+            logger.warning("inbox: the database works again")
+        self._failing = False
