@@ -1,159 +1,25 @@
-"""Repositories: one per aggregate, each wrapping a session the caller owns.
-
-The caller opens and commits the transaction (``with factory.begin() as session:``); these
-classes only add, query and change rows. Bound parameters only, portable constructs only.
-"""
+"""Exchanges (logging, search, review, streaming for training) and the feedback on them."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Select, delete, exists, func, or_, select, text, update
+from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from xianliao.storage.models import (
     REVIEW_APPROVED,
     REVIEW_STATUSES,
-    AdminAction,
-    Chat,
     Exchange,
     Feedback,
-    Promotion,
-    TrainingRun,
-    User,
     utcnow,
 )
-
-LAST_SEEN_RESOLUTION = timedelta(minutes=1)  # users.last_seen_at is refreshed at most this often
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, sort_keys=True)
-
-
-class UserRepository:
-    """Users: created on first contact, refreshed on each message."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def get(self, user_id: int) -> User | None:
-        return self.session.get(User, user_id)
-
-    def touch(
-        self,
-        user_id: int,
-        *,
-        username: str | None = None,
-        first_name: str | None = None,
-        language_code: str | None = None,
-    ) -> User:
-        """Create the user or refresh its names and ``last_seen_at``."""
-        user = self.session.get(User, user_id)
-        if user is None:
-            try:
-                with self.session.begin_nested():
-                    user = User(id=user_id)
-                    self.session.add(user)
-            except IntegrityError:  # another session created it first
-                user = self.session.get(User, user_id, populate_existing=True)
-                assert user is not None
-        # Write only what changed: most messages come from users seen a moment ago.
-        if user.username != username:
-            user.username = username
-        if user.first_name != first_name:
-            user.first_name = first_name
-        if user.language_code != language_code:
-            user.language_code = language_code
-        now = utcnow()
-        if user.last_seen_at is None or now - user.last_seen_at >= LAST_SEEN_RESOLUTION:
-            user.last_seen_at = now
-        return user
-
-    def count(self) -> int:
-        return self.session.scalar(select(func.count()).select_from(User)) or 0
-
-    def load(self, user_ids: Iterable[int]) -> dict[int, User]:
-        """The existing users among ``user_ids`` in one query (they stay in the session)."""
-        ids = sorted(set(user_ids))
-        if not ids:
-            return {}
-        return {u.id: u for u in self.session.scalars(select(User).where(User.id.in_(ids)))}
-
-    def delete_user_data(self, user_id: int) -> dict[str, int]:
-        """Delete everything stored about ``user_id``; returns the rows removed per table.
-        On SQLite the freed pages are overwritten with zeros (``secure_delete``); call
-        :func:`flush_deleted` after the commit so no copy stays in the WAL file either."""
-        s = self.session
-        if s.get_bind().dialect.name == "sqlite":
-            s.execute(text("PRAGMA secure_delete = ON"))
-        own_exchanges = select(Exchange.id).where(Exchange.user_id == user_id)
-        removed = {
-            "feedback": s.execute(
-                delete(Feedback).where(
-                    or_(Feedback.user_id == user_id, Feedback.exchange_id.in_(own_exchanges))
-                )
-            ).rowcount,
-            "exchanges": s.execute(delete(Exchange).where(Exchange.user_id == user_id)).rowcount,
-            "admin_actions": s.execute(
-                delete(AdminAction).where(AdminAction.user_id == user_id)
-            ).rowcount,
-        }
-        s.execute(update(Exchange).where(Exchange.reviewed_by == user_id).values(reviewed_by=None))
-        # The private chat with a user has the user's id; keep it if others still use it.
-        removed["chats"] = s.execute(
-            delete(Chat).where(Chat.id == user_id, ~exists().where(Exchange.chat_id == Chat.id))
-        ).rowcount
-        removed["users"] = s.execute(delete(User).where(User.id == user_id)).rowcount
-        s.expire_all()
-        return removed
-
-
-def flush_deleted(engine: Engine) -> None:
-    """SQLite keeps deleted text readable in its write-ahead log until a checkpoint: copy the
-    log back into the (zeroed) database and truncate it. Outside any transaction (the DBAPI
-    connection runs in autocommit; SQLAlchemy's BEGIN is not involved)."""
-    if engine.dialect.name != "sqlite":
-        return
-    raw = engine.raw_connection()
-    try:
-        raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        raw.close()
-
-
-class ChatRepository:
-    """Chats the bot has talked in."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def load(self, chat_ids: Iterable[int]) -> dict[int, Chat]:
-        """The existing chats among ``chat_ids`` in one query (they stay in the session)."""
-        ids = sorted(set(chat_ids))
-        if not ids:
-            return {}
-        return {c.id: c for c in self.session.scalars(select(Chat).where(Chat.id.in_(ids)))}
-
-    def touch(self, chat_id: int, *, type: str, title: str | None = None) -> Chat:  # noqa: A002
-        chat = self.session.get(Chat, chat_id)
-        if chat is None:
-            try:
-                with self.session.begin_nested():
-                    chat = Chat(id=chat_id, type=type, title=title)
-                    self.session.add(chat)
-            except IntegrityError:
-                chat = self.session.get(Chat, chat_id, populate_existing=True)
-                assert chat is not None
-        if chat.title != title:
-            chat.title = title
-        return chat
+from xianliao.storage.repositories._json import to_json as _json
 
 
 @dataclass(frozen=True)
@@ -504,125 +370,3 @@ class FeedbackRepository:
         for value, n in rows:
             counts["up" if value > 0 else "down"] += n
         return counts
-
-
-class AuditRepository:
-    """The audit of admin commands and refused attempts."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def record(
-        self, user_id: int, action: str, *, allowed: bool, detail: str | None = None
-    ) -> AdminAction:
-        row = AdminAction(user_id=user_id, action=action, allowed=allowed, detail=detail)
-        self.session.add(row)
-        return row
-
-    def recent(self, limit: int = 50) -> list[AdminAction]:
-        stmt = select(AdminAction).order_by(AdminAction.id.desc()).limit(limit)
-        return list(self.session.scalars(stmt))
-
-
-class TrainingRunRepository:
-    """Retraining runs started from the bot."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def create(
-        self, *, started_by: int | None, params: dict[str, Any], status: str = "queued"
-    ) -> TrainingRun:
-        run = TrainingRun(started_by=started_by, params=_json(params), status=status)
-        self.session.add(run)
-        self.session.flush()
-        return run
-
-    def get(self, run_id: int) -> TrainingRun | None:
-        return self.session.get(TrainingRun, run_id)
-
-    def set_status(self, run_id: int, status: str) -> TrainingRun | None:
-        run = self.get(run_id)
-        if run is not None:
-            run.status = status
-        return run
-
-    def finish(
-        self,
-        run_id: int,
-        *,
-        status: str,
-        metrics: dict[str, Any] | None = None,
-        checkpoint_path: str | None = None,
-        log: str | None = None,
-    ) -> TrainingRun | None:
-        """Mark a run finished (``succeeded`` or ``failed``) with its results."""
-        run = self.get(run_id)
-        if run is None:
-            return None
-        run.status = status
-        run.finished_at = utcnow()
-        if metrics is not None:
-            run.metrics = _json(metrics)
-        if checkpoint_path is not None:
-            run.checkpoint_path = checkpoint_path
-        if log is not None:
-            run.log = log
-        return run
-
-    def recent(self, limit: int = 20) -> list[TrainingRun]:
-        stmt = select(TrainingRun).order_by(TrainingRun.id.desc()).limit(limit)
-        return list(self.session.scalars(stmt))
-
-    def active(self) -> list[TrainingRun]:
-        """Runs not finished yet (queued or running)."""
-        stmt = select(TrainingRun).where(TrainingRun.finished_at.is_(None))
-        return list(self.session.scalars(stmt.order_by(TrainingRun.id)))
-
-
-class PromotionRepository:
-    """Checkpoints put into service, newest last."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def add(
-        self,
-        *,
-        checkpoint: str,
-        previous_checkpoint: str | None,
-        promoted_by: int | None,
-        run_id: int | None = None,
-        forced: bool = False,
-        metrics: dict[str, Any] | None = None,
-    ) -> Promotion:
-        row = Promotion(
-            run_id=run_id,
-            checkpoint=checkpoint,
-            previous_checkpoint=previous_checkpoint,
-            promoted_by=promoted_by,
-            forced=forced,
-            metrics=None if metrics is None else _json(metrics),
-        )
-        self.session.add(row)
-        self.session.flush()
-        return row
-
-    def latest(self) -> Promotion | None:
-        return self.session.scalar(select(Promotion).order_by(Promotion.id.desc()).limit(1))
-
-    def recent(self, limit: int = 20) -> list[Promotion]:
-        stmt = select(Promotion).order_by(Promotion.id.desc()).limit(limit)
-        return list(self.session.scalars(stmt))
-
-    def rollback_target(self) -> Promotion | None:
-        """The newest promotion not yet undone: rollbacks pop promotions like a stack (each
-        rollback is itself recorded as a promotion with ``metrics.rollback_of``)."""
-        undone: set[int] = set()
-        for row in self.session.scalars(select(Promotion).order_by(Promotion.id.desc())):
-            of = json.loads(row.metrics or "{}").get("rollback_of")
-            if of is not None:
-                undone.add(int(of))
-            elif row.id not in undone:
-                return row
-        return None
