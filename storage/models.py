@@ -192,7 +192,7 @@ class AdminAction(Base):
 
 
 class TrainingRun(Base):
-    """A retraining run started from the bot (status: queued, running, succeeded, failed)."""
+    """A retraining run (status: queued, running, succeeded, failed)."""
 
     __tablename__ = "training_runs"
 
@@ -205,6 +205,10 @@ class TrainingRun(Base):
     metrics: Mapped[str | None] = mapped_column(CleanText)  # JSON object
     checkpoint_path: Mapped[str | None] = mapped_column(CleanText)
     log: Mapped[str | None] = mapped_column(CleanText)
+    # The lease that keeps retraining to one run at a time across hosts: who holds it and when
+    # it was last renewed (repositories/runs.py).
+    lease_owner: Mapped[str | None] = mapped_column(CleanString(128))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Promotion(Base):

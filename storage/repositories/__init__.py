@@ -4,17 +4,14 @@ The caller opens and commits the transaction (``with factory.begin() as session:
 classes only add, query and change rows. Bound parameters only, portable constructs only.
 """
 
-from xianliao.storage.repositories.admin import (
-    AuditRepository,
-    PromotionRepository,
-    TrainingRunRepository,
-)
+from xianliao.storage.repositories.admin import AuditRepository, PromotionRepository
 from xianliao.storage.repositories.exchanges import (
     ExchangeFilter,
     ExchangeRepository,
     FeedbackRepository,
     LatencyStats,
 )
+from xianliao.storage.repositories.runs import TrainingRunRepository, database_now
 from xianliao.storage.repositories.users import (
     LAST_SEEN_RESOLUTION,
     ChatRepository,
@@ -33,5 +30,6 @@ __all__ = [
     "PromotionRepository",
     "TrainingRunRepository",
     "UserRepository",
+    "database_now",
     "flush_deleted",
 ]

@@ -1,4 +1,4 @@
-"""What admins do and leave behind: the audit, training runs and promotions."""
+"""What admins leave behind: the audit of their commands and the promotions of checkpoints."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from xianliao.storage.models import AdminAction, Promotion, TrainingRun, utcnow
+from xianliao.storage.models import AdminAction, Promotion
 from xianliao.storage.repositories._json import to_json as _json
 
 
@@ -28,62 +28,6 @@ class AuditRepository:
     def recent(self, limit: int = 50) -> list[AdminAction]:
         stmt = select(AdminAction).order_by(AdminAction.id.desc()).limit(limit)
         return list(self.session.scalars(stmt))
-
-
-class TrainingRunRepository:
-    """Retraining runs started from the bot."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def create(
-        self, *, started_by: int | None, params: dict[str, Any], status: str = "queued"
-    ) -> TrainingRun:
-        run = TrainingRun(started_by=started_by, params=_json(params), status=status)
-        self.session.add(run)
-        self.session.flush()
-        return run
-
-    def get(self, run_id: int) -> TrainingRun | None:
-        return self.session.get(TrainingRun, run_id)
-
-    def set_status(self, run_id: int, status: str) -> TrainingRun | None:
-        run = self.get(run_id)
-        if run is not None:
-            run.status = status
-        return run
-
-    def finish(
-        self,
-        run_id: int,
-        *,
-        status: str,
-        metrics: dict[str, Any] | None = None,
-        checkpoint_path: str | None = None,
-        log: str | None = None,
-    ) -> TrainingRun | None:
-        """Mark a run finished (``succeeded`` or ``failed``) with its results."""
-        run = self.get(run_id)
-        if run is None:
-            return None
-        run.status = status
-        run.finished_at = utcnow()
-        if metrics is not None:
-            run.metrics = _json(metrics)
-        if checkpoint_path is not None:
-            run.checkpoint_path = checkpoint_path
-        if log is not None:
-            run.log = log
-        return run
-
-    def recent(self, limit: int = 20) -> list[TrainingRun]:
-        stmt = select(TrainingRun).order_by(TrainingRun.id.desc()).limit(limit)
-        return list(self.session.scalars(stmt))
-
-    def active(self) -> list[TrainingRun]:
-        """Runs not finished yet (queued or running)."""
-        stmt = select(TrainingRun).where(TrainingRun.finished_at.is_(None))
-        return list(self.session.scalars(stmt.order_by(TrainingRun.id)))
 
 
 class PromotionRepository:
