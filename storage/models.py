@@ -2,7 +2,7 @@
 
 Portable SQLAlchemy 2.0 constructs only (SQLite and PostgreSQL). Text columns go through
 :class:`CleanText`/:class:`CleanString`, so input SQLite would take and PostgreSQL refuse (NUL
-characters, names longer than their column) is stored the same way on both. The schema itself
+characters, names longer than their column) is stored on PostgreSQL too, as close as it allows. The schema itself
 changes only through the Alembic revisions in ``migrations/versions``. Times are stored as
 UTC and read back as aware UTC datetimes on every backend. JSON payloads are text columns holding
 JSON, so no backend-specific JSON type is needed.
@@ -61,12 +61,13 @@ class UTCDateTime(TypeDecorator[datetime]):
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def clean_text(value: str, length: int | None = None) -> str:
-    """``value`` as every backend stores it: PostgreSQL refuses NUL characters (SQLite keeps
-    them) and neither can encode a lone UTF-16 surrogate, so both become U+FFFD; past
-    ``length`` characters, where PostgreSQL would refuse the row, the text is cut and ends
-    with an ellipsis. The rest of the row, and so the message, is kept."""
-    if "\x00" in value:
+def clean_text(value: str, length: int | None = None, *, keep_nul: bool = False) -> str:
+    """``value`` as a backend will store it. Neither SQLite nor PostgreSQL can encode a lone
+    UTF-16 surrogate (a broken client's half emoji): it becomes U+FFFD. PostgreSQL also refuses
+    NUL characters, which become U+FFFD too unless ``keep_nul`` (SQLite keeps them), and text
+    longer than a VARCHAR's ``length``, which is cut to end with an ellipsis. The rest of the
+    row, and so the message, is kept."""
+    if not keep_nul and "\x00" in value:
         value = value.replace("\x00", "\ufffd")
     if _SURROGATE.search(value):
         # Pairs become the character they encode; a lone half becomes U+FFFD.
@@ -77,24 +78,32 @@ def clean_text(value: str, length: int | None = None) -> str:
 
 
 class CleanText(TypeDecorator[str]):
-    """TEXT that never makes a backend refuse the row (see :func:`clean_text`)."""
+    """TEXT that never makes a backend refuse the row (see :func:`clean_text`); SQLite keeps
+    what it can store as it was."""
 
     impl = Text
     cache_ok = True
 
     def process_bind_param(self, value: str | None, dialect) -> str | None:  # noqa: ANN001
-        return None if value is None else clean_text(value)
+        if value is None:
+            return None
+        return clean_text(value, keep_nul=dialect.name == "sqlite")
 
 
 class CleanString(TypeDecorator[str]):
-    """VARCHAR(n) whose values are cut to n characters instead of refused (see
-    :func:`clean_text`): SQLite ignores the length, PostgreSQL enforces it."""
+    """VARCHAR(n) whose values never make a backend refuse the row (see :func:`clean_text`):
+    PostgreSQL enforces the length, so there they are cut to n characters; SQLite ignores it
+    and keeps them whole."""
 
     impl = String
     cache_ok = True
 
     def process_bind_param(self, value: str | None, dialect) -> str | None:  # noqa: ANN001
-        return None if value is None else clean_text(value, self.impl.length)
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return clean_text(value, keep_nul=True)
+        return clean_text(value, self.impl.length)
 
 
 class Base(DeclarativeBase):
