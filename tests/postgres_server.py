@@ -17,6 +17,7 @@ import socket
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
@@ -63,7 +64,7 @@ def _run_as() -> pwd.struct_passwd | None:
 class PostgresServer:
     """A server the tests may create databases on: started here, or given by URL."""
 
-    def __init__(self, admin_url: URL, *, stop: callable | None = None) -> None:
+    def __init__(self, admin_url: URL, *, stop: Callable[[], None] | None = None) -> None:
         self.admin_url = admin_url
         self._stop = stop
         self._admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
@@ -99,13 +100,20 @@ class PostgresServer:
         try:
             run("initdb", "-D", str(data), "-U", _SUPERUSER, "--auth=trust", "-E", "UTF8",
                 "--locale=C", "--no-sync")  # fmt: skip
-            port = _free_port()
-            options = (
-                f"-p {port} -c listen_addresses=127.0.0.1 -k {root} "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                "-c max_connections=200"
-            )
-            run("pg_ctl", "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start")
+            for attempt in range(3):  # the free port may be taken before the server binds it
+                port = _free_port()
+                options = (
+                    f"-p {port} -c listen_addresses=127.0.0.1 -k {root} "
+                    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+                    "-c max_connections=200"
+                )
+                try:
+                    run("pg_ctl", "-D", str(data), "-l", str(log), "-o", options, "-w", "-t",
+                        "60", "start")  # fmt: skip
+                    break
+                except Unavailable:
+                    if attempt == 2:
+                        raise
         except (Unavailable, OSError, subprocess.TimeoutExpired) as exc:
             shutil.rmtree(root, ignore_errors=True)
             raise Unavailable(str(exc)) from exc

@@ -20,6 +20,8 @@ from sqlalchemy.orm import Session
 from xianliao.storage.models import TrainingRun, utcnow
 from xianliao.storage.repositories._json import to_json as _json
 
+# Any constant, different from the schema upgrade's: the advisory lock acquirers queue on.
+_LEASE_LOCK_KEY = 0x786C5F6C65617365
 STALE_LOG = "no heartbeat for {seconds:.0f} s: its process or host is gone"
 
 
@@ -100,11 +102,14 @@ class TrainingRunRepository:
         ``host:pid:random``). Returns None when it now holds it, else the id of the run whose
         live process does. Stale runs found on the way are marked failed; runs queued but not
         yet taken up neither block nor are blocked until they try. Commit soon after: until
-        then other acquirers wait on the rows locked here.
+        then other acquirers wait. The run may be created in the same transaction.
         """
-        # Locking every unfinished row serialises acquirers on PostgreSQL: a rival's row was
-        # committed before its acquire began, so one of the two always waits for the other and
-        # then sees its fresh heartbeat. SQLite serialises writers (BEGIN IMMEDIATE) anyway.
+        # Acquirers take turns: on PostgreSQL on a transaction-scoped advisory lock (row locks
+        # alone miss a rival whose run row is not committed yet), on SQLite on the write lock
+        # every transaction takes (BEGIN IMMEDIATE). The rows are locked as well, so a finish
+        # or heartbeat cannot change them between this check and the commit.
+        if self.session.get_bind().dialect.name == "postgresql":
+            self.session.execute(select(func.pg_advisory_xact_lock(_LEASE_LOCK_KEY)))
         unfinished = select(TrainingRun).where(TrainingRun.finished_at.is_(None))
         rows = list(
             self.session.scalars(

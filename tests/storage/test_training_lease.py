@@ -102,21 +102,28 @@ def test_a_run_from_before_heartbeats_counts_from_its_start(factory):
 
 @pytest.mark.parametrize("round_", range(3))
 def test_rivals_acquiring_at_the_same_moment_get_one_lease(database_url, round_):
-    """Six processes (threads with their own engines) each queue a run, then all acquire at
-    once: exactly one wins, and the others are told its id."""
+    """Six processes (threads with their own engines) each queue a run and acquire the lease
+    for it at once, in one transaction: exactly one wins, and the others are told its id."""
     engines = [make_engine(database_url) for _ in range(6)]
     init_schema(engines[0])
     factories = [session_factory(e) for e in engines]
-    run_ids = [_new_run(f) for f in factories]
     barrier = threading.Barrier(len(factories))
+    # On SQLite the first transaction holds the write lock until it commits: no one else can
+    # queue a run meanwhile, so there the rivals meet only at the start.
+    postgres = engines[0].dialect.name == "postgresql"
+    queued = threading.Barrier(len(factories))
     won, told, errors = [], [], []
 
     def rival(i: int) -> None:
         try:
             barrier.wait()
             with factories[i].begin() as s:
-                holder = TrainingRunRepository(s).acquire(run_ids[i], owner=f"h{i}:1", ttl=TTL)
-            (won if holder is None else told).append(run_ids[i] if holder is None else holder)
+                runs = TrainingRunRepository(s)
+                run = runs.create(started_by=i, params={})
+                if postgres:  # every run row exists, none committed, before anyone acquires
+                    queued.wait()
+                holder = runs.acquire(run.id, owner=f"h{i}:1", ttl=TTL)
+            (won if holder is None else told).append(run.id if holder is None else holder)
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
