@@ -14,8 +14,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +35,8 @@ from xianliao.bot.messages import (
 from xianliao.bot.model_holder import ModelHolder, ModelLoader, ReplyModel
 from xianliao.bot.reply_log import ReplyLog
 from xianliao.bot.scheduler import BatchScheduler, ChatTurns
-from xianliao.storage.models import REVIEW_PENDING, REVIEW_STATUSES
 from xianliao.storage.repositories import (
     AuditRepository,
-    ExchangeFilter,
     ExchangeRepository,
     FeedbackRepository,
     InboxRepository,
@@ -60,8 +56,6 @@ __all__ = [
     "RateLimiter",
     "Reply",
     "ReplyModel",
-    "ReviewItem",
-    "Stats",
     "fit_message",
     "utf16_len",
 ]
@@ -69,31 +63,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Deliver = Callable[[Reply], Awaitable[Any]]
-
-
-@dataclass(frozen=True)
-class Stats:
-    users: int
-    messages_today: int
-    messages_total: int
-    p50_ms: float | None
-    p95_ms: float | None
-    latency_window_count: int
-    model_version: str
-    feedback_up: int
-    feedback_down: int
-    pending_review: int
-
-
-@dataclass(frozen=True)
-class ReviewItem:
-    id: int
-    user_text: str
-    reply_text: str
-    edited_reply: str | None
-    review_status: str
-    created_at: datetime
-    model_version: str
 
 
 class DialogueService:
@@ -263,83 +232,6 @@ class DialogueService:
             AuditRepository(s).record(user_id, action, allowed=allowed, detail=detail or None)
 
         await self._db(work)
-
-    async def stats(self, now: datetime | None = None) -> Stats:
-        """Counts for /stats; latency percentiles over the last 24 hours."""
-        now = now or datetime.now(UTC)
-        midnight = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        version = self.model_version
-
-        def work(s: Session) -> Stats:
-            exchanges = ExchangeRepository(s)
-            latency = exchanges.latency(ExchangeFilter(since=now - timedelta(days=1)))
-            fb = FeedbackRepository(s).counts()
-            return Stats(
-                users=UserRepository(s).count(),
-                messages_today=exchanges.count(ExchangeFilter(since=midnight)),
-                messages_total=exchanges.count(),
-                p50_ms=latency.p50_ms,
-                p95_ms=latency.p95_ms,
-                latency_window_count=latency.count,
-                model_version=version,
-                feedback_up=fb["up"],
-                feedback_down=fb["down"],
-                pending_review=exchanges.count(ExchangeFilter(review_status=REVIEW_PENDING)),
-            )
-
-        return await self._db(work)
-
-    async def pending_review(self, limit: int) -> list[ReviewItem]:
-        """The newest exchanges still waiting for review."""
-
-        def work(s: Session) -> list[ReviewItem]:
-            rows = ExchangeRepository(s).search(
-                ExchangeFilter(review_status=REVIEW_PENDING), limit=limit
-            )
-            return [
-                ReviewItem(
-                    e.id,
-                    e.user_text,
-                    e.reply_text,
-                    e.edited_reply,
-                    e.review_status,
-                    e.created_at,
-                    e.model_version,
-                )
-                for e in rows
-            ]
-
-        return await self._db(work)
-
-    async def set_review(self, exchange_id: int, status: str, reviewer: int) -> bool:
-        if status not in REVIEW_STATUSES:
-            raise ValueError(f"unknown review status {status!r}")
-        changed = await self._db(
-            lambda s: ExchangeRepository(s).set_review_status(
-                exchange_id, status, reviewer=reviewer
-            )
-        )
-        self._review_changed()
-        return changed > 0
-
-    async def edit_reply(self, exchange_id: int, answer: str, reviewer: int) -> bool:
-        """Store the answer the bot should have given and approve the exchange: served from
-        the next message on, and learnt at the next retraining."""
-
-        def work(session: Session) -> bool:
-            repo = ExchangeRepository(session)
-            if not repo.set_edited_reply(exchange_id, answer, reviewer=reviewer):
-                return False
-            repo.set_review_status(exchange_id, "approved", reviewer=reviewer)
-            return True
-
-        ok = await self._db(work)
-        self._review_changed()
-        return ok
-
-    def _review_changed(self) -> None:
-        if self.approved is not None:
-            self.approved.invalidate()
 
     # ----- lifecycle ---------------------------------------------------------------------------
 

@@ -10,23 +10,26 @@ A session bound to :func:`read_only_engine` starts plain deferred transactions, 
 ``open_existing(url)`` is for commands that only look (review, rollback): it writes nothing
 where there is no database yet, not even an empty file.
 
-``init_schema(engine)`` is safe to call on every start: a fresh database gets the current
-schema and is stamped with the latest version; an older one runs the missing migration steps in
-order, each in its own transaction.
+``init_schema(engine)`` is safe to call on every start: it runs the Alembic revisions in
+``migrations/versions`` that the database lacks (all of them on a fresh one), in one transaction.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
-
-from xianliao.storage.models import Base, InboxUpdate, SchemaVersion
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +117,7 @@ def open_existing(url: str | URL) -> Engine:
         raise NoDatabase(f"no database at {path}")
     engine = make_engine(u)
     try:
-        if schema_version(engine) == 0:
+        if schema_revision(engine) is None:
             where = path or u.render_as_string(hide_password=True)
             raise NoDatabase(f"no xianliao database at {where} (it has none of its tables)")
         init_schema(engine)
@@ -134,63 +137,109 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
-# ----- versioned schema -----------------------------------------------------------------------
+# ----- the schema, through Alembic -----------------------------------------------------------
 
-Migration = Callable[[Connection], None]
-
-
-def _v1_initial(conn: Connection) -> None:
-    """Version 1: the first schema (users, chats, exchanges, feedback, audit, training)."""
-    Base.metadata.create_all(conn)
-
-
-def _v2_inbox(conn: Connection) -> None:
-    """Version 2: the inbox of received updates (a crash loses no message)."""
-    InboxUpdate.__table__.create(conn, checkfirst=True)
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# Before Alembic, xianliao stamped its own "schema_version" table; its version 1 is revision 0001.
+_LEGACY_TABLE = "schema_version"
+_LEGACY_REVISIONS = {1: "0001"}
+# Any constant: the key of the PostgreSQL advisory lock that serialises schema upgrades.
+_UPGRADE_LOCK_KEY = 0x7869616E6C69616F % (2**63)
 
 
-# Ordered: MIGRATIONS[i] upgrades a database from version i to version i + 1. Append new steps
-# (with ALTER TABLE ... written portably) and change the models to match; never edit old steps.
-MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_inbox)
+@functools.lru_cache(maxsize=8)
+def _scripts(location: str) -> ScriptDirectory:
+    return ScriptDirectory(location)
 
 
-def schema_version(engine: Engine) -> int:
-    """The version stamped in the database, 0 when it has no schema yet."""
-    with engine.connect() as conn:
-        if not inspect(conn).has_table(SchemaVersion.__tablename__):
-            return 0
-        value = conn.execute(text("SELECT MAX(version) FROM schema_version")).scalar()
-        return int(value or 0)
-
-
-def init_schema(engine: Engine, migrations: Sequence[Migration] = MIGRATIONS) -> int:
-    """Create or upgrade the schema to ``len(migrations)``; returns the version reached."""
-    latest = len(migrations)
-    current = schema_version(engine)
-    if current > latest:
+def _revision(conn: Connection) -> tuple[str | None, bool]:
+    """The revision a database is at (Alembic's, else the one its legacy version matches) and
+    whether it is a legacy one, not yet stamped by Alembic."""
+    current = MigrationContext.configure(conn).get_current_revision()
+    if current is not None or not inspect(conn).has_table(_LEGACY_TABLE):
+        return current, False
+    legacy = conn.execute(text(f"SELECT MAX(version) FROM {_LEGACY_TABLE}")).scalar()
+    if int(legacy or 0) not in _LEGACY_REVISIONS:
         raise RuntimeError(
-            f"the database schema is version {current}, newer than this code ({latest}): "
-            "upgrade xianliao"
+            f"the database schema is version {legacy}, newer than this code: upgrade xianliao"
         )
-    if current == 0:
-        with engine.begin() as conn:
-            # A fresh database: the models already describe the latest schema.
-            Base.metadata.create_all(conn)
-            _stamp(conn, latest)
-        logger.info("created database schema version %d", latest)
-        return latest
-    for version in range(current, latest):
-        with engine.begin() as conn:
-            migrations[version](conn)
-            _stamp(conn, version + 1)
-        logger.info("upgraded database schema to version %d", version + 1)
-    return latest
+    return _LEGACY_REVISIONS[int(legacy)], True
 
 
-def _stamp(conn: Connection, version: int) -> None:
-    SchemaVersion.__table__.create(conn, checkfirst=True)
-    conn.execute(SchemaVersion.__table__.delete())
-    conn.execute(SchemaVersion.__table__.insert().values(version=version))
+def schema_revision(engine: Engine) -> str | None:
+    """The schema revision of the database, None when it has no xianliao schema yet."""
+    with engine.connect() as conn:
+        return _revision(conn)[0]
+
+
+def init_schema(engine: Engine, script_location: str | Path | None = None) -> str:
+    """Create or upgrade the schema to the newest revision; returns that revision.
+
+    Safe to call on every start and from several processes at once: the check and the upgrade
+    run in one transaction (BEGIN IMMEDIATE on SQLite, an advisory lock on PostgreSQL), so one
+    process upgrades and the others then find the schema current. A database made before
+    Alembic is stamped with the revision its legacy version matches, then upgraded.
+    """
+    location = str(script_location or MIGRATIONS_DIR)
+    scripts = _scripts(location)
+    head = scripts.get_current_head()
+    with engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            _sqlite_foreign_keys(conn, on=False)
+        try:
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _UPGRADE_LOCK_KEY})
+                current, legacy = _revision(conn)
+                if current == head and not legacy:
+                    return head
+                _check_known(scripts, current)
+                _upgrade(conn, location, current, legacy=legacy)
+                _check_foreign_keys(conn)
+        finally:
+            if conn.dialect.name == "sqlite":
+                _sqlite_foreign_keys(conn, on=True)
+    logger.info("database schema upgraded from %s to %s", current or "nothing", head)
+    return head
+
+
+def _check_known(scripts: ScriptDirectory, current: str | None) -> None:
+    if current is None:
+        return
+    try:
+        scripts.get_revision(current)
+    except (CommandError, RevisionError) as exc:
+        raise RuntimeError(
+            f"the database schema is at revision {current}, newer than this code: upgrade xianliao"
+        ) from exc
+
+
+def _upgrade(conn: Connection, location: str, current: str | None, *, legacy: bool) -> None:
+    config = Config()
+    config.set_main_option("script_location", location)
+    config.attributes["connection"] = conn
+    if legacy:
+        # It already has this revision's tables: record that instead of creating them.
+        command.stamp(config, current)
+        conn.execute(text(f"DROP TABLE {_LEGACY_TABLE}"))
+    command.upgrade(config, "head")
+
+
+def _sqlite_foreign_keys(conn: Connection, *, on: bool) -> None:
+    """Switch SQLite's foreign keys, outside any transaction (inside one, SQLite ignores it).
+
+    Off while revisions run: batch mode copies a table and drops the old one, and with foreign
+    keys on, dropping ``users`` would cascade and delete every exchange.
+    """
+    raw = conn.connection.driver_connection
+    raw.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+
+
+def _check_foreign_keys(conn: Connection) -> None:
+    if conn.dialect.name == "sqlite":
+        broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            raise RuntimeError(f"the schema upgrade broke {len(broken)} foreign keys; not applied")
 
 
 def database_error_line(exc: Exception) -> str:

@@ -1,13 +1,17 @@
 """The tables: users, chats, exchanges, feedback, admin audit, training runs, promotions and
 the inbox of received updates.
 
-Portable SQLAlchemy 2.0 constructs only (SQLite today, PostgreSQL later). Times are stored as
+Portable SQLAlchemy 2.0 constructs only (SQLite and PostgreSQL). Text columns go through
+:class:`CleanText`/:class:`CleanString`, so input SQLite would take and PostgreSQL refuse (NUL
+characters, names longer than their column) is stored on PostgreSQL too, as close as it allows. The schema itself
+changes only through the Alembic revisions in ``migrations/versions``. Times are stored as
 UTC and read back as aware UTC datetimes on every backend. JSON payloads are text columns holding
 JSON, so no backend-specific JSON type is needed.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -55,16 +59,56 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(value: str, length: int | None = None, *, keep_nul: bool = False) -> str:
+    """``value`` as a backend will store it. Neither SQLite nor PostgreSQL can encode a lone
+    UTF-16 surrogate (a broken client's half emoji): it becomes U+FFFD. PostgreSQL also refuses
+    NUL characters, which become U+FFFD too unless ``keep_nul`` (SQLite keeps them), and text
+    longer than a VARCHAR's ``length``, which is cut to end with an ellipsis. The rest of the
+    row, and so the message, is kept."""
+    if not keep_nul and "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    if _SURROGATE.search(value):
+        # Pairs become the character they encode; a lone half becomes U+FFFD.
+        value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if length is not None and len(value) > length:
+        value = value[: length - 1] + "…"
+    return value
+
+
+class CleanText(TypeDecorator[str]):
+    """TEXT that never makes a backend refuse the row (see :func:`clean_text`); SQLite keeps
+    what it can store as it was."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect) -> str | None:  # noqa: ANN001
+        if value is None:
+            return None
+        return clean_text(value, keep_nul=dialect.name == "sqlite")
+
+
+class CleanString(TypeDecorator[str]):
+    """VARCHAR(n) whose values never make a backend refuse the row (see :func:`clean_text`):
+    PostgreSQL enforces the length, so there they are cut to n characters; SQLite ignores it
+    and keeps them whole."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect) -> str | None:  # noqa: ANN001
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return clean_text(value, keep_nul=True)
+        return clean_text(value, self.impl.length)
+
+
 class Base(DeclarativeBase):
     pass
-
-
-class SchemaVersion(Base):
-    """One row: the version of the schema this database has reached."""
-
-    __tablename__ = "schema_version"
-
-    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
 
 
 class User(Base):
@@ -73,9 +117,9 @@ class User(Base):
     __tablename__ = "users"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    username: Mapped[str | None] = mapped_column(String(64))
-    first_name: Mapped[str | None] = mapped_column(String(128))
-    language_code: Mapped[str | None] = mapped_column(String(16))
+    username: Mapped[str | None] = mapped_column(CleanString(64))
+    first_name: Mapped[str | None] = mapped_column(CleanString(128))
+    language_code: Mapped[str | None] = mapped_column(CleanString(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -86,8 +130,8 @@ class Chat(Base):
     __tablename__ = "chats"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    type: Mapped[str] = mapped_column(String(16))
-    title: Mapped[str | None] = mapped_column(String(256))
+    type: Mapped[str] = mapped_column(CleanString(16))
+    title: Mapped[str | None] = mapped_column(CleanString(256))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -110,15 +154,15 @@ class Exchange(Base):
     user_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("users.id", ondelete="CASCADE"))
     chat_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("chats.id", ondelete="CASCADE"))
     message_id: Mapped[int | None] = mapped_column(BigInteger)
-    source: Mapped[str] = mapped_column(String(16), default="telegram")
-    user_text: Mapped[str] = mapped_column(Text)
-    reply_text: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(CleanString(16), default="telegram")
+    user_text: Mapped[str] = mapped_column(CleanText)
+    reply_text: Mapped[str] = mapped_column(CleanText)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     latency_ms: Mapped[float] = mapped_column(Float)
-    model_version: Mapped[str] = mapped_column(String(64))
-    decode_options: Mapped[str] = mapped_column(Text, default="{}")  # JSON object
-    review_status: Mapped[str] = mapped_column(String(16), default=REVIEW_PENDING)
-    edited_reply: Mapped[str | None] = mapped_column(Text)
+    model_version: Mapped[str] = mapped_column(CleanString(64))
+    decode_options: Mapped[str] = mapped_column(CleanText, default="{}")  # JSON object
+    review_status: Mapped[str] = mapped_column(CleanString(16), default=REVIEW_PENDING)
+    edited_reply: Mapped[str | None] = mapped_column(CleanText)
     reviewed_by: Mapped[int | None] = mapped_column(BigInteger)
     reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
@@ -151,14 +195,14 @@ class AdminAction(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(BigInteger, index=True)
-    action: Mapped[str] = mapped_column(String(32))
-    detail: Mapped[str | None] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(CleanString(32))
+    detail: Mapped[str | None] = mapped_column(CleanText)
     allowed: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class TrainingRun(Base):
-    """A retraining run started from the bot (status: queued, running, succeeded, failed)."""
+    """A retraining run (status: queued, running, succeeded, failed)."""
 
     __tablename__ = "training_runs"
 
@@ -166,11 +210,15 @@ class TrainingRun(Base):
     started_by: Mapped[int | None] = mapped_column(BigInteger)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    status: Mapped[str] = mapped_column(String(16), default="queued")
-    params: Mapped[str] = mapped_column(Text, default="{}")  # JSON object
-    metrics: Mapped[str | None] = mapped_column(Text)  # JSON object
-    checkpoint_path: Mapped[str | None] = mapped_column(Text)
-    log: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(CleanString(16), default="queued")
+    params: Mapped[str] = mapped_column(CleanText, default="{}")  # JSON object
+    metrics: Mapped[str | None] = mapped_column(CleanText)  # JSON object
+    checkpoint_path: Mapped[str | None] = mapped_column(CleanText)
+    log: Mapped[str | None] = mapped_column(CleanText)
+    # The lease that keeps retraining to one run at a time across hosts: who holds it and when
+    # it was last renewed (repositories/runs.py).
+    lease_owner: Mapped[str | None] = mapped_column(CleanString(128))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Promotion(Base):
@@ -182,11 +230,11 @@ class Promotion(Base):
     run_id: Mapped[int | None] = mapped_column(
         Integer, ForeignKey("training_runs.id", ondelete="SET NULL")
     )
-    checkpoint: Mapped[str] = mapped_column(Text)
-    previous_checkpoint: Mapped[str | None] = mapped_column(Text)
+    checkpoint: Mapped[str] = mapped_column(CleanText)
+    previous_checkpoint: Mapped[str | None] = mapped_column(CleanText)
     promoted_by: Mapped[int | None] = mapped_column(BigInteger)
     forced: Mapped[bool] = mapped_column(Boolean, default=False)
-    metrics: Mapped[str | None] = mapped_column(Text)  # JSON object
+    metrics: Mapped[str | None] = mapped_column(CleanText)  # JSON object
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

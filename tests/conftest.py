@@ -81,3 +81,40 @@ def tiny_run(tmp_path_factory, tiny_data) -> Path:
 def tiny_checkpoint(tiny_run) -> Path:
     """Path to a real, tiny, trained checkpoint (best.pt)."""
     return tiny_run / "best.pt"
+
+
+# ----- databases: SQLite and PostgreSQL -------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server for the whole run: XIANLIAO_TEST_POSTGRES_URL's, else a throwaway
+    one started here. Where none can be had the PostgreSQL variants skip, saying why, unless
+    XIANLIAO_REQUIRE_POSTGRES=1 (CI), where that is an error."""
+    from postgres_server import REQUIRE_ENV, PostgresServer, Unavailable
+
+    try:
+        server = PostgresServer.from_env() or PostgresServer.start()
+        server.check()
+    except Unavailable as exc:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"PostgreSQL is required here ({REQUIRE_ENV}=1) but: {exc}")
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """The URL of a fresh, empty PostgreSQL database, dropped after the test."""
+    url = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """A fresh, empty database for one test, once on a SQLite file and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/chat.db"
+    return request.getfixturevalue("postgres_url")

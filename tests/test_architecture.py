@@ -18,7 +18,7 @@ SUBSYSTEMS = PROJECT - {"xianliao"}
 ALLOWED = {
     # rjieba is the optional, jieba-compatible fast path of the tokenizer
     "model": STDLIB | {"torch", "numpy", "jieba", "rjieba", "model"},
-    "storage": STDLIB | {"sqlalchemy", "storage"},
+    "storage": STDLIB | {"sqlalchemy", "alembic", "storage"},
     # admin operations: no Telegram, no bot; training runs only as a subprocess
     "ops": STDLIB | {"sqlalchemy", "model", "storage", "ops"},
     "training": STDLIB
@@ -176,3 +176,5 @@ def test_the_wheel_installs_one_package_with_its_data(tmp_path):
     assert "xianliao/model/data/blocklist.txt" in names
     assert "xianliao/training/data/everyday_zh.tsv" in names
     assert "xianliao/bot/service.py" in names and "xianliao/storage/db.py" in names
+    assert "xianliao/storage/migrations/env.py" in names
+    assert "xianliao/storage/migrations/versions/0001_initial.py" in names

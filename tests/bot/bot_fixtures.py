@@ -20,8 +20,9 @@ def fake_api():
 
 
 @pytest.fixture
-def db_path(tmp_path) -> Path:
-    return tmp_path / "data" / "chat.db"
+def db_path(tmp_path, database_url) -> Path | str:
+    """The bot's database: a SQLite file, or the URL of a PostgreSQL one (``database_url``)."""
+    return tmp_path / "data" / "chat.db" if database_url.startswith("sqlite") else database_url
 
 
 @pytest.fixture

@@ -97,11 +97,16 @@ class RunningBot:
             raise self.error
 
 
-def make_settings(fake: FakeBotAPI, db_path: Path, **overrides: Any) -> Settings:
+def db_url(db_path: Path | str) -> str:
+    """The bot's database URL: ``db_path`` is a SQLite file, or already a (PostgreSQL) URL."""
+    return db_path if isinstance(db_path, str) else f"sqlite:///{db_path}"
+
+
+def make_settings(fake: FakeBotAPI, db_path: Path | str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "telegram_bot_token": TOKEN,
         "telegram_base_url": fake.base_url,
-        "database_url": f"sqlite:///{db_path}",
+        "database_url": db_url(db_path),
         "admin_user_ids": frozenset({ADMIN_ID}),
         "model_path": Path("unused.pt"),
         "rate_limit_messages": 100,
@@ -112,10 +117,23 @@ def make_settings(fake: FakeBotAPI, db_path: Path, **overrides: Any) -> Settings
     return Settings(_env_file=None, **values)
 
 
-def db_rows(db_path: Path, sql: str, *args: Any) -> list[tuple]:
-    """Read the bot's SQLite file directly, as an operator would."""
+def db_rows(db_path: Path | str, sql: str, *args: Any) -> list[tuple]:
+    """Read the bot's database directly, as an operator would (``?`` marks the parameters)."""
+    if isinstance(db_path, str):
+        return postgres_rows(db_path, sql.replace("?", "%s"), *args)
     conn = sqlite3.connect(db_path)
     try:
         return conn.execute(sql, args).fetchall()
     finally:
         conn.close()
+
+
+def postgres_rows(url: str, sql: str, *args: Any) -> list[tuple]:
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.exec_driver_sql(sql, args).fetchall()]
+    finally:
+        engine.dispose()

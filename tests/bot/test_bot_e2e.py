@@ -195,7 +195,7 @@ def test_admin_commands_and_refusals(fake_api, start_bot, db_path):
         ("早上好", "rejected", ADMIN_ID),
         ("晚安", "approved", ADMIN_ID),
     ]
-    refused = db_rows(db_path, "SELECT COUNT(*) FROM admin_actions WHERE allowed = 0")[0][0]
+    refused = db_rows(db_path, "SELECT COUNT(*) FROM admin_actions WHERE NOT allowed")[0][0]
     assert refused == 4
 
 

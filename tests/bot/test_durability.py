@@ -19,7 +19,8 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bot_helpers import ADMIN_ID, TOKEN, EchoModel, db_rows
+import pytest
+from bot_helpers import ADMIN_ID, TOKEN, EchoModel, db_rows, db_url
 
 pytest_plugins = ["bot_fixtures"]
 
@@ -41,7 +42,7 @@ def _serve(base_url: str, db_path: str, delay: float) -> None:
         _env_file=None,
         telegram_bot_token=TOKEN,
         telegram_base_url=base_url,
-        database_url=f"sqlite:///{db_path}",
+        database_url=db_url(db_path if "://" in db_path else Path(db_path)),
         admin_user_ids=frozenset({ADMIN_ID}),
         model_path=Path("unused.pt"),
         rate_limit_messages=0,
@@ -183,7 +184,7 @@ def test_a_restart_sends_the_stored_reply_and_gives_up_old_messages(
 
     for chat in (7, 8):
         fake_api.known_chats[chat] = {"id": chat, "type": "private", "first_name": "x"}
-    sessions = open_sessions(f"sqlite:///{db_path}")
+    sessions = open_sessions(db_url(db_path))
     now = datetime.now(UTC)
     with sessions.begin() as s:  # what a bot killed between storing and sending leaves
         s.add_all([User(id=7), Chat(id=7, type="private"), User(id=8), Chat(id=8, type="private")])
@@ -230,6 +231,7 @@ def test_a_restart_sends_the_stored_reply_and_gives_up_old_messages(
     assert db_rows(db_path, "SELECT payload FROM inbox") == [("",), ("",)]  # text not kept
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # a read-only file
 def test_a_database_that_cannot_be_written_still_gets_every_message_answered(
     fake_api, start_bot, db_path, caplog
 ):

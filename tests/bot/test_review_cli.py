@@ -34,8 +34,8 @@ ROWS = [
 
 
 class DB:
-    def __init__(self, path: Path) -> None:
-        self.url = f"sqlite:///{path}"
+    def __init__(self, path: Path | str) -> None:
+        self.url = path if isinstance(path, str) else f"sqlite:///{path}"
         self.engine = make_engine(self.url)
         init_schema(self.engine)
         self.sessions = session_factory(self.engine)
@@ -54,10 +54,10 @@ class DB:
 
 
 @pytest.fixture
-def db(tmp_path, monkeypatch) -> DB:
+def db(tmp_path, monkeypatch, database_url) -> DB:
     monkeypatch.chdir(tmp_path)  # no stray .env
     monkeypatch.delenv("DATABASE_URL", raising=False)
-    db = DB(tmp_path / "review.db")
+    db = DB(database_url)
     with db.sessions.begin() as s:
         for n, (user, day, q, a, fb) in enumerate(ROWS, start=1):
             UserRepository(s).touch(user, username=f"u{user}")

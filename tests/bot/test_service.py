@@ -26,8 +26,8 @@ pytest_plugins = ["bot_fixtures"]
 
 
 @pytest.fixture
-def sessions(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path}/chat.db")
+def sessions(database_url):
+    engine = make_engine(database_url)
     init_schema(engine)
     yield session_factory(engine)
     engine.dispose()

@@ -23,11 +23,11 @@ from xianliao.storage.repositories import (
 
 
 @pytest.fixture
-def setup(tmp_path, tiny_checkpoint, tiny_data):
+def setup(tmp_path, tiny_checkpoint, tiny_data, database_url):
     live = tmp_path / "models" / "live.pt"
     live.parent.mkdir()
     shutil.copy(tiny_checkpoint, live)
-    db = f"sqlite:///{tmp_path}/chat.db"
+    db = database_url
     engine = make_engine(db)
     init_schema(engine)
     with session_factory(engine)() as s:

@@ -77,8 +77,8 @@ def live(tmp_path, tiny_checkpoint):
     return path
 
 
-def test_export_streams_approved_deduplicated_and_filtered(tmp_path):
-    db = f"sqlite:///{tmp_path}/chat.db"
+def test_export_streams_approved_deduplicated_and_filtered(tmp_path, database_url):
+    db = database_url
     _log(
         db,
         [
@@ -105,8 +105,8 @@ def test_export_streams_approved_deduplicated_and_filtered(tmp_path):
     assert sorted(out.read_text(encoding="utf-8").splitlines()) == [f"你好\t{EDITED}", "晚安\t好梦"]
 
 
-def test_the_gate_compares_on_logged_pairs_the_candidate_never_trained_on(tmp_path):
-    db = f"sqlite:///{tmp_path}/chat.db"
+def test_the_gate_compares_on_logged_pairs_the_candidate_never_trained_on(tmp_path, database_url):
+    db = database_url
     rows = [(f"问题{i}", f"回答{i}", "approved", None) for i in range(80)]
     _log(db, rows)
     train_tsv, held_tsv = tmp_path / "logged.tsv", tmp_path / "held.tsv"
@@ -120,8 +120,10 @@ def test_the_gate_compares_on_logged_pairs_the_candidate_never_trained_on(tmp_pa
     assert set(held_tsv.read_text("utf-8").splitlines()) == held
 
 
-def test_retrain_learns_the_edited_answer_then_promote_and_rollback(tmp_path, live, tiny_data):
-    db = f"sqlite:///{tmp_path}/chat.db"
+def test_retrain_learns_the_edited_answer_then_promote_and_rollback(
+    tmp_path, live, tiny_data, database_url
+):
+    db = database_url
     _log(db, [("你好", "随便说的", "approved", EDITED), ("晚安", "嗯", "rejected", None)])
     live_digest = file_digest(live)
     cfg = RetrainConfig(
@@ -158,7 +160,7 @@ def test_retrain_learns_the_edited_answer_then_promote_and_rollback(tmp_path, li
     engine.dispose()
 
 
-def test_retrain_keeps_training_both_ways(tmp_path, live, tiny_data):
+def test_retrain_keeps_training_both_ways(tmp_path, live, tiny_data, database_url):
     """A live model trained with --both-directions is retrained the same way, so it can still
     rerank replies read backwards (decoding option bidi_weight)."""
     from xianliao.model.checkpoint import load_checkpoint, save_checkpoint
@@ -167,7 +169,7 @@ def test_retrain_keeps_training_both_ways(tmp_path, live, tiny_data):
     ckpt["train"]["config"]["both_directions"] = True
     del ckpt["format_version"]
     save_checkpoint(live, ckpt)
-    db = f"sqlite:///{tmp_path}/chat.db"
+    db = database_url
     _log(db, [("你好", "随便说的", "approved", EDITED)])
     cfg = RetrainConfig(
         database_url=db,
@@ -181,8 +183,8 @@ def test_retrain_keeps_training_both_ways(tmp_path, live, tiny_data):
     assert load_checkpoint(report["candidate"])["train"]["config"]["both_directions"] is True
 
 
-def test_corrupt_candidate_is_never_promoted(tmp_path, live):
-    db = f"sqlite:///{tmp_path}/chat.db"
+def test_corrupt_candidate_is_never_promoted(tmp_path, live, database_url):
+    db = database_url
     bad = tmp_path / "bad.pt"
     bad.write_bytes(live.read_bytes()[:1000])
     digest = file_digest(live)
@@ -193,8 +195,8 @@ def test_corrupt_candidate_is_never_promoted(tmp_path, live):
         do_rollback(live, db, promoted_by=1)
 
 
-def test_nothing_approved_is_a_clear_error(tmp_path, live, tiny_data):
-    db = f"sqlite:///{tmp_path}/chat.db"
+def test_nothing_approved_is_a_clear_error(tmp_path, live, tiny_data, database_url):
+    db = database_url
     _log(db, [("你好", "嗯", "pending", None)])
     cfg = RetrainConfig(
         database_url=db,
@@ -339,11 +341,11 @@ def test_quickstart_trains_and_serves_the_final_weights(tmp_path, monkeypatch):
     assert hits and hits[0].answer == "Python"
 
 
-def test_rollback_steps_back_through_the_history_like_a_stack(tmp_path, live):
+def test_rollback_steps_back_through_the_history_like_a_stack(tmp_path, live, database_url):
     """promote A, promote B; rollback -> A, rollback -> the first model, rollback -> refused."""
     from xianliao.model.checkpoint import load_checkpoint, save_checkpoint
 
-    db = f"sqlite:///{tmp_path}/chat.db"
+    db = database_url
     base = file_digest(live)
     versions = []
     for step in (111, 222):  # two different checkpoints (same weights, another step)
