@@ -107,3 +107,41 @@ def progress(rows: list[dict[str, Any]], total_steps: int | None) -> dict[str, A
             rate = info["step"] / elapsed
             info["eta_s"] = max(0.0, (total_steps - info["step"]) / rate)
     return info
+
+
+def run_folder(model_path: Path, run_id: int) -> Path:
+    """Where a run started by the bot or the console writes (ops.supervisor's layout)."""
+    return Path(model_path).parent / f"retrain-{run_id}"
+
+
+def find_metrics(folder: Path) -> Path | None:
+    """The run's ``metrics.jsonl``: in its folder or one level below (retrain trains there)."""
+    for candidate in (folder / "metrics.jsonl", *sorted(folder.glob("*/metrics.jsonl"))):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def run_rows(folder: Path) -> list[dict[str, Any]]:
+    """The run's metrics over time: ``metrics.jsonl``, else its ``progress.jsonl`` (whose
+    ``loss`` is the training loss) while a run that predates metrics.jsonl is going."""
+    path = find_metrics(folder)
+    if path is not None:
+        return read_metrics(path)
+    rows = read_metrics(folder / "progress.jsonl")
+    return [{**r, "train_loss": r.get("loss")} for r in rows]
+
+
+def live_progress(folder: Path) -> dict[str, Any] | None:
+    """The newest progress line of a running run: step, steps, loss, ETA (from the training
+    loop itself, which knows its time budget), or None before the first one."""
+    rows = read_metrics(folder / "progress.jsonl")
+    if not rows:
+        return None
+    last = rows[-1]
+    steps = last.get("steps")
+    info = progress(run_rows(folder), steps if isinstance(steps, int) else None) or {}
+    info.update({"step": int(last["step"]), "steps": steps, "train_loss": last.get("loss")})
+    if isinstance(last.get("eta_s"), int | float):
+        info["eta_s"] = float(last["eta_s"])
+    return info
