@@ -1,34 +1,38 @@
 """Admin commands for retraining: /retrain [status|cancel|scratch], /promote [run], /rollback,
 and /edit ID ANSWER (the answer the bot should have given, used by retraining).
 
-Training runs in a separate process (``bot.retrain.RetrainSupervisor``); these handlers only
+Training runs in a separate process (``ops.supervisor.RunSupervisor``); these handlers only
 start, query and stop it, and report to the admin's chat.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from telegram import Update
 from telegram.ext import Application, CommandHandler, ContextTypes, filters
 
-from xianliao.bot.handlers import _admin_only, deps, send_text
-from xianliao.bot.promotion import PromotionError
-from xianliao.bot.retrain import RetrainBusy, RetrainSupervisor
+from xianliao.bot.admin import admin_only, review_ops
+from xianliao.bot.handlers import send_text
+from xianliao.ops.models import PromotionError
+from xianliao.ops.review import UnknownExchanges
+from xianliao.ops.runs import RunInProgress
+from xianliao.ops.supervisor import RunSupervisor
 
 logger = logging.getLogger(__name__)
 
 USAGE = "用法 usage: /retrain [status | cancel | scratch]"
 
 
-def supervisor(context: ContextTypes.DEFAULT_TYPE) -> RetrainSupervisor:
+def supervisor(context: ContextTypes.DEFAULT_TYPE) -> RunSupervisor:
     return context.bot_data["retrain"]
 
 
 async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Admins: start a retraining run, or show/cancel the one in progress."""
     args = [a.lower() for a in (context.args or [])]
-    if not await _admin_only(update, context, "retrain", " ".join(args)):
+    if not await admin_only(update, context, "retrain", " ".join(args)):
         return
     chat_id = update.effective_chat.id
     sup = supervisor(context)
@@ -54,7 +58,7 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
     try:
         run_id = await sup.start(update.effective_user.id, notify, mode=mode)
-    except RetrainBusy as exc:
+    except RunInProgress as exc:
         await send_text(
             context,
             chat_id,
@@ -73,7 +77,7 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 async def promote(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Admins: force the latest (or the given) run's model live."""
     args = context.args or []
-    if not await _admin_only(update, context, "promote", " ".join(args)):
+    if not await admin_only(update, context, "promote", " ".join(args)):
         return
     chat_id = update.effective_chat.id
     try:
@@ -91,7 +95,7 @@ async def promote(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 async def rollback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Admins: put back the model that the latest promotion replaced."""
-    if not await _admin_only(update, context, "rollback"):
+    if not await admin_only(update, context, "rollback"):
         return
     chat_id = update.effective_chat.id
     try:
@@ -105,7 +109,7 @@ async def rollback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 async def edit(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Admins: /edit ID ANSWER stores the answer the bot should have given (and approves it)."""
     args = context.args or []
-    if not await _admin_only(update, context, "edit", " ".join(args)):
+    if not await admin_only(update, context, "edit", " ".join(args)):
         return
     chat_id = update.effective_chat.id
     try:
@@ -115,7 +119,13 @@ async def edit(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if not answer:
         await send_text(context, chat_id, "用法 usage: /edit ID 更好的回答 (the better answer)")
         return
-    ok = await deps(context).service.edit_reply(exchange_id, answer, update.effective_user.id)
+    try:
+        await asyncio.to_thread(
+            review_ops(context).edit, exchange_id, answer, reviewer=update.effective_user.id
+        )
+        ok = True
+    except UnknownExchanges:
+        ok = False
     text = (
         f"#{exchange_id} 已修改并通过 edited and approved: {answer}"
         if ok
@@ -124,7 +134,7 @@ async def edit(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     await send_text(context, chat_id, text)
 
 
-def register_retrain(application: Application, sup: RetrainSupervisor) -> None:
+def register_retrain(application: Application, sup: RunSupervisor) -> None:
     application.bot_data["retrain"] = sup
     new = filters.UpdateType.MESSAGE
     application.add_handlers(

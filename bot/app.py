@@ -16,13 +16,16 @@ from telegram.error import InvalidToken, NetworkError, TelegramError
 from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, ContextTypes
 from telegram.request import HTTPXRequest
 
+from xianliao.bot.admin import ADMIN_COMMANDS, register_admin
 from xianliao.bot.admin_retrain import register_retrain
 from xianliao.bot.config import Settings, read_settings
-from xianliao.bot.handlers import ADMIN_COMMANDS, USER_COMMANDS, BotDeps, register
-from xianliao.bot.retrain import RetrainSupervisor
-from xianliao.bot.runtime import StartupError, create_service, setup_logging
+from xianliao.bot.handlers import USER_COMMANDS, BotDeps, register
+from xianliao.bot.runtime import StartupError, create_service, open_database, setup_logging
 from xianliao.bot.service import DialogueService
 from xianliao.bot.updates import TolerantBot
+from xianliao.ops.review import Review
+from xianliao.ops.supervisor import RunSupervisor
+from xianliao.storage.database import Database
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +35,30 @@ NO_TOKEN_MESSAGE = (
 )
 
 
-def build_application(settings: Settings, service: DialogueService) -> Application:
-    """The PTB Application: base URL, flood limits, handlers, command menus."""
+def _service_database(service: DialogueService, settings: Settings) -> Database:
+    """The database the service logs into (the same engine, not a second one); DATABASE_URL
+    for a service that does not log."""
+    if service.sessions is None:
+        return open_database(settings.database_url)
+    return Database(service.sessions.kw["bind"])
+
+
+def _review_ops(service: DialogueService, db: Database) -> Review:
+    """Review on the bot's database; an approval or an edit is served from the next message on
+    (the approved answers are read again)."""
+
+    def changed() -> None:
+        if service.approved is not None:
+            service.approved.invalidate()
+
+    return Review(db, on_change=changed, via="telegram")
+
+
+def build_application(
+    settings: Settings, service: DialogueService, db: Database | None = None
+) -> Application:
+    """The PTB Application: base URL, flood limits, handlers, command menus. ``db`` is the
+    service's database (by default, the one its sessions are bound to)."""
     token = settings.token()
     if not token:
         raise StartupError(NO_TOKEN_MESSAGE)
@@ -45,6 +70,7 @@ def build_application(settings: Settings, service: DialogueService) -> Applicati
         max_retries=settings.send_max_retries,
     )
     admin_ids = settings.admin_user_ids
+    db = db or _service_database(service, settings)
 
     async def post_init(application: Application) -> None:
         await set_command_menus(application, admin_ids)
@@ -79,14 +105,16 @@ def build_application(settings: Settings, service: DialogueService) -> Applicati
         .post_shutdown(post_shutdown)
         .build()
     )
-    supervisor = RetrainSupervisor(
-        database_url=settings.database_url,
+    supervisor = RunSupervisor(
+        db,
         model_path=settings.model_path,
         base_data=settings.base_data_dir,
         extra_args=shlex.split(settings.retrain_args),
         on_model_changed=lambda: service.reload(settings.model_path),
     )
-    register_retrain(application, supervisor)  # before register(): its catch-all comes last
+    # before register(): its "unknown command" catch-all comes last
+    register_admin(application, _review_ops(service, db))
+    register_retrain(application, supervisor)
     deps = BotDeps(
         service,
         admin_ids,
@@ -205,7 +233,9 @@ def main(argv: list[str]) -> int:
         return 2
     setup_logging(settings.log_level, secrets=[token])
     try:
+        # The model first: a missing checkpoint must not leave an empty database behind.
         service = create_service(settings, workers=settings.model_workers)
+        db = _service_database(service, settings)  # the one database object of the process
     except StartupError as exc:
         print(f"xianliao bot: {exc}", file=sys.stderr)
         return 2
@@ -213,7 +243,7 @@ def main(argv: list[str]) -> int:
     try:
         username = asyncio.run(_check_bot_api(settings))
         logger.info("connected to the Bot API as @%s", username)
-        application = build_application(settings, service)
+        application = build_application(settings, service, db)
         if settings.webhook_url:
             secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
             if secret is None:
@@ -255,4 +285,5 @@ def main(argv: list[str]) -> int:
         return 1
     finally:
         service.close()
+        db.dispose()
     return 0

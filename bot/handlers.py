@@ -75,18 +75,6 @@ USER_COMMANDS = [
     BotCommand("help", "帮助 / help"),
     BotCommand("forget", "删除我的全部数据"),
 ]
-ADMIN_COMMANDS = [
-    *USER_COMMANDS,
-    BotCommand("stats", "统计 (admin)"),
-    BotCommand("review", "审核最近的对话 (admin)"),
-    BotCommand("reload", "重新加载模型 (admin)"),
-    BotCommand("retrain", "重新训练 retrain [status|cancel] (admin)"),
-    BotCommand("promote", "强制上线新模型 promote [run] (admin)"),
-    BotCommand("rollback", "回滚到上一个模型 (admin)"),
-    BotCommand("edit", "修改回答 edit ID answer (admin)"),
-]
-
-MAX_REVIEW = 20
 TYPING_REPEAT_S = 4.5  # Telegram shows "typing..." for about 5 seconds
 
 
@@ -175,17 +163,6 @@ def feedback_keyboard(exchange_id: int, chosen: int = 0) -> InlineKeyboardMarkup
             [
                 InlineKeyboardButton(up, callback_data=f"fb:{exchange_id}:u"),
                 InlineKeyboardButton(down, callback_data=f"fb:{exchange_id}:d"),
-            ]
-        ]
-    )
-
-
-def review_keyboard(exchange_id: int) -> InlineKeyboardMarkup:
-    return InlineKeyboardMarkup(
-        [
-            [
-                InlineKeyboardButton("✅ approve", callback_data=f"rv:{exchange_id}:a"),
-                InlineKeyboardButton("❌ reject", callback_data=f"rv:{exchange_id}:r"),
             ]
         ]
     )
@@ -408,103 +385,6 @@ async def unknown_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     await update.callback_query.answer()
 
 
-# ----- admin commands -------------------------------------------------------------------------------
-
-
-async def _admin_only(
-    update: Update, context: ContextTypes.DEFAULT_TYPE, action: str, detail: str = ""
-) -> bool:
-    """True for admins; anyone else gets a refusal, and the attempt is logged either way."""
-    user = update.effective_user
-    user_id = user.id if user else 0
-    allowed = user_id in deps(context).admin_ids
-    await deps(context).service.audit(user_id, action, allowed=allowed, detail=detail)
-    if not allowed:
-        logger.warning("refused admin action %r for non-admin user %s", action, user_id)
-        if update.callback_query is not None:
-            await update.callback_query.answer(NOT_ADMIN_TEXT, show_alert=True)
-        elif update.effective_chat is not None:
-            await send_text(context, update.effective_chat.id, NOT_ADMIN_TEXT)
-    return allowed
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f} ms"
-
-
-async def stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Admins: users, messages, latency, model version, feedback."""
-    if not await _admin_only(update, context, "stats"):
-        return
-    s = await deps(context).service.stats()
-    text = (
-        f"用户 users: {s.users}\n"
-        f"今日消息 today (UTC): {s.messages_today}\n"
-        f"总消息 total: {s.messages_total}\n"
-        f"回复延迟 latency (24h, n={s.latency_window_count}): "
-        f"p50 {_ms(s.p50_ms)}, p95 {_ms(s.p95_ms)}\n"
-        f"模型 model: {s.model_version}\n"
-        f"反馈 feedback: 👍 {s.feedback_up} / 👎 {s.feedback_down}\n"
-        f"待审核 pending review: {s.pending_review}"
-    )
-    await send_text(context, update.effective_chat.id, text)
-
-
-async def review(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Admins: show the newest pending exchanges with approve/reject buttons."""
-    args = context.args or []
-    if not await _admin_only(update, context, "review", " ".join(args)):
-        return
-    try:
-        n = max(1, min(MAX_REVIEW, int(args[0]))) if args else 5
-    except ValueError:
-        await send_text(context, update.effective_chat.id, "用法 usage: /review [n]")
-        return
-    items = await deps(context).service.pending_review(n)
-    chat_id = update.effective_chat.id
-    if not items:
-        await send_text(context, chat_id, "没有待审核的对话。Nothing to review.")
-        return
-    for item in items:
-        text = f"#{item.id} [{item.model_version}]\n👤 {item.user_text}\n🤖 {item.reply_text}"
-        if item.edited_reply:
-            text += f"\n✏️ {item.edited_reply}"
-        await send_text(context, chat_id, text, reply_markup=review_keyboard(item.id))
-
-
-async def review_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Admins: approve (``rv:ID:a``) or reject (``rv:ID:r``) an exchange."""
-    query = update.callback_query
-    if not await _admin_only(update, context, "review_set", query.data or ""):
-        return
-    parsed = _parse_button(query, "ar")
-    if parsed is None:
-        await query.answer()
-        return
-    exchange_id, status = parsed[0], ("approved" if parsed[1] == "a" else "rejected")
-    changed = await deps(context).service.set_review(exchange_id, status, query.from_user.id)
-    await query.answer(status if changed else "not found")
-    if changed and query.message is not None and isinstance(query.message, Message):
-        with contextlib.suppress(BadRequest):
-            await query.edit_message_text(f"{query.message.text}\n→ {status}")
-
-
-async def reload_model(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Admins: load the checkpoint at MODEL_PATH again without a restart."""
-    if not await _admin_only(update, context, "reload"):
-        return
-    service = deps(context).service
-    chat_id = update.effective_chat.id
-    old = service.model_version
-    try:
-        version = await service.reload()
-    except Exception as exc:  # CheckpointError and friends: keep serving the old model
-        logger.warning("reload failed: %s", exc)
-        await send_text(context, chat_id, f"重新加载失败，仍在使用 {old}：{exc}")
-        return
-    await send_text(context, chat_id, f"模型已重新加载 reloaded: {old} → {version}")
-
-
 # ----- errors and registration ----------------------------------------------------------------------
 
 
@@ -549,15 +429,11 @@ def register(application: Application, bot_deps: BotDeps) -> None:
             command("start", start),
             command("help", help_command),
             command("forget", forget),
-            command("stats", stats),
-            command("review", review),
-            command("reload", reload_model),
             MessageHandler(new & filters.COMMAND & filters.ChatType.PRIVATE, unknown_command),
             MessageHandler(new & filters.TEXT & ~filters.COMMAND, text_message),
             MessageHandler(new & NON_TEXT, non_text_message),
             CallbackQueryHandler(feedback_button, pattern=r"^fb:"),
             CallbackQueryHandler(forget_button, pattern=r"^fg:"),
-            CallbackQueryHandler(review_button, pattern=r"^rv:"),
             CallbackQueryHandler(unknown_button),
         ]
     )

@@ -11,30 +11,15 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-
 from xianliao.bot.config import Settings
 from xianliao.bot.service import DialogueService, ReplyModel
-from xianliao.storage.db import (
-    NoDatabase,
-    database_error_line,
-    init_schema,
-    make_engine,
-    open_existing,
-    session_factory,
-)
+from xianliao.storage.database import Database, DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 
 
 class StartupError(Exception):
     """A problem that stops the program; the message is one line that says what to do."""
-
-
-class MissingDatabase(StartupError):
-    """No database where one must exist already (``open_database(create=False)``)."""
 
 
 def _load(settings: Settings, path: Path, workers: int) -> ReplyModel:
@@ -96,62 +81,33 @@ def model_loader(settings: Settings, workers: int = 0):  # noqa: ANN201 - a Mode
     return load
 
 
-def redacted_url(url: str) -> str:
-    """``url`` with any password hidden, for messages."""
+def open_database(database_url: str) -> Database:
+    """The process's database (one per process), its schema created or upgraded."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparseable URL>"
-
-
-def open_database(database_url: str, *, create: bool = True) -> Engine:
-    """Engine + schema (created or upgraded) for ``DATABASE_URL``. ``create=False``: the database
-    must exist already (commands that only look, or undo), and none is created."""
-    try:
-        return _make_engine_with_schema(database_url) if create else open_existing(database_url)
-    except ArgumentError:
-        raise StartupError(
-            f"DATABASE_URL is not a valid SQLAlchemy URL: {redacted_url(database_url)} "
-            "(e.g. sqlite:///data/xianliao.db or postgresql://user:pass@host/db)"
-        ) from None
-    except ModuleNotFoundError as exc:
-        raise StartupError(
-            f"the database driver for {redacted_url(database_url)} is not installed ({exc.name}):"
-            " pip install it, e.g. 'pip install psycopg[binary]' for PostgreSQL"
-        ) from None
-    except NoDatabase as exc:
-        raise MissingDatabase(
-            f"{exc}: nothing recorded there yet, or DATABASE_URL points elsewhere"
-        ) from None
-    except (SQLAlchemyError, OSError, RuntimeError) as exc:  # RuntimeError: a newer schema
-        raise StartupError(
-            f"cannot open the database {redacted_url(database_url)}: {database_error_line(exc)}"
-        ) from None
-
-
-def _make_engine_with_schema(database_url: str) -> Engine:
-    """``make_engine`` + ``init_schema``, the engine disposed of if the schema step fails."""
-    engine = make_engine(database_url)
-    try:
-        init_schema(engine)
-    except BaseException:
-        engine.dispose()
-        raise
-    return engine
+        return Database.open(database_url)
+    except DatabaseUnavailable as exc:
+        raise StartupError(str(exc)) from None
 
 
 def open_sessions(database_url: str):  # noqa: ANN201 - sessionmaker
     """Engine + schema (created or upgraded) + session factory for ``DATABASE_URL``."""
-    return session_factory(open_database(database_url))
+    return open_database(database_url).sessions
 
 
 def create_service(
-    settings: Settings, *, model_path: Path | None = None, log: bool = True, workers: int = 0
+    settings: Settings,
+    *,
+    model_path: Path | None = None,
+    log: bool = True,
+    workers: int = 0,
+    db: Database | None = None,
 ) -> DialogueService:
     """Load the model (in ``workers`` worker processes, or here when 0), open the database
-    (unless ``log`` is False) and check both work."""
+    (``db``, or DATABASE_URL; none when ``log`` is False) and check both work."""
     model = load_model(settings, model_path, workers)
-    sessions = open_sessions(settings.database_url) if log else None
+    sessions = None
+    if log:
+        sessions = (db or open_database(settings.database_url)).sessions
     service = DialogueService(
         model,
         sessions=sessions,

@@ -93,7 +93,7 @@ def test_nothing_imports_bot_or_training_but_the_entry_point():
 
 def test_chat_and_training_never_load_telegram():
     code = (
-        "import sys, xianliao.bot.terminal, xianliao.bot.review_cli, xianliao.bot.retrain, "
+        "import sys, xianliao.bot.terminal, xianliao.bot.review_cli, xianliao.ops.supervisor, "
         "xianliao.training.cli, xianliao.training.retrain; "
         "sys.exit(1 if 'telegram' in sys.modules else 0)"
     )

@@ -23,6 +23,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from xianliao.storage.database import Database
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +78,7 @@ class RetrainConfig:
 
 
 def export_logged_pairs(
-    database_url: str,
+    database: str | Database,
     out_tsv: str | os.PathLike,
     *,
     statuses: Iterable[str] = ("approved",),
@@ -87,23 +91,22 @@ def export_logged_pairs(
     """Stream logged (question, answer) pairs into a corpus TSV; with ``heldout_tsv``, the
     pairs a hash puts among the ``heldout_permille`` go there instead (for the gate). Pairs
     with a word of the shipped blocklist or of ``blocklist`` are dropped. Duplicates are
-    removed by the database (SELECT DISTINCT), so memory stays bounded however many rows."""
+    removed by the database (SELECT DISTINCT), so memory stays bounded however many rows.
+    ``database``: the process's database, or a URL (opened and closed here)."""
     from xianliao.model.reply_filter import ReplyFilter, read_blocklist
     from xianliao.model.text import normalise
-    from xianliao.storage.db import init_schema, make_engine, read_only_engine, session_factory
+    from xianliao.storage.database import Database
     from xianliao.storage.repositories import ExchangeRepository
     from xianliao.training.prepare import held_out
 
-    engine = make_engine(database_url)
+    db = Database.open(database) if isinstance(database, str) else database
     try:
-        init_schema(engine)
         statuses = list(statuses)
         reply_filter = ReplyFilter([*read_blocklist(), *(b for b in blocklist if b)])
         stats = {"rows": 0, "written": 0, "too_short": 0, "too_long": 0, "blocked": 0}
         stats["held_out"] = 0
-        ro = read_only_engine(engine)
         with (
-            session_factory(ro)() as session,
+            db.read() as session,
             open(out_tsv, "w", encoding="utf-8") as f,
             open(heldout_tsv or os.devnull, "w", encoding="utf-8") as held,
         ):
@@ -132,7 +135,8 @@ def export_logged_pairs(
             Path(heldout_tsv).write_text("", "utf-8")
             stats["written"], stats["held_out"] = stats["held_out"], 0
     finally:
-        engine.dispose()
+        if db is not database:
+            db.dispose()
     return stats
 
 
@@ -195,31 +199,22 @@ def compare(
     }
 
 
-def retrain(
-    cfg: RetrainConfig,
-    *,
-    on_progress: Callable[[dict], None] | None = None,
-    progress_bar: bool = False,
-) -> dict:
-    """Export, prepare, train, compare. Returns the report (also in ``out_dir/report.json``)."""
-    from xianliao.model.checkpoint import CheckpointError, export_for_inference, load_checkpoint
-    from xianliao.model.vocab import Vocab
-    from xianliao.training.prepare import PrepareConfig, prepare
-    from xianliao.training.train import TrainConfig, read_vocab, train
+def _load_live(cfg: RetrainConfig) -> dict:
+    from xianliao.model.checkpoint import CheckpointError, load_checkpoint
 
-    t0 = time.perf_counter()
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if cfg.mode not in ("finetune", "scratch"):
         raise RetrainError(f"mode must be finetune or scratch, not {cfg.mode!r}")
     try:
-        live = load_checkpoint(cfg.model_path)
+        return load_checkpoint(cfg.model_path)
     except CheckpointError as exc:
         raise RetrainError(f"the live model cannot be read: {exc}") from None
-    logged_tsv = out / "logged.tsv"
+
+
+def _export_logs(cfg: RetrainConfig, out: Path, database: str | Database) -> dict[str, int]:
+    """Step 1: the logged pairs to ``logged.tsv`` (and ``logged_heldout.tsv``)."""
     export = export_logged_pairs(
-        cfg.database_url,
-        logged_tsv,
+        database,
+        out / "logged.tsv",
         statuses=cfg.statuses,
         min_chars=cfg.min_chars,
         max_chars=cfg.max_chars,
@@ -232,6 +227,17 @@ def retrain(
             f"no logged exchanges to learn from (statuses {', '.join(cfg.statuses)}): "
             "approve some with /review or 'xianliao review approve'"
         )
+    return export
+
+
+def _prepare_data(cfg: RetrainConfig, live: dict, out: Path) -> tuple[Path, Path, str | None]:
+    """Step 2: prepare the logs (and, from scratch, the base corpus with them); returns
+    ``(base data dir, logs data dir, checkpoint to start from)``."""
+    from xianliao.model.vocab import Vocab
+    from xianliao.training.prepare import PrepareConfig, prepare
+    from xianliao.training.train import read_vocab
+
+    logged_tsv = str(out / "logged.tsv")
     pcfg = PrepareConfig(min_freq=1, workers=1, valid_permille=0)
     logs_dir = out / "logs_data"
     if cfg.mode == "finetune":
@@ -245,19 +251,20 @@ def retrain(
                 f"base data {cfg.base_data} was prepared with another vocabulary than "
                 f"{cfg.model_path}: prepare it with --vocab-from, or use --mode scratch"
             )
-        base_dir = Path(cfg.base_data)
-        init_from = cfg.model_path
-        prepare([str(logged_tsv)], logs_dir, pcfg, progress=False, vocab=vocab)
-    else:
-        if not cfg.base_corpus:
-            raise RetrainError("scratch mode needs the raw base corpus (--base-corpus)")
-        base_dir = out / "base_data"
-        prepare(
-            [*cfg.base_corpus, str(logged_tsv)], base_dir, PrepareConfig(workers=0), progress=False
-        )
-        vocab = read_vocab(base_dir)
-        prepare([str(logged_tsv)], logs_dir, pcfg, progress=False, vocab=vocab)
-        init_from = None
+        prepare([logged_tsv], logs_dir, pcfg, progress=False, vocab=vocab)
+        return Path(cfg.base_data), logs_dir, cfg.model_path
+    if not cfg.base_corpus:
+        raise RetrainError("scratch mode needs the raw base corpus (--base-corpus)")
+    base_dir = out / "base_data"
+    prepare([*cfg.base_corpus, logged_tsv], base_dir, PrepareConfig(workers=0), progress=False)
+    prepare([logged_tsv], logs_dir, pcfg, progress=False, vocab=read_vocab(base_dir))
+    return base_dir, logs_dir, None
+
+
+def _train_config(cfg: RetrainConfig, live: dict, init_from: str | None) -> Any:
+    """Step 3's settings: the live model's sizes and training mode, this run's budget."""
+    from xianliao.training.train import TrainConfig
+
     model_sizes = {
         k: live["model_config"][k]
         for k in ("emb_size", "hidden_size", "enc_layers", "dec_layers", "dropout", "word_dropout")
@@ -266,8 +273,7 @@ def retrain(
     live_train = live.get("train") if isinstance(live.get("train"), dict) else {}
     # A model trained both ways is retrained both ways (bidi_weight needs the way back).
     both_directions = bool((live_train.get("config") or {}).get("both_directions", False))
-    del live  # only its vocabulary, sizes and training mode were needed; training loads it again
-    tcfg = TrainConfig(
+    return TrainConfig(
         steps=cfg.steps,
         minutes=cfg.minutes,
         batch_size=cfg.batch_size,
@@ -279,6 +285,35 @@ def retrain(
         both_directions=both_directions,
         model=model_sizes,
     )
+
+
+def _public_config(cfg: RetrainConfig) -> dict:
+    """The config for the report file: the database URL without its password."""
+    from xianliao.storage.database import redacted_url
+
+    return {**asdict(cfg), "database_url": redacted_url(cfg.database_url)}
+
+
+def retrain(
+    cfg: RetrainConfig,
+    *,
+    db: Database | None = None,
+    on_progress: Callable[[dict], None] | None = None,
+    progress_bar: bool = False,
+) -> dict:
+    """Export, prepare, train, compare. Returns the report (also in ``out_dir/report.json``).
+    ``db``: the process's database (default: opened from ``cfg.database_url``)."""
+    from xianliao.model.checkpoint import export_for_inference
+    from xianliao.training.train import train
+
+    t0 = time.perf_counter()
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    live = _load_live(cfg)
+    export = _export_logs(cfg, out, db if db is not None else cfg.database_url)
+    base_dir, logs_dir, init_from = _prepare_data(cfg, live, out)
+    tcfg = _train_config(cfg, live, init_from)
+    del live  # only its vocabulary, sizes and training mode were needed; training loads it again
     result = train(
         [(str(base_dir), 1.0), (str(logs_dir), cfg.log_weight)],
         out / "run",
@@ -286,7 +321,6 @@ def retrain(
         progress=progress_bar,
         on_progress=on_progress,
     )
-    new_ckpt = out / "run" / "best.pt"
     # The logs' last step matters most to an admin who edited answers: judge the final weights.
     last_weights = out / "candidate.pt"
     export_for_inference(out / "run" / "last.pt", last_weights)
@@ -294,7 +328,7 @@ def retrain(
         cfg.model_path,
         str(last_weights),
         {
-            "base": str(Path(cfg.base_data if cfg.mode == "finetune" else base_dir) / "valid.tsv"),
+            "base": str(base_dir / "valid.tsv"),
             "logged (held out)": str(out / "logged_heldout.tsv"),
         },
         limit=cfg.eval_limit,
@@ -302,11 +336,11 @@ def retrain(
         options=cfg.decode_options,
     )
     report = {
-        "config": asdict(cfg),
+        "config": _public_config(cfg),
         "export": export,
         "train": asdict(result),
         "candidate": str(last_weights),
-        "best_checkpoint": str(new_ckpt),
+        "best_checkpoint": str(out / "run" / "best.pt"),
         "comparison": comparison,
         "seconds": round(time.perf_counter() - t0, 1),
     }

@@ -1,33 +1,53 @@
 """Entry points of ``xianliao retrain``, ``xianliao promote`` and ``xianliao rollback``.
 
 They read ``DATABASE_URL`` / ``MODEL_PATH`` / ``BASE_DATA_DIR`` through the bot's settings (an
-entry point may read configuration; the training package below it only gets plain values).
+entry point may read configuration; what is below it only gets plain values), open the one
+:class:`~xianliao.storage.database.Database` of the process, and call ``ops`` (run records,
+promotion) and ``training.retrain`` (the work itself).
+
+``--database-url`` is for a person at a shell; the bot starts ``xianliao retrain`` with the URL
+in its environment (``DATABASE_URL``), where other users cannot read it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 from dataclasses import fields
+from typing import Any
+
+EXIT_CANCELLED = 130
+_NOT_RECORDED = ("env_file", "database_url")  # never stored with a run: the URL has a password
 
 
-class RunInProgress(Exception):
-    """Another training run is alive; the message says how to cancel it."""
-
-
-def _settings(env_file: str, prog: str):
+def _settings(env_file: str, prog: str):  # noqa: ANN202 - Settings | None
     """The bot's settings, or None after printing what is wrong with them."""
     from xianliao.bot.config import read_settings
 
     return read_settings(env_file, prog)
 
 
+def _fail(prog: str, message: str) -> int:
+    print(f"{prog}: {message}", file=sys.stderr)
+    return 1
+
+
+def _open_database(url: str, *, create: bool = True):  # noqa: ANN202 - Database
+    """The process's database; ``DatabaseUnavailable`` with one line if it cannot be opened."""
+    from xianliao.storage.database import Database
+
+    return Database.open(url, create=create)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env-file", default=".env", help="settings file (default: .env)")
-    p.add_argument("--database-url", help="default: DATABASE_URL")
+    p.add_argument(
+        "--database-url",
+        help="default: DATABASE_URL (from the environment or .env; a URL given here is "
+        "visible to other local users in 'ps')",
+    )
     p.add_argument("--model", help="the live checkpoint (default: MODEL_PATH)")
     p.add_argument("--by", type=int, default=0, help="user id recorded as the actor (0 = CLI)")
 
@@ -43,27 +63,12 @@ def _read_blocklist(path: str) -> list[str]:
         raise ValueError(f"--blocklist {path}: not UTF-8 text") from None
 
 
-def _busy_message(session, run_id: int) -> str:  # noqa: ANN001 - a Session
-    """Why a run cannot start while ``run_id`` runs, and how to stop that one from here too."""
-    from xianliao.storage.repositories import TrainingRunRepository
-
-    run = TrainingRunRepository(session).get(run_id)
-    try:
-        pid = json.loads(run.params or "{}").get("pid") if run is not None else None
-    except (ValueError, AttributeError):
-        pid = None
-    # SIGTERM is what /retrain cancel sends: the run saves, records "cancelled" and exits.
-    how = f"kill {pid}" if isinstance(pid, int) else "kill the 'xianliao retrain' process"
-    return (
-        f"run {run_id} is still in progress: one run at a time (cancel it with /retrain cancel "
-        f"in Telegram, or here with: {how})"
-    )
+# ----- xianliao retrain -------------------------------------------------------------------------
 
 
-def retrain_main(argv: list[str]) -> int:
-    from xianliao.bot.promotion import PromotionError, promote
+def _retrain_parser() -> argparse.ArgumentParser:
     from xianliao.training.cli import OneLineParser, whole_number
-    from xianliao.training.retrain import RetrainConfig, RetrainError, retrain
+    from xianliao.training.retrain import RetrainConfig
 
     d = {f.name: f.default for f in fields(RetrainConfig) if not callable(f.default)}
     p = OneLineParser(
@@ -108,48 +113,12 @@ def retrain_main(argv: list[str]) -> int:
     )
     p.add_argument("--run-id", type=int, help="the training_runs row to report into")
     p.add_argument("--progress-jsonl", metavar="FILE", help="append progress as JSON lines")
-    a = p.parse_args(argv)
+    return p
 
-    s = _settings(a.env_file, "xianliao retrain")
-    if s is None:
-        return 2
-    if a.threads:
-        import torch
 
-        torch.set_num_threads(a.threads)
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from xianliao.bot.runtime import StartupError, open_database
-    from xianliao.storage.db import database_error_line, session_factory
-    from xianliao.storage.repositories import TrainingRunRepository
-
-    db_url = a.database_url or s.database_url
-    model_path = a.model or str(s.model_path)
-    base = a.base or str(getattr(s, "base_data_dir", "data/quickstart"))
-    try:
-        sessions = session_factory(open_database(db_url))
-    except StartupError as exc:
-        print(f"xianliao retrain: {exc}", file=sys.stderr)
-        return 1
-    params = {k: v for k, v in vars(a).items() if k not in ("env_file",)}
-    params["pid"] = os.getpid()
-    try:
-        run_id = _start_run(sessions, a, params)
-    except SQLAlchemyError as exc:
-        print(f"xianliao retrain: database error: {database_error_line(exc)}", file=sys.stderr)
-        return 1
-    except RunInProgress as exc:
-        print(f"xianliao retrain: {exc}", file=sys.stderr)
-        return 1
-
-    def finish(status: str, **kw) -> None:
-        with sessions() as session:
-            TrainingRunRepository(session).finish(run_id, status=status, **kw)
-            session.commit()
-
-    # /retrain cancel sends SIGTERM: stop like Ctrl+C (training saves last.pt and returns).
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    progress_file = a.progress_jsonl
+def _progress_writer(run_id: int, progress_file: str | None):  # noqa: ANN202 - a callback
+    """Training progress to stderr, and as JSON lines to ``progress_file`` (the supervisor
+    reads them)."""
 
     def on_progress(info: dict) -> None:
         print(
@@ -161,16 +130,16 @@ def retrain_main(argv: list[str]) -> int:
             with open(progress_file, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"run_id": run_id, **info}) + "\n")
 
-    try:
-        blocklist = _read_blocklist(a.blocklist) if a.blocklist else []
-    except ValueError as exc:
-        finish("failed", log=str(exc))
-        print(f"xianliao retrain: {exc}", file=sys.stderr)
-        return 1
-    cfg = RetrainConfig(
-        database_url=db_url,
-        model_path=model_path,
-        base_data=base,
+    return on_progress
+
+
+def _config(a: argparse.Namespace, s: Any, run_id: int, url: str, blocklist: list[str]):  # noqa: ANN202
+    from xianliao.training.retrain import RetrainConfig
+
+    return RetrainConfig(
+        database_url=url,
+        model_path=a.model or str(s.model_path),
+        base_data=a.base or str(getattr(s, "base_data_dir", "data/quickstart")),
         out_dir=a.out or f"runs/retrain-{run_id}",
         mode=a.mode,
         base_corpus=a.base_corpus,
@@ -185,25 +154,11 @@ def retrain_main(argv: list[str]) -> int:
         lr=a.lr,
         decode_options=dict(getattr(s, "decode_options", None) or {}),  # the served decoding
     )
-    try:
-        report = retrain(cfg, on_progress=on_progress)
-    except KeyboardInterrupt:
-        finish("cancelled", log="cancelled before the end; the live model is unchanged")
-        print("xianliao retrain: cancelled; the live model is unchanged", file=sys.stderr)
-        return 130
-    except (RetrainError, OSError, ValueError) as exc:
-        finish("failed", log=str(exc))
-        print(f"xianliao retrain: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # record any other failure, then let it show its traceback
-        finish("failed", log=f"{type(exc).__name__}: {exc}")
-        raise
-    if report["train"]["interrupted"]:
-        finish("cancelled", log="cancelled during training; the live model is unchanged")
-        print("xianliao retrain: cancelled; the live model is unchanged", file=sys.stderr)
-        return 130
+
+
+def _summary(report: dict) -> dict:
     comparison = report["comparison"]
-    summary = {
+    return {
         "live": comparison["live"],
         "new": comparison["new"],
         "not_worse": comparison["not_worse"],
@@ -211,115 +166,177 @@ def retrain_main(argv: list[str]) -> int:
         "train": report["train"],
         "export": report["export"],
     }
+
+
+def _train(a: argparse.Namespace, db: Any, cfg: Any, run_id: int) -> tuple[int, dict | None]:
+    """Run the retraining and record a failure or a cancellation; ``(exit code, report)``."""
+    from xianliao.ops.runs import finish_run
+    from xianliao.training.retrain import RetrainError, retrain
+
+    prog = "xianliao retrain"
+    try:
+        report = retrain(cfg, db=db, on_progress=_progress_writer(run_id, a.progress_jsonl))
+    except KeyboardInterrupt:
+        report = None
+    except (RetrainError, OSError, ValueError) as exc:
+        finish_run(db, run_id, "failed", log=str(exc))
+        return _fail(prog, str(exc)), None
+    except Exception as exc:  # record any other failure, then let it show its traceback
+        finish_run(db, run_id, "failed", log=f"{type(exc).__name__}: {exc}")
+        raise
+    if report is None or report["train"]["interrupted"]:
+        when = "before the end" if report is None else "during training"
+        finish_run(db, run_id, "cancelled", log=f"cancelled {when}; the live model is unchanged")
+        print(f"{prog}: cancelled; the live model is unchanged", file=sys.stderr)
+        return EXIT_CANCELLED, None
+    return 0, report
+
+
+def _promote_and_record(a: argparse.Namespace, db: Any, cfg: Any, run_id: int, report: dict) -> int:
+    """Promote the candidate when ``--promote`` says so, record the run's end, print the
+    side-by-side replies and the verdict (and one JSON line on stdout)."""
+    from xianliao.ops.models import PromotionError, promote
+    from xianliao.ops.runs import finish_run
+
+    comparison, summary = report["comparison"], _summary(report)
     promoted = None
     if a.promote == "force" or (a.promote == "auto" and comparison["not_worse"]):
         try:
             promoted = promote(
                 report["candidate"],
-                model_path,
-                db_url,
+                cfg.model_path,
+                db,
                 promoted_by=a.by,
                 run_id=run_id,
                 forced=a.promote == "force",
                 metrics=summary,
             )
         except PromotionError as exc:
-            finish("failed", metrics=summary, checkpoint_path=report["candidate"], log=str(exc))
-            print(f"xianliao retrain: {exc}", file=sys.stderr)
-            return 1
+            finish_run(
+                db,
+                run_id,
+                "failed",
+                metrics=summary,
+                checkpoint_path=report["candidate"],
+                log=str(exc),
+            )
+            return _fail("xianliao retrain", str(exc))
     summary["promoted"] = promoted
-    finish("succeeded", metrics=summary, checkpoint_path=report["candidate"])
+    finish_run(db, run_id, "succeeded", metrics=summary, checkpoint_path=report["candidate"])
     for row in comparison["side_by_side"]:
         print(f"{row['question']}\n   live: {row['live']}\n   new:  {row['new']}", file=sys.stderr)
-    verdict = (
-        "promoted"
-        if promoted
-        else "not promoted: " + ("; ".join(comparison["reasons"]) or "--promote never")
-    )
+    reasons = "; ".join(comparison["reasons"]) or "--promote never"
+    verdict = "promoted" if promoted else f"not promoted: {reasons}"
     print(f"run {run_id}: {verdict}", file=sys.stderr)
-    print(
-        json.dumps(
-            {
-                "run_id": run_id,
-                "candidate": report["candidate"],
-                "not_worse": comparison["not_worse"],
-                "promoted": promoted is not None,
-                "reasons": comparison["reasons"],
-            },
-            ensure_ascii=False,
-        )
-    )
+    result = {
+        "run_id": run_id,
+        "candidate": report["candidate"],
+        "not_worse": comparison["not_worse"],
+        "promoted": promoted is not None,
+        "reasons": comparison["reasons"],
+    }
+    print(json.dumps(result, ensure_ascii=False))
     return 0
 
 
-def _start_run(sessions, a: argparse.Namespace, params: dict) -> int:  # noqa: ANN001
-    """Mark this process's training run as running (creating it unless the bot made it with
-    ``--run-id``); ``RunInProgress`` while another run is alive."""
-    from xianliao.bot.retrain import live_run_or_fail_stale
-    from xianliao.storage.repositories import TrainingRunRepository
+def retrain_main(argv: list[str]) -> int:
+    """Entry point of ``xianliao retrain``: one run, recorded from start to end."""
+    from sqlalchemy.exc import SQLAlchemyError
 
-    with sessions() as session:
-        runs = TrainingRunRepository(session)
-        other = live_run_or_fail_stale(session, skip=a.run_id)
-        if other is not None:
-            raise RunInProgress(_busy_message(session, other))
-        run = runs.get(a.run_id) if a.run_id else None
-        if run is None:
-            run = runs.create(started_by=a.by, params=params, status="running")
-        else:
-            run.status = "running"
-            run.params = json.dumps({**json.loads(run.params or "{}"), "pid": os.getpid()})
-        session.commit()
-        return run.id
+    from xianliao.ops.runs import RunInProgress, begin_run, finish_run
+    from xianliao.storage.database import DatabaseUnavailable
+    from xianliao.storage.db import database_error_line
+
+    prog = "xianliao retrain"
+    a = _retrain_parser().parse_args(argv)
+    s = _settings(a.env_file, prog)
+    if s is None:
+        return 2
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    url = a.database_url or s.database_url
+    try:
+        db = _open_database(url)
+    except DatabaseUnavailable as exc:
+        return _fail(prog, str(exc))
+    try:
+        params = {k: v for k, v in vars(a).items() if k not in _NOT_RECORDED}
+        try:
+            run_id = begin_run(db, run_id=a.run_id, started_by=a.by, params=params)
+        except SQLAlchemyError as exc:
+            return _fail(prog, f"database error: {database_error_line(exc)}")
+        except RunInProgress as exc:
+            return _fail(prog, str(exc))
+        # /retrain cancel sends SIGTERM: stop like Ctrl+C (training saves last.pt and returns).
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        try:
+            blocklist = _read_blocklist(a.blocklist) if a.blocklist else []
+        except ValueError as exc:
+            finish_run(db, run_id, "failed", log=str(exc))
+            return _fail(prog, str(exc))
+        cfg = _config(a, s, run_id, url, blocklist)
+        code, report = _train(a, db, cfg, run_id)
+        if report is None:
+            return code
+        return _promote_and_record(a, db, cfg, run_id, report)
+    finally:
+        db.dispose()
+
+
+# ----- xianliao promote / rollback ---------------------------------------------------------------
 
 
 def promote_main(argv: list[str]) -> int:
-    from xianliao.bot.promotion import PromotionError, promote
+    from xianliao.ops.models import PromotionError, check_loads, promote
+    from xianliao.storage.database import DatabaseUnavailable
     from xianliao.training.cli import OneLineParser
 
+    prog = "xianliao promote"
     p = OneLineParser(
-        prog="xianliao promote",
+        prog=prog,
         description="Put a checkpoint live at MODEL_PATH (an admin's "
         "forced promotion; the running bot picks it up).",
     )
     p.add_argument("checkpoint")
     _common(p)
     a = p.parse_args(argv)
-    s = _settings(a.env_file, "xianliao promote")
+    s = _settings(a.env_file, prog)
     if s is None:
         return 2
     try:
-        info = promote(
-            a.checkpoint,
-            a.model or s.model_path,
-            a.database_url or s.database_url,
-            promoted_by=a.by,
-            forced=True,
-        )
-    except (PromotionError, OSError) as exc:
-        print(f"xianliao promote: {exc}", file=sys.stderr)
-        return 1
+        check_loads(a.checkpoint)  # before the database: a bad candidate creates nothing
+        # Open the database before anything goes live, so that a bad DATABASE_URL changes nothing.
+        with _open_database(a.database_url or s.database_url) as db:
+            info = promote(a.checkpoint, a.model or s.model_path, db, promoted_by=a.by, forced=True)
+    except (PromotionError, DatabaseUnavailable, OSError) as exc:
+        return _fail(prog, str(exc))
     print(json.dumps(info, ensure_ascii=False))
     return 0
 
 
 def rollback_main(argv: list[str]) -> int:
-    from xianliao.bot.promotion import PromotionError, rollback
+    from xianliao.ops.models import PromotionError, rollback
+    from xianliao.storage.database import DatabaseUnavailable, MissingDatabase
     from xianliao.training.cli import OneLineParser
 
+    prog = "xianliao rollback"
     p = OneLineParser(
-        prog="xianliao rollback",
-        description="Put back the model that the latest promotion replaced.",
+        prog=prog, description="Put back the model that the latest promotion replaced."
     )
     _common(p)
     a = p.parse_args(argv)
-    s = _settings(a.env_file, "xianliao rollback")
+    s = _settings(a.env_file, prog)
     if s is None:
         return 2
     try:
-        info = rollback(a.model or s.model_path, a.database_url or s.database_url, promoted_by=a.by)
-    except (PromotionError, OSError) as exc:
-        print(f"xianliao rollback: {exc}", file=sys.stderr)
-        return 1
+        # No database: no promotion to undo, and none is created by looking.
+        with _open_database(a.database_url or s.database_url, create=False) as db:
+            info = rollback(a.model or s.model_path, db, promoted_by=a.by)
+    except MissingDatabase as exc:
+        return _fail(prog, f"nothing to roll back to: {exc}")
+    except (PromotionError, DatabaseUnavailable, OSError) as exc:
+        return _fail(prog, str(exc))
     print(json.dumps(info, ensure_ascii=False))
     return 0

@@ -10,10 +10,11 @@ import time
 import pytest
 from conftest import TINY_PAIRS
 
-from xianliao.bot.promotion import PromotionError, promote
-from xianliao.bot.promotion import rollback as do_rollback
 from xianliao.model.chatbot import ChatBot
 from xianliao.model.checkpoint import file_digest
+from xianliao.ops import models
+from xianliao.ops.models import PromotionError
+from xianliao.storage.database import Database
 from xianliao.storage.db import init_schema, make_engine, session_factory
 from xianliao.storage.repositories import (
     ChatRepository,
@@ -25,6 +26,17 @@ from xianliao.storage.repositories import (
 from xianliao.training.retrain import RetrainConfig, RetrainError, export_logged_pairs, retrain
 
 EDITED = "我喜欢聊天"  # words the tiny vocabulary knows
+
+
+def promote(candidate, live, db_url, **kwargs):
+    """ops.models.promote on the database at ``db_url``, opened for this one call."""
+    with Database.open(db_url) as db:
+        return models.promote(candidate, live, db, **kwargs)
+
+
+def do_rollback(live, db_url, **kwargs):
+    with Database.open(db_url) as db:
+        return models.rollback(live, db, **kwargs)
 
 
 def _log(db_url, rows):

@@ -1,21 +1,29 @@
-"""Promotion and rollback of checkpoints: what goes live at ``MODEL_PATH``.
+"""Promotion and rollback of checkpoints: what goes live at ``MODEL_PATH``, and its history.
 
 ``promote`` copies a checkpoint over ``MODEL_PATH`` atomically after checking that it loads,
 archives the one it replaces under ``<model dir>/history/``, and records the promotion in the
-database; ``rollback`` puts the previous one back (recorded as a forced promotion). The bot
+database; ``rollback`` puts the previous one back (recorded as a forced promotion). A running bot
 swaps models between two messages when the file changes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from xianliao.storage.database import Database
+from xianliao.storage.db import database_error_line
+from xianliao.storage.repositories import PromotionRepository
 
 
 class PromotionError(Exception):
-    """A checkpoint that cannot go live, or nothing to roll back to."""
+    """A checkpoint that cannot go live, or nothing to roll back to; one line."""
 
 
 def _atomic_copy(src: Path, dest: Path) -> None:
@@ -42,51 +50,38 @@ def _archive(path: Path, history: Path) -> Path:
     return dest
 
 
-def _open(database_url: str, *, create: bool):  # noqa: ANN202 - an Engine
-    """The database, or ``PromotionError`` with one line (a bad URL, a file that is not a
-    database, none there when ``create`` is False: then nothing was promoted with it)."""
-    from xianliao.bot.runtime import MissingDatabase, StartupError, open_database
+def check_loads(candidate: str | os.PathLike) -> None:
+    """``PromotionError`` unless ``candidate`` loads as a model."""
+    from xianliao.model.chatbot import ChatBot
+    from xianliao.model.checkpoint import CheckpointError
 
     try:
-        return open_database(database_url, create=create)
-    except MissingDatabase as exc:
-        raise PromotionError(f"nothing to roll back to: {exc}") from None
-    except StartupError as exc:
-        raise PromotionError(str(exc)) from None
+        ChatBot.load(Path(candidate))
+    except CheckpointError as exc:
+        raise PromotionError(f"not promoted: {exc}") from None
 
 
 def promote(
     candidate: str | os.PathLike,
     model_path: str | os.PathLike,
-    database_url: str,
+    db: Database,
     *,
     promoted_by: int | None,
     run_id: int | None = None,
     forced: bool = False,
     metrics: dict | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Put ``candidate`` live at ``model_path`` (atomically), archive the replaced checkpoint and
-    record the promotion. A candidate that does not load is never promoted."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from xianliao.model.chatbot import ChatBot
-    from xianliao.model.checkpoint import CheckpointError
-    from xianliao.storage.db import database_error_line, session_factory
-    from xianliao.storage.repositories import PromotionRepository
-
+    record the promotion. A candidate that does not load is never promoted. Returns
+    ``{"promotion_id", "checkpoint" (the archived copy), "previous"}``."""
     candidate, model_path = Path(candidate), Path(model_path)
+    check_loads(candidate)
+    history = model_path.parent / "history"
+    archived_new = _archive(candidate, history)
+    previous = _archive(model_path, history) if model_path.exists() else None
+    _atomic_copy(archived_new, model_path)
     try:
-        ChatBot.load(candidate)
-    except CheckpointError as exc:
-        raise PromotionError(f"not promoted: {exc}") from None
-    # Open the database before anything goes live, so that a bad DATABASE_URL changes nothing.
-    engine = _open(database_url, create=True)
-    try:
-        history = model_path.parent / "history"
-        archived_new = _archive(candidate, history)
-        previous = _archive(model_path, history) if model_path.exists() else None
-        _atomic_copy(archived_new, model_path)
-        with session_factory(engine)() as session:
+        with db.begin() as session:
             row = PromotionRepository(session).add(
                 checkpoint=str(archived_new),
                 previous_checkpoint=None if previous is None else str(previous),
@@ -95,15 +90,12 @@ def promote(
                 forced=forced,
                 metrics=metrics,
             )
-            session.commit()
             promotion_id = row.id
     except SQLAlchemyError as exc:  # e.g. locked past the busy timeout
         raise PromotionError(
             f"{candidate} is live at {model_path}, but the promotion was not recorded: "
             f"{database_error_line(exc)}"
         ) from None
-    finally:
-        engine.dispose()
     return {
         "promotion_id": promotion_id,
         "checkpoint": str(archived_new),
@@ -111,22 +103,14 @@ def promote(
     }
 
 
-def rollback(model_path: str | os.PathLike, database_url: str, *, promoted_by: int | None) -> dict:
+def rollback(model_path: str | os.PathLike, db: Database, *, promoted_by: int | None) -> dict:
     """Put back the checkpoint that the newest promotion not yet rolled back replaced, and
     record that as a promotion: rolling back twice steps back twice (a stack)."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from xianliao.storage.db import database_error_line, session_factory
-    from xianliao.storage.repositories import PromotionRepository
-
-    engine = _open(database_url, create=False)  # no database: no promotion to undo
     try:
-        with session_factory(engine)() as session:
+        with db.read() as session:
             latest = PromotionRepository(session).rollback_target()
     except SQLAlchemyError as exc:
         raise PromotionError(f"cannot read the promotions: {database_error_line(exc)}") from None
-    finally:
-        engine.dispose()
     if latest is None or not latest.previous_checkpoint:
         raise PromotionError(
             "nothing to roll back to: no promotion that replaced a model is left to undo"
@@ -136,8 +120,38 @@ def rollback(model_path: str | os.PathLike, database_url: str, *, promoted_by: i
     return promote(
         latest.previous_checkpoint,
         model_path,
-        database_url,
+        db,
         promoted_by=promoted_by,
         forced=True,
         metrics={"rollback_of": latest.id},
     )
+
+
+def history(db: Database, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest promotions first, as JSON-ready dicts (rollbacks have ``rollback_of``)."""
+    with db.read() as session:
+        rows = PromotionRepository(session).recent(limit)
+        out = []
+        for r in rows:
+            try:
+                metrics = json.loads(r.metrics) if r.metrics else None
+            except ValueError:
+                metrics = None
+            out.append(
+                {
+                    "id": r.id,
+                    "run_id": r.run_id,
+                    "checkpoint": r.checkpoint,
+                    "previous_checkpoint": r.previous_checkpoint,
+                    "promoted_by": r.promoted_by,
+                    "forced": r.forced,
+                    "rollback_of": (metrics or {}).get("rollback_of"),
+                    "metrics": metrics,
+                    "promoted_at": _iso(r.created_at),
+                }
+            )
+        return out
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None

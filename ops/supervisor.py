@@ -1,8 +1,8 @@
-"""Retraining from the bot: one ``xianliao retrain`` subprocess at a time, watched from the event
-loop, with progress and a final report sent to the admin who started it.
+"""The retraining supervisor: one ``xianliao retrain`` process at a time, watched from an
+asyncio event loop, with progress and a final report sent through a ``notify`` coroutine.
 
-No python-telegram-bot import here: the supervisor talks through a ``notify`` coroutine, so it
-is testable without Telegram and reusable from other front ends.
+Free of any front end: the Telegram commands and the web console both drive it. The texts it
+sends are short bilingual reports meant for an admin, whatever the front end.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -20,46 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xianliao.storage.db import init_schema, make_engine, session_factory
-from xianliao.storage.repositories import TrainingRunRepository
+from xianliao.ops import models, runs
+from xianliao.ops.models import PromotionError
+from xianliao.ops.runs import RunInProgress
+from xianliao.storage.database import Database
 
 logger = logging.getLogger(__name__)
 
 Notify = Callable[[str], Awaitable[None]]
-
-
-class RetrainBusy(Exception):
-    """A retraining run is already in progress."""
-
-
-def process_alive(params_json: str | None) -> bool:
-    """Whether the process recorded in a training run's params (``pid``) still exists."""
-    try:
-        pid = int(json.loads(params_json or "{}").get("pid", 0))
-    except (ValueError, TypeError, AttributeError):
-        return False
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def live_run_or_fail_stale(session, *, skip: int | None = None) -> int | None:
-    """The id of an unfinished training run whose process is alive (one run at a time), after
-    marking unfinished runs whose process is gone as failed. ``skip``: the caller's own run."""
-    runs = TrainingRunRepository(session)
-    for run in runs.active():
-        if run.id == skip:
-            continue
-        if process_alive(run.params):
-            return run.id
-        runs.finish(run.id, status="failed", log="its process ended without a report")
-    return None
 
 
 @dataclass
@@ -74,13 +41,15 @@ class _Active:
     task: asyncio.Task | None = None
 
 
-class RetrainSupervisor:
-    """Starts, watches, cancels retraining runs; promotes and rolls back models."""
+class RunSupervisor:
+    """Starts, watches, cancels retraining runs; promotes and rolls back models. ``db`` is the
+    process's database (its owner disposes of it); the runs learn its URL from their
+    environment."""
 
     def __init__(
         self,
+        db: Database,
         *,
-        database_url: str,
         model_path: Path,
         base_data: Path,
         env_file: str = ".env",
@@ -89,8 +58,9 @@ class RetrainSupervisor:
         progress_every_s: float = 30.0,
         poll_s: float = 1.0,
         python: str = sys.executable,
+        started_from: str = "telegram",
     ) -> None:
-        self.database_url = database_url
+        self.db = db
         self.model_path = Path(model_path)
         self.base_data = Path(base_data)
         self.env_file = env_file
@@ -99,45 +69,57 @@ class RetrainSupervisor:
         self.progress_every_s = progress_every_s
         self.poll_s = poll_s
         self.python = python
+        self.started_from = started_from
         self.active: _Active | None = None
-        self._engine = make_engine(database_url)
-        init_schema(self._engine)
-        self._sessions = session_factory(self._engine)
-
-    # ----- database helpers (run in a thread) -------------------------------------------------
-    async def _db(self, fn: Callable[[Any], Any]) -> Any:
-        def work() -> Any:
-            with self._sessions() as session:
-                result = fn(session)
-                session.commit()
-                return result
-
-        return await asyncio.to_thread(work)
-
-    async def _other_active_run(self) -> int | None:
-        """A run started elsewhere (e.g. the CLI) whose process is alive; stale ones are failed."""
-
-        return await self._db(live_run_or_fail_stale)
 
     # ----- start / status / cancel ------------------------------------------------------------
     async def start(
         self, admin_id: int, notify: Notify, *, mode: str = "finetune", extra: Sequence[str] = ()
     ) -> int:
-        """Start a run; raises ``RetrainBusy`` if one is in progress. Returns the run id."""
+        """Start a run; raises ``RunInProgress`` if one is in progress (here, or started
+        elsewhere and alive). Returns the run id."""
         if self.active is not None:
-            raise RetrainBusy(f"run {self.active.run_id} is in progress")
-        other = await self._other_active_run()
-        if other is not None:
-            raise RetrainBusy(f"run {other} is in progress")
-        params = {"mode": mode, "started_from": "telegram", "extra": [*self.extra_args, *extra]}
-
-        def create(session) -> int:
-            return TrainingRunRepository(session).create(started_by=admin_id, params=params).id
-
-        run_id = await self._db(create)
+            raise RunInProgress(self.active.run_id)
+        params = {
+            "mode": mode,
+            "started_from": self.started_from,
+            "extra": [*self.extra_args, *extra],
+        }
+        run_id = await asyncio.to_thread(
+            runs.create_run, self.db, started_by=admin_id, params=params
+        )
         out_dir = self.model_path.parent / f"retrain-{run_id}"
         out_dir.mkdir(parents=True, exist_ok=True)
         progress = out_dir / "progress.jsonl"
+        cmd = self._command(run_id, admin_id, mode, out_dir, progress, extra)
+        log = open(out_dir / "retrain.log", "wb")  # noqa: SIM115 (closed by the watcher)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *cmd,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                env=runs.child_environment(self.db),
+            )
+        except OSError as exc:
+            log.close()
+            await asyncio.to_thread(runs.finish_run, self.db, run_id, "failed", log=str(exc))
+            raise
+        self.active = _Active(run_id, process, admin_id, time.monotonic(), progress, out_dir)
+        self.active.task = asyncio.create_task(self._watch(self.active, notify, log))
+        logger.info("retraining run %d started by %d (pid %d)", run_id, admin_id, process.pid)
+        return run_id
+
+    def _command(
+        self,
+        run_id: int,
+        admin_id: int,
+        mode: str,
+        out_dir: Path,
+        progress: Path,
+        extra: Sequence[str],
+    ) -> list[str]:
+        """The retraining process's command line: no database URL (it is in the environment)."""
         cmd = [
             self.python,
             "-m",
@@ -147,8 +129,6 @@ class RetrainSupervisor:
             str(run_id),
             "--env-file",
             self.env_file,
-            "--database-url",
-            self.database_url,
             "--model",
             str(self.model_path),
             "--base",
@@ -166,24 +146,24 @@ class RetrainSupervisor:
         ]
         if "--threads" not in cmd:  # leave the other core(s) to the bot that keeps serving
             cmd += ["--threads", "1"]
-        log = open(out_dir / "retrain.log", "wb")  # noqa: SIM115 (closed by the watcher)
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *cmd, stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True
-            )
-        except OSError as exc:
-            log.close()
-            error = str(exc)
+        return cmd
 
-            def fail(session) -> None:
-                TrainingRunRepository(session).finish(run_id, status="failed", log=error)
-
-            await self._db(fail)
-            raise
-        self.active = _Active(run_id, process, admin_id, time.monotonic(), progress, out_dir)
-        self.active.task = asyncio.create_task(self._watch(self.active, notify, log))
-        logger.info("retraining run %d started by %d (pid %d)", run_id, admin_id, process.pid)
-        return run_id
+    def progress(self) -> dict[str, Any] | None:
+        """The run in progress in this process, or None: ``run_id``, ``started_by``,
+        ``elapsed_s`` and, once training reports, ``step``, ``steps``, ``loss``, ``eta_s``."""
+        a = self.active
+        if a is None:
+            return None
+        return {
+            "run_id": a.run_id,
+            "started_by": a.started_by,
+            "elapsed_s": time.monotonic() - a.started,
+            **{
+                k: a.last_progress[k]
+                for k in ("step", "steps", "loss", "eta_s")
+                if k in a.last_progress
+            },
+        }
 
     def status_text(self) -> str:
         a = self.active
@@ -257,18 +237,9 @@ class RetrainSupervisor:
     async def _report(self, a: _Active, notify: Notify) -> None:
         code = a.process.returncode
 
-        def finish_if_open(session):
-            runs = TrainingRunRepository(session)
-            run = runs.get(a.run_id)
-            if run is not None and run.finished_at is None:
-                runs.finish(a.run_id, status="failed", log=f"process exited with code {code}")
-            return (
-                run.status if run else "missing",
-                run.metrics if run else None,
-                (run.log if run else None),
-            )
-
-        status, metrics_json, run_log = await self._db(finish_if_open)
+        status, metrics_json, run_log = await asyncio.to_thread(
+            runs.fail_if_open, self.db, a.run_id, f"process exited with code {code}"
+        )
         if status != "succeeded":
             tail = ""
             with contextlib.suppress(OSError):
@@ -314,21 +285,7 @@ class RetrainSupervisor:
     # ----- promote / rollback ------------------------------------------------------------------
     async def promote(self, admin_id: int, run_id: int | None = None) -> str:
         """Force a run's candidate live (the latest succeeded run by default)."""
-        from xianliao.bot.promotion import PromotionError, promote
-
-        def find(session) -> tuple[int, str] | None:
-            runs = TrainingRunRepository(session)
-            if run_id is not None:
-                run = runs.get(run_id)
-                candidates = [run] if run is not None else []
-            else:
-                candidates = runs.recent(50)
-            for run in candidates:
-                if run.status == "succeeded" and run.checkpoint_path:
-                    return run.id, run.checkpoint_path
-            return None
-
-        found = await self._db(find)
+        found = await asyncio.to_thread(runs.finished_candidate, self.db, run_id)
         if found is None:
             raise PromotionError(
                 f"run {run_id} has no finished candidate"
@@ -337,10 +294,10 @@ class RetrainSupervisor:
             )
         rid, candidate = found
         await asyncio.to_thread(
-            promote,
+            models.promote,
             candidate,
             self.model_path,
-            self.database_url,
+            self.db,
             promoted_by=admin_id,
             run_id=rid,
             forced=True,
@@ -348,9 +305,7 @@ class RetrainSupervisor:
         return await self._model_changed()
 
     async def rollback(self, admin_id: int) -> str:
-        from xianliao.bot.promotion import rollback
-
-        await asyncio.to_thread(rollback, self.model_path, self.database_url, promoted_by=admin_id)
+        await asyncio.to_thread(models.rollback, self.model_path, self.db, promoted_by=admin_id)
         return await self._model_changed()
 
     async def aclose(self) -> None:
@@ -358,4 +313,3 @@ class RetrainSupervisor:
         if self.active is not None and self.active.task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self.active.task), 30)
-        self._engine.dispose()

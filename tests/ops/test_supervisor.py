@@ -1,4 +1,4 @@
-"""RetrainSupervisor without Telegram: a killed training process is reported as failed and
+"""RunSupervisor without Telegram: a killed training process is reported as failed and
 leaves the live model untouched; cancel stops a run cleanly."""
 
 from __future__ import annotations
@@ -9,8 +9,10 @@ import signal
 
 import pytest
 
-from xianliao.bot.retrain import RetrainBusy, RetrainSupervisor
 from xianliao.model.checkpoint import file_digest
+from xianliao.ops.runs import RunInProgress
+from xianliao.ops.supervisor import RunSupervisor
+from xianliao.storage.database import Database
 from xianliao.storage.db import init_schema, make_engine, session_factory
 from xianliao.storage.repositories import (
     ChatRepository,
@@ -70,11 +72,11 @@ def _collect(messages: list[str]):  # noqa: ANN202 - an async notify callback
     return notify
 
 
-def _endless_run_supervisor(setup, **kwargs) -> RetrainSupervisor:
+def _endless_run_supervisor(setup, **kwargs) -> RunSupervisor:
     """A supervisor whose runs would train for a million steps (stopped by the test)."""
     live, db, base = setup
-    return RetrainSupervisor(
-        database_url=db,
+    return RunSupervisor(
+        Database.open(db),
         model_path=live,
         base_data=base,
         env_file="/dev/null",
@@ -93,13 +95,14 @@ def test_killed_process_is_reported_failed_and_live_model_untouched(setup):
     async def scenario():
         sup = _endless_run_supervisor(setup, progress_every_s=0.5)
         run_id = await sup.start(1, notify)
-        with pytest.raises(RetrainBusy):
+        with pytest.raises(RunInProgress):
             await sup.start(1, notify)
         await _until_progress(sup)
         assert "step" in sup.status_text()
         sup.active.process.send_signal(signal.SIGKILL)
         await sup.wait()
         await sup.aclose()
+        sup.db.dispose()
         return run_id
 
     run_id = asyncio.run(scenario())
@@ -123,6 +126,7 @@ def test_cancel_stops_the_run_and_records_it(setup):
         await sup.wait()
         assert sup.active is None and await sup.cancel() is None
         await sup.aclose()
+        sup.db.dispose()
 
     asyncio.run(scenario())
     assert file_digest(live) == digest
