@@ -3,8 +3,11 @@ logged-in admin, and whose every form carries the session's CSRF token."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 import logging
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +27,7 @@ from starlette.templating import Jinja2Templates
 from xianliao.console import auth
 from xianliao.console.config import ConsoleSettings
 from xianliao.ops.review import Review
+from xianliao.ops.supervisor import RunSupervisor
 from xianliao.storage.database import Database
 
 logger = logging.getLogger(__name__)
@@ -40,6 +44,7 @@ class Console:
     templates: Jinja2Templates
     limiter: auth.LoginLimiter
     links: auth.LinkTokens
+    supervisor: RunSupervisor
     extra: dict[str, Any] = field(default_factory=dict)
 
     def render(self, request: Request, name: str, status_code: int = 200, **context: Any):
@@ -76,8 +81,9 @@ def page(view: View) -> Callable[[Request], Any]:
     return endpoint
 
 
-def action(view: Callable[[Request, Console, FormData], Response]) -> Callable[[Request], Any]:
-    """A form POST for admins only, refused (403) without this session's CSRF token."""
+def action(view: Callable[[Request, Console, FormData], Any]) -> Callable[[Request], Any]:
+    """A form POST for admins only, refused (403) without this session's CSRF token. A plain
+    view runs in a worker thread; a coroutine view (one that awaits the supervisor) runs here."""
 
     @functools.wraps(view)
     async def endpoint(request: Request) -> Response:
@@ -88,6 +94,8 @@ def action(view: Callable[[Request, Console, FormData], Response]) -> Callable[[
         if not auth.csrf_ok(request, form.get("csrf")):
             return PlainTextResponse("bad or missing CSRF token: reload the page", status_code=403)
         request.state.admin = admin
+        if inspect.iscoroutinefunction(view):
+            return await view(request, console_of(request), form)
         return await run_in_threadpool(view, request, console_of(request), form)
 
     return endpoint
@@ -199,8 +207,13 @@ def _security_headers(app):  # noqa: ANN001, ANN202 - an ASGI app
     return wrapped
 
 
-def create_app(settings: ConsoleSettings, db: Database) -> Starlette:
-    """The console for ``settings`` over the xianliao database ``db``."""
+def create_app(
+    settings: ConsoleSettings, db: Database, *, env_file: str = ".env", python: str | None = None
+) -> Starlette:
+    """The console for ``settings`` over the xianliao database ``db``; retraining runs read
+    ``env_file`` and run under ``python`` (this interpreter by default)."""
+    import sys
+
     from xianliao.console import views_models, views_review, views_runs
 
     secret = settings.secret_key()
@@ -213,6 +226,15 @@ def create_app(settings: ConsoleSettings, db: Database) -> Starlette:
         templates=templates,
         limiter=auth.LoginLimiter(settings.console_login_attempts, settings.console_login_window_s),
         links=auth.LinkTokens(secret, admins),
+        supervisor=RunSupervisor(
+            db,
+            model_path=settings.model_path,
+            base_data=settings.base_data_dir,
+            env_file=env_file,
+            extra_args=shlex.split(settings.retrain_args),
+            python=python or sys.executable,
+            started_from="web",
+        ),
     )
     routes = [
         Route("/", home),
@@ -236,7 +258,13 @@ def create_app(settings: ConsoleSettings, db: Database) -> Starlette:
             https_only=settings.console_secure_cookies,
         )
     ]
-    app = Starlette(routes=routes, middleware=middleware)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):  # noqa: ANN202
+        yield
+        await console.supervisor.aclose()  # a run this console started stops with it, saved
+
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.console = console
     app.add_middleware(_security_headers_middleware)
     return app

@@ -4,6 +4,7 @@ either is missing, unless XIANLIAO_REQUIRE_BROWSER=1, as CI sets: then it fails)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -97,23 +98,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(app):
-    """The console served by uvicorn on 127.0.0.1; yields its base URL."""
+@contextlib.contextmanager
+def serve(settings: ConsoleSettings, db: Database, **app_options):  # noqa: ANN202
+    """The console served by uvicorn on a free port of 127.0.0.1; yields its base URL."""
     import uvicorn
 
+    from xianliao.console.app import create_app
+
     port = _free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    srv = uvicorn.Server(config)
+    app = create_app(settings, db, **app_options)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not srv.started:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(30)
+
+
+@pytest.fixture
+def server(settings, db):
+    with serve(settings, db) as url:
+        yield url
 
 
 def _no_browser(reason: str):  # noqa: ANN202
@@ -122,9 +133,11 @@ def _no_browser(reason: str):  # noqa: ANN202
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
-    """A headless chromium (Debian's package) under Playwright."""
+    """A headless chromium (Debian's package) under Playwright. Per module, not per session:
+    Playwright's sync API keeps an event loop running in the main thread while it is open, and
+    other tests call asyncio.run."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
