@@ -18,11 +18,17 @@ class FilterError(ValueError):
     """A filter value that cannot be used; the message is one line for the page."""
 
 
+MAX_ID = 2**63 - 1  # Telegram ids fit a BIGINT; a bigger number names nobody
+
+
 def _int(name: str, value: str) -> int:
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise FilterError(f"{name} must be a number, not {value!r}") from None
+    if abs(number) > MAX_ID:
+        raise FilterError(f"{name} {value} is out of range")
+    return number
 
 
 def _time(name: str, value: str, *, end: bool) -> datetime:

@@ -33,7 +33,7 @@ def _flash(request: Request) -> dict[str, str | None]:
 
 def _page_number(value: str | None) -> int:
     try:
-        return max(1, int(value or 1))
+        return min(max(1, int(value or 1)), 10**9)  # beyond the last page: an empty page
     except ValueError:
         return 1
 

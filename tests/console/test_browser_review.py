@@ -3,9 +3,11 @@ over a real SQLite file; each page is screenshotted under the test's temporary f
 
 from __future__ import annotations
 
-from conftest import ADMIN, N_EXCHANGES, login
+from console_helpers import ADMIN, N_EXCHANGES, login
 
 from xianliao.storage.models import AdminAction, Exchange
+
+pytest_plugins = ["console_fixtures"]
 
 
 def statuses(db) -> dict[int, str]:  # noqa: ANN001

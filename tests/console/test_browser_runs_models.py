@@ -10,11 +10,13 @@ import shutil
 import time
 
 import pytest
-from conftest import ADMIN, login
+from console_helpers import ADMIN, Shots, login, serve
 
 from xianliao.model.checkpoint import load_checkpoint, save_checkpoint
 from xianliao.storage.models import AdminAction, TrainingRun
 from xianliao.storage.repositories import TrainingRunRepository
+
+pytest_plugins = ["console_fixtures"]
 
 COMPARISON = {
     "live": {"base": {"perplexity": 80.0, "distinct_2": 0.30, "generic_share": 0.20}},
@@ -141,8 +143,6 @@ exec sleep 60
 
 def test_start_and_cancel_a_run(tmp_path, db, settings, chromium):
     """Start a run from the page (the supervisor runs a stand-in process), then cancel it."""
-    from conftest import Shots, serve
-
     fake = tmp_path / "fake-python"
     fake.write_text(FAKE_RETRAIN)
     fake.chmod(0o755)

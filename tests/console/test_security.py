@@ -9,7 +9,7 @@ import re
 import warnings
 
 import pytest
-from conftest import ADMIN, TOKEN, make_settings
+from console_helpers import ADMIN, TOKEN, make_settings
 from starlette.routing import Route
 
 with warnings.catch_warnings():  # Starlette 1.x prefers httpx2 for its test client
@@ -20,6 +20,8 @@ from xianliao.console import auth
 from xianliao.console.app import create_app
 from xianliao.console.config import hash_token, verify_token
 from xianliao.storage.models import AdminAction, Exchange
+
+pytest_plugins = ["console_fixtures"]
 
 
 def csrf_of(html: str) -> str:
@@ -190,7 +192,11 @@ def test_bad_filter_is_one_line_not_a_traceback(app):
     assert r.status_code == 400 and "user must be a number" in r.text
     r = client.get("/conversations?since=yesterday")
     assert r.status_code == 400 and "since must be a date" in r.text
+    r = client.get("/conversations?user=99999999999999999999")
+    assert r.status_code == 400 and "out of range" in r.text
+    assert client.get("/conversations?p=" + "9" * 30).status_code == 200  # past the end: empty
     assert client.get("/conversations/99999").status_code == 404
+    assert client.get("/conversations/" + "9" * 30).status_code == 404
     assert client.get("/conversations/abc").status_code == 404
 
 

@@ -1,12 +1,13 @@
-"""The console's test rig: a seeded SQLite file, the console in a real uvicorn server on a free
-port of 127.0.0.1, and Debian's chromium driven by Playwright (skipped with a reason where
-either is missing, unless XIANLIAO_REQUIRE_BROWSER=1, as CI sets: then it fails)."""
+"""Helpers for the console tests: a seeded SQLite file, settings, the console in a real uvicorn
+server on a free port of 127.0.0.1, screenshots, logging in.
+
+The fixtures are in ``console_fixtures`` (``pytest_plugins = ["console_fixtures"]``): a
+conftest.py here would shadow the ``conftest`` module that other tests import by name.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import socket
 import threading
 import time
@@ -72,26 +73,6 @@ def make_settings(tmp_path, **overrides) -> ConsoleSettings:
     return ConsoleSettings(_env_file=None, **values)
 
 
-@pytest.fixture
-def db(tmp_path):
-    database = Database.open(f"sqlite:///{tmp_path}/console.db")
-    seed(database)
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
-def settings(tmp_path, db):
-    return make_settings(tmp_path)
-
-
-@pytest.fixture
-def app(settings, db):
-    from xianliao.console.app import create_app
-
-    return create_app(settings, db)
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -121,36 +102,6 @@ def serve(settings: ConsoleSettings, db: Database, **app_options):  # noqa: ANN2
         thread.join(30)
 
 
-@pytest.fixture
-def server(settings, db):
-    with serve(settings, db) as url:
-        yield url
-
-
-def _no_browser(reason: str):  # noqa: ANN202
-    if os.environ.get("XIANLIAO_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"browser tests required here, but {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    """A headless chromium (Debian's package) under Playwright. Per module, not per session:
-    Playwright's sync API keeps an event loop running in the main thread while it is open, and
-    other tests call asyncio.run."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _no_browser("playwright is not installed (pip install playwright)")
-    executable = shutil.which("chromium") or shutil.which("chromium-browser")
-    if executable is None:
-        _no_browser("no chromium on PATH (apt-get install chromium)")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-        yield browser
-        browser.close()
-
-
 class Shots:
     """Screenshots of each page visited, kept under the test's temporary folder."""
 
@@ -161,17 +112,6 @@ class Shots:
     def __call__(self, name: str) -> None:
         self.n += 1
         self.page.screenshot(path=str(self.folder / f"{self.n:02d}-{name}.png"), full_page=True)
-
-
-@pytest.fixture
-def page(chromium, server, tmp_path):
-    """A fresh browser context (no cookies) on the console; ``page.shot(name)`` screenshots."""
-    context = chromium.new_context(base_url=server, viewport={"width": 1400, "height": 900})
-    pg = context.new_page()
-    pg.set_default_timeout(15_000)
-    pg.shot = Shots(pg, tmp_path / "screenshots")
-    yield pg
-    context.close()
 
 
 def login(page) -> None:  # noqa: ANN001
