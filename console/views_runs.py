@@ -52,7 +52,8 @@ def run_detail(request: Request, c: Console) -> Response:
     run_id = _run_id(request)
     run = runs.get_run(c.db, run_id) if run_id is not None else None
     if run is None:
-        return c.render(request, "run.html", 404, run=None, error="no such run")
+        request.session.pop("error", None)
+        return c.render(request, "run.html", 404, run=None, error=f"no run {run_id}")
     folder = charts.run_folder(c.settings.model_path, run["id"])
     rows = charts.run_rows(folder)
     live = charts.live_progress(folder) if run["finished_at"] is None else None
