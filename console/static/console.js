@@ -27,6 +27,17 @@
     if (e.key === "e") { row.querySelector("a.edit-link").click(); return; }
     if (e.key === "x") { var box = row.querySelector("input[name=ids]"); box.checked = !box.checked; return; }
     var button = row.querySelector("button[data-key='" + e.key + "']");
-    if (button) { button.click(); }
+    if (button) {
+      // The page reloads after the change: come back to the same place in the list (on a
+      // "pending" list the reviewed row is gone, so that is the next one).
+      sessionStorage.setItem("xianliao-focus", location.pathname + location.search + "#" + at);
+      button.click();
+    }
   });
+  var saved = sessionStorage.getItem("xianliao-focus");
+  sessionStorage.removeItem("xianliao-focus");
+  if (saved) {
+    var cut = saved.lastIndexOf("#");
+    if (saved.slice(0, cut) === location.pathname + location.search) { focus(parseInt(saved.slice(cut + 1), 10)); }
+  }
 })();
