@@ -219,3 +219,13 @@ def test_export_streams_the_filtered_set(app, db, fmt):
 
 def test_healthz_needs_no_login(app):
     assert TestClient(app).get("/healthz").text == "ok"
+
+
+def test_export_sends_chunks_not_lines():
+    from xianliao.console.views_review import _chunks
+
+    lines = [f"{i}\t答{i}\n" for i in range(1000)]
+    chunks = list(_chunks(iter(lines), size=1000))
+    assert b"".join(chunks).decode() == "".join(lines)  # nothing lost, order kept
+    assert 5 < len(chunks) < 50  # about 1000 characters each, not one per line
+    assert list(_chunks(iter([]))) == []
