@@ -104,6 +104,11 @@ def main(argv: list[str]) -> int:
         print(f"{PROG}: CONSOLE_TOKEN_HASH is not set: nobody can log in (see docs/console.md)")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not settings.console_secure_cookies:
         print(f"{PROG}: warning: listening on {args.host} with CONSOLE_SECURE_COOKIES off")
+    elif settings.console_secure_cookies:
+        print(
+            f"{PROG}: the session cookie is sent over HTTPS only: open the console through your "
+            "TLS proxy, or set CONSOLE_SECURE_COOKIES=false for plain http://127.0.0.1"
+        )
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -92,6 +92,7 @@ def test_curves_progress_promote_and_rollback(page, db, models_dir, settings):
     login(page)
     page.goto("/runs")
     assert page.locator("#runs tr[data-id='1'] .run-status").inner_text() == "succeeded"
+    assert "ppl 80.0 → 60.0" in page.locator("#runs tr[data-id='1']").inner_text()
     assert page.locator("#runs tr[data-id='2'] .run-status").inner_text() == "running"
     page.shot("runs")
 
