@@ -65,3 +65,15 @@ def test_a_missing_database_is_one_line(monkeypatch, capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no database" in err[0]
     assert not (tmp_path / "none.db").exists()
+
+
+def test_the_console_never_loads_telegram_or_the_bot():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, xianliao.console.app, xianliao.console.cli; "
+        "bad = [m for m in sys.modules if m.startswith(('telegram', 'xianliao.bot'))]; "
+        "sys.exit(1 if bad else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
