@@ -29,7 +29,7 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
     "$VPY" -m pip install --quiet "torch>=2.4"
   fi
 fi
-extras="fast"
+extras="fast,console"  # console: the admin web console's web stack (xianliao console)
 if [ "${1:-}" = "test" ]; then extras="dev"; fi
 stamp=".venv/.installed-$extras-$(cksum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ]; then

@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
-PROJECT = {"bot", "model", "ops", "storage", "training", "xianliao"}
+PROJECT = {"bot", "console", "model", "ops", "storage", "training", "xianliao"}
 # the subpackages of the one import package, xianliao, whose folders are at the top level
 SUBSYSTEMS = PROJECT - {"xianliao"}
 
@@ -45,6 +45,22 @@ ALLOWED = {
         "sqlalchemy",
         "torch",
         "uvloop",  # optional: the event loop of `xianliao bot` when installed
+        "prometheus_client",  # /metrics of the bot process (bot/health.py)
+    },
+    # the admin web console: a front end like bot, calling ops; never bot or Telegram
+    "console": STDLIB
+    | {
+        "starlette",
+        "jinja2",
+        "uvicorn",
+        "itsdangerous",
+        "pydantic",
+        "pydantic_settings",
+        "sqlalchemy",
+        "model",
+        "ops",
+        "storage",
+        "console",
     },
 }
 
@@ -78,7 +94,7 @@ def test_package_imports_only_what_design_allows(package):
 
 
 def test_nothing_imports_bot_or_training_but_the_entry_point():
-    for package in ("model", "ops", "storage", "training", "bot"):
+    for package in ("model", "ops", "storage", "training", "bot", "console"):
         for path, module in _imports(package):
             if module == package:
                 continue
@@ -178,3 +194,5 @@ def test_the_wheel_installs_one_package_with_its_data(tmp_path):
     assert "xianliao/bot/service.py" in names and "xianliao/storage/db.py" in names
     assert "xianliao/storage/migrations/env.py" in names
     assert "xianliao/storage/migrations/versions/0001_initial.py" in names
+    assert "xianliao/console/templates/base.html" in names
+    assert "xianliao/console/static/console.css" in names

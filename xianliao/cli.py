@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "promote": ("xianliao.retrain_cli", "promote_main", "put a checkpoint live (forced)"),
     "rollback": ("xianliao.retrain_cli", "rollback_main", "put the previous model back"),
     "quickstart": ("xianliao.quickstart", "main", "train a small model if none exists, then chat"),
+    "console": ("xianliao.console.cli", "main", "the admin web console (review, runs, models)"),
 }
 
 

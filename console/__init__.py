@@ -1,0 +1,1 @@
+"""The admin web console: server-rendered pages that call the ops package."""
