@@ -171,10 +171,10 @@ async def healthz(request: Request) -> Response:
     """The console's own liveness: the database answers."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from xianliao.storage.db import schema_version
+    from xianliao.storage.db import schema_revision
 
     try:
-        await run_in_threadpool(schema_version, console_of(request).db.engine)
+        await run_in_threadpool(schema_revision, console_of(request).db.engine)
     except SQLAlchemyError:
         return PlainTextResponse("database unreachable", status_code=503)
     return PlainTextResponse("ok")

@@ -10,7 +10,7 @@ import pytest
 
 from xianliao.bot.health import BotMetrics, HealthServer, HealthState
 from xianliao.storage.database import Database
-from xianliao.storage.db import schema_version
+from xianliao.storage.db import schema_revision
 
 
 def get(url: str) -> tuple[int, str]:
@@ -25,7 +25,7 @@ def get(url: str) -> tuple[int, str]:
 def served(tmp_path):
     db = Database.open(f"sqlite:///{tmp_path}/h.db")
     now = [1000.0]
-    state = HealthState(database_check=lambda: schema_version(db.engine), clock=lambda: now[0])
+    state = HealthState(database_check=lambda: schema_revision(db.engine), clock=lambda: now[0])
     metrics = BotMetrics()
     server = HealthServer(state, metrics, "127.0.0.1", 0).start()
     yield f"http://127.0.0.1:{server.port}", state, metrics, now, db
