@@ -1,4 +1,4 @@
-"""Reply latency (p50/p99) of ``ChatBot.reply``: greedy and beam 5 (and, with ``--strategies``,
+"""Reply latency (p50/p95/p99) of ``ChatBot.reply``: greedy and beam 5 (and, with ``--strategies``,
 the bot's default sampling), unquantized and dynamic int8,
 for a trained default model and a tutorial-size model (hidden 500, 2+2 layers, vocabulary 20k,
 random weights), on everyday questions from xiaohuangji_sample.tsv. Random weights never choose
@@ -118,6 +118,7 @@ def bench_model(
         ts = times[s, q]
         rows[f"{s}{'-int8' if q else ''}"] = {
             "p50_ms": round(pct(ts, 50), 2),
+            "p95_ms": round(pct(ts, 95), 2),
             "p99_ms": round(pct(ts, 99), 2),
             "mean_ms": round(sum(ts) / len(ts), 2),
             "mean_reply_tokens": round(sum(lengths[s, q]) / len(lengths[s, q]), 1),
