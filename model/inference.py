@@ -107,13 +107,26 @@ def _fold_head(model: Seq2Seq) -> nn.Linear | None:
     return folded.eval()
 
 
+# Why TorchScript and torch.ao, both deprecated: their successors were measured on the reply
+# path (bench/bench_latency.py --backends, 1 thread, fp32 and int8; bench/RESULTS.md section
+# 23) and none kept today's latency. torch.compile of this same core gave the same replies but
+# was no faster, slower in int8, and compiles for seconds in every process and for new input
+# shapes; torch.export's program ran the step slower than TorchScript and cannot export the
+# int8 GRU; torchao's dynamic int8 covers Linear layers only, so the GRUs stay fp32, and its
+# replies came several times slower. So we keep both and silence exactly their deprecation
+# warnings, only around our own calls; when TorchScript goes, ``build`` falls back to eager
+# decoding (same replies, slower) with one warning in the log. Measure again with a new torch.
+
+
 def _quantize_dynamic(module: nn.Module, types: set[type]) -> None:
-    """torch.ao's dynamic int8 quantization, in place, without its deprecation warning: see the
-    note on the measured successors in ``_quantize``."""
+    """torch.ao's dynamic int8 quantization, in place, without its deprecation warnings (see
+    the note above)."""
     from torch.ao.quantization import quantize_dynamic
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated", DeprecationWarning)
+        # the int8 GRU's weights are made with torch.quantize_per_tensor, deprecated with it
+        warnings.filterwarnings("ignore", "torch.quantize_per_tensor", UserWarning)
         quantize_dynamic(module, types, dtype=torch.qint8, inplace=True)
 
 
@@ -137,8 +150,7 @@ def _quantize(model: Seq2Seq) -> None:
 
 
 def _script(core: nn.Module) -> torch.jit.ScriptModule:
-    """``torch.jit.script`` without its deprecation warning: see the note on the measured
-    successors in ``_quantize``."""
+    """``torch.jit.script`` without its deprecation warning (see the note above)."""
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", r"`?torch\.jit\.script`? is deprecated", DeprecationWarning

@@ -445,3 +445,22 @@ def test_guided_beam_search_finds_the_best_guided_reply():
         assert plain != decode(m, questions, opts)
         outs = decode(m, questions, DecodeOptions(strategy="beam", guidance=3.0, min_len=3))
         assert all(len(o) >= 3 and UNK_ID not in o for o in outs)
+
+
+def test_preparing_silences_only_the_deprecations_of_our_own_calls():
+    """TorchScript and torch.ao's int8 are kept on purpose (see model/inference.py): preparing a
+    model emits none of their deprecation warnings, and leaves the warning filters as they
+    were, so nothing else is silenced."""
+    import warnings
+
+    before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = _model(enc_layers=2, dec_layers=2).prepare_for_inference(quantize=True)
+        inner = list(warnings.filters)
+    assert m._fast.core is not None  # TorchScript did compile
+    assert [str(w.message) for w in caught if "deprecated" in str(w.message)] == []
+    assert list(warnings.filters) == before
+    assert inner[0][0] == "always"  # our filters were undone after each call, not left behind
+    with pytest.warns(DeprecationWarning, match="torch.jit.script"):  # still there elsewhere
+        torch.jit.script(torch.nn.Identity())
