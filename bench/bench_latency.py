@@ -83,13 +83,13 @@ def load_bot(path: Path, threads: int, backend: str, quantize: bool) -> ChatBot:
     serves), "eager" (no compiled core), "compile" (torch.compile of the same core), and for
     int8 "torchao" / "torchao-compile" (torchao's dynamic int8 on the Linear layers instead of
     torch.ao's, which also quantizes the GRUs; eager core / torch.compile)."""
-    from xianliao.model.inference import _InferenceCore
-
     torchao = backend.startswith("torchao")
     bot = ChatBot.load(path, threads=threads, quantize=quantize and not torchao)
-    fast = bot.model._fast
     if backend == "torchscript":
         return bot
+    from xianliao.model.inference import _InferenceCore
+
+    fast = bot.model._fast
     if torchao:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 

@@ -40,7 +40,7 @@ class Seq2SeqConfig:
     tie_embeddings: bool = True  # output layer shares the embedding matrix (full softmax only)
     adaptive_cutoffs: list[int] = field(default_factory=list)  # adaptive softmax clusters
     # (torch.nn.AdaptiveLogSoftmaxWithLoss); empty = full softmax. Frequent words go in the
-    # head, rare ones in cheaper, lower-dimensional tails: 5-10x less output-layer work.
+    # head, rare ones in cheaper, lower-dimensional tails: several times less output-layer work.
 
     def to_dict(self) -> dict:
         return asdict(self)
