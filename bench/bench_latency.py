@@ -1,4 +1,4 @@
-"""Reply latency (p50/p99) of ``ChatBot.reply``: greedy and beam 5 (and, with ``--strategies``,
+"""Reply latency (p50/p95/p99) of ``ChatBot.reply``: greedy and beam 5 (and, with ``--strategies``,
 the bot's default sampling), unquantized and dynamic int8,
 for a trained default model and a tutorial-size model (hidden 500, 2+2 layers, vocabulary 20k,
 random weights), on everyday questions from xiaohuangji_sample.tsv. Random weights never choose
@@ -7,6 +7,10 @@ latency of a whole 6-token reply, encoder included.
 
     .venv/bin/python bench/bench_latency.py --trained /work/runs/dgk_run/best.pt \
         --vocab-from /tmp/xl_dgk20k --threads 2
+
+``--backends`` times other inference cores side by side with the one the bot serves
+(TorchScript + torch.ao int8): eager, torch.compile, torchao's int8 (``pip install
+xianliao[bench]``); see ``load_bot`` and bench/RESULTS.md section 23.
 
 The tutorial-size checkpoint is written to /tmp (its vocabulary is the first 20k words of
 ``--vocab-from``/vocab.txt so questions map to real ids). Each variant answers every question in
@@ -59,6 +63,47 @@ def tutorial_checkpoint(path: Path, vocab_dir: str, *, adaptive: bool, size: int
     return save_checkpoint(path, payload)
 
 
+BACKENDS = ("torchscript", "eager", "compile", "torchao", "torchao-compile")
+
+
+class _Compiled:
+    """The inference core's three entry points, each through ``torch.compile``."""
+
+    def __init__(self, core: torch.nn.Module) -> None:
+        self.step = torch.compile(core)
+        self.encode = torch.compile(core.encode)
+        self.head_logits = torch.compile(core.head_logits)
+
+    def __call__(self, *args):
+        return self.step(*args)
+
+
+def load_bot(path: Path, threads: int, backend: str, quantize: bool) -> ChatBot:
+    """A ChatBot whose inference core runs on ``backend``: "torchscript" (what the bot
+    serves), "eager" (no compiled core), "compile" (torch.compile of the same core), and for
+    int8 "torchao" / "torchao-compile" (torchao's dynamic int8 on the Linear layers instead of
+    torch.ao's, which also quantizes the GRUs; eager core / torch.compile)."""
+    torchao = backend.startswith("torchao")
+    bot = ChatBot.load(path, threads=threads, quantize=quantize and not torchao)
+    if backend == "torchscript":
+        return bot
+    from xianliao.model.inference import _InferenceCore
+
+    fast = bot.model._fast
+    if torchao:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+        def linear(module: torch.nn.Module, name: str) -> bool:  # tails stay fp32, as today
+            return isinstance(module, torch.nn.Linear) and not name.startswith("adaptive.tail")
+
+        for module in (bot.model, fast.out, fast.head):
+            if module is not None:
+                quantize_(module, Int8DynamicActivationInt8WeightConfig(), filter_fn=linear)
+    core = _InferenceCore(bot.model, fast)
+    fast.core = _Compiled(core) if backend.endswith("compile") else None
+    return bot
+
+
 def questions(n: int) -> list[str]:
     qs = []
     with open(XHJ, encoding="utf-8") as f:
@@ -83,6 +128,7 @@ def bench_model(
     max_len: int = 30,
     strategies: tuple[str, ...] = ("greedy", "beam"),
     guidance: float = 3.0,
+    backends: tuple[str, ...] = ("torchscript",),
 ) -> dict:
     # Sampling draws with a fixed seed per reply, so int8 and fp32 see the same random numbers.
     opts = {"beam_size": 5, "max_len": max_len, "seed": 0}
@@ -91,9 +137,13 @@ def bench_model(
         "guided": {"strategy": "sample", "guidance": guidance},
         "guided_beam": {"strategy": "beam", "guidance": guidance},
     }
-    bots = {q: ChatBot.load(path, threads=threads, quantize=q) for q in (False, True)}
-
-    variants = [(s, q) for s in strategies for q in (False, True)]
+    bots = {
+        (b, q): load_bot(path, threads, b, q)
+        for b in backends
+        for q in (False, True)
+        if q or not b.startswith("torchao")
+    }
+    variants = [(s, b, q) for s in strategies for b, q in bots]
     times = {v: [] for v in variants}
     lengths = {v: [] for v in variants}
     replies = {v: [] for v in variants}
@@ -102,35 +152,46 @@ def bench_model(
     # reply made each one start from a cache full of another model's weights). Two rounds, the
     # second in reverse order, spread any drift of the machine's speed evenly.
     for rnd, order in enumerate((variants, variants[::-1])):
-        for s, q in order:
-            bot = bots[q]
+        for v in order:
+            s, bot = v[0], bots[v[1:]]
             for text in qs[:warmup]:
                 bot.reply(text, **opts, **per[s])
             for text in qs:
                 t = time.perf_counter()
                 r = bot.reply(text, **opts, **per[s])
-                times[s, q].append((time.perf_counter() - t) * 1000)
+                times[v].append((time.perf_counter() - t) * 1000)
                 if rnd == 0:
-                    replies[s, q].append(r)
-                    lengths[s, q].append(len(bot.tokenizer.tokenize(r)))
+                    replies[v].append(r)
+                    lengths[v].append(len(bot.tokenizer.tokenize(r)))
     rows = {}
-    for s, q in variants:
-        ts = times[s, q]
-        rows[f"{s}{'-int8' if q else ''}"] = {
+    for s, b, q in variants:
+        ts = times[s, b, q]
+        rows[_label(s, b, q)] = {
             "p50_ms": round(pct(ts, 50), 2),
+            "p95_ms": round(pct(ts, 95), 2),
             "p99_ms": round(pct(ts, 99), 2),
             "mean_ms": round(sum(ts) / len(ts), 2),
-            "mean_reply_tokens": round(sum(lengths[s, q]) / len(lengths[s, q]), 1),
+            "mean_reply_tokens": round(sum(lengths[s, b, q]) / len(lengths[s, b, q]), 1),
         }
+    for s, b, q in variants:  # against today's serving path of the same precision
+        ref = (s, "torchscript", True if b.startswith("torchao") else q)
+        if ref != (s, b, q) and ref in replies:
+            row, ref_row = rows[_label(s, b, q)], rows[_label(*ref)]
+            same = sum(x == y for x, y in zip(replies[ref], replies[s, b, q], strict=True))
+            row["same_reply_as_torchscript_pct"] = round(100 * same / len(qs), 1)
+            row["p50_vs_torchscript"] = round(row["p50_ms"] / ref_row["p50_ms"], 2)
     for s in strategies:
-        same = sum(a == b for a, b in zip(replies[s, False], replies[s, True], strict=True))
-        rows[f"{s}-int8"]["same_reply_as_fp32_pct"] = round(100 * same / len(qs), 1)
-        rows[f"{s}-int8"]["speedup_p50"] = round(rows[s]["p50_ms"] / rows[f"{s}-int8"]["p50_ms"], 2)
+        if (s, "torchscript", True) in replies and (s, "torchscript", False) in replies:
+            ref, int8 = replies[s, "torchscript", False], replies[s, "torchscript", True]
+            same = sum(a == b for a, b in zip(ref, int8, strict=True))
+            rows[f"{s}-int8"]["same_reply_as_fp32_pct"] = round(100 * same / len(qs), 1)
+            rows[f"{s}-int8"]["speedup_p50"] = round(
+                rows[s]["p50_ms"] / rows[f"{s}-int8"]["p50_ms"], 2
+            )
     examples = [
-        {"q": qs[i]} | {f"{s}{'_int8' if q else ''}": replies[s, q][i] for s, q in variants}
-        for i in range(min(8, len(qs)))
+        {"q": qs[i]} | {_label(*v): replies[v][i] for v in variants} for i in range(min(8, len(qs)))
     ]
-    cfg = bots[False].model.cfg
+    cfg = next(iter(bots.values())).model.cfg
     return {
         "name": name,
         "checkpoint": str(path),
@@ -140,6 +201,11 @@ def bench_model(
         "rows": rows,
         "examples": examples,
     }
+
+
+def _label(strategy: str, backend: str, quantize: bool) -> str:
+    suffix = "" if backend == "torchscript" else f"@{backend}"
+    return f"{strategy}{'-int8' if quantize else ''}{suffix}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,6 +235,14 @@ def main(argv: list[str] | None = None) -> int:
         "--guidance)",
     )
     p.add_argument("--guidance", type=float, default=3.0, help="guidance of the guided variants")
+    p.add_argument(
+        "--backends",
+        nargs="+",
+        default=["torchscript"],
+        choices=BACKENDS,
+        help="inference cores to time side by side (see load_bot); torchscript is what the bot "
+        "serves",
+    )
     a = p.parse_args(argv)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -187,7 +261,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {path}", flush=True)
         max_len = 30 if name == "trained" else a.tutorial_max_len
         r = bench_model(
-            name, path, qs, a.threads, a.warmup, max_len, tuple(a.strategies), a.guidance
+            name,
+            path,
+            qs,
+            a.threads,
+            a.warmup,
+            max_len,
+            tuple(a.strategies),
+            a.guidance,
+            tuple(a.backends),
         )
         r["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
         print(json.dumps(r["rows"], indent=1), flush=True)

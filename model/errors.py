@@ -1,7 +1,7 @@
 """What code that only handles checkpoints by name needs, without importing torch.
 
 The bot's main process (which runs the model in worker processes) catches ``CheckpointError``
-and hashes checkpoint files; keeping both here spares it torch's ~100 MB.
+and hashes checkpoint files; keeping both here spares it importing torch, and its memory.
 """
 
 from __future__ import annotations

@@ -1,5 +1,10 @@
 """Attention seq2seq: batch-first bi-GRU encoder, GRU decoder with Luong (general) attention.
 
+Its interface: ``encode`` (questions -> ``Encoded``), ``step`` (one decoding step -> ``Step``,
+for the strategies in ``model/search.py``), ``forward`` (the teacher-forced training loss) and
+``sequence_logprobs`` (whole replies scored, for reranking). ``prepare_for_inference`` adds the
+fast path of ``model/inference.py``, which gives the same scores with less work.
+
 Training runs the decoder over the whole teacher-forced target in one GRU call and computes the
 attention for all steps in one batched matmul: no Python loop over time steps. The output layer
 runs only on non-padding positions and its weights are tied to the input embedding.
@@ -7,8 +12,8 @@ runs only on non-padding positions and its weights are tied to the input embeddi
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +22,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from xianliao.model.vocab import GO_ID, PAD_ID, UNK_ID
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from xianliao.model.inference import InferencePath
 
 
 @dataclass
@@ -34,7 +40,7 @@ class Seq2SeqConfig:
     tie_embeddings: bool = True  # output layer shares the embedding matrix (full softmax only)
     adaptive_cutoffs: list[int] = field(default_factory=list)  # adaptive softmax clusters
     # (torch.nn.AdaptiveLogSoftmaxWithLoss); empty = full softmax. Frequent words go in the
-    # head, rare ones in cheaper, lower-dimensional tails: 5-10x less output-layer work.
+    # head, rare ones in cheaper, lower-dimensional tails: several times less output-layer work.
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -44,17 +50,26 @@ class Seq2SeqConfig:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
-def _attention_input(dec_out: Tensor, memory: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+class Encoded(NamedTuple):
+    """A batch of questions as the decoder reads them (``Seq2Seq.encode``)."""
+
+    memory: Tensor  # (B, S, H) attention memory
+    keys: Tensor  # (B, S, H) its attention keys
+    mask: Tensor  # (B, S) True on real tokens
+    hidden: Tensor  # (L_dec, B, H) the decoder's initial state
+
+
+def attention_input(dec_out: Tensor, memory: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
     """Luong attention for decoder outputs (B, T, H), all T steps in one matmul:
     [h_t; c_t] (B, T, 2H), the input of the ``combine`` layer. Shared by the eager model and
-    the TorchScript core."""
+    the compiled inference core."""
     scores = torch.bmm(dec_out, keys.transpose(1, 2))  # (B, T, S)
     scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
     context = torch.bmm(torch.softmax(scores, dim=-1), memory)  # (B, T, H)
     return torch.cat([dec_out, context], dim=-1)
 
 
-def _final_states(h_n: Tensor, layers: int, batch: int) -> Tensor:
+def final_states(h_n: Tensor, layers: int, batch: int) -> Tensor:
     """The bi-GRU's final states (layers * 2, B, H) -> the top layer's, both directions
     side by side: (B, 2H)."""
     h_n = h_n.view(layers, 2, batch, -1)  # (L, dir, B, H)
@@ -101,26 +116,28 @@ class Seq2Seq(nn.Module):
             self.out = None
         else:
             self.out = nn.Linear(E, cfg.vocab_size)
-        self._infer_out: nn.Module | None = None
-        self._infer_head: nn.Module | None = None
-        # The inference path compiled with TorchScript (``prepare_for_inference``); kept out of
-        # the module tree (and so out of state_dict) on purpose.
-        object.__setattr__(self, "_core", None)
+        # Built by ``prepare_for_inference``; a plain object, so neither its modules nor its
+        # folded weights enter the module tree, state_dict or checkpoints.
+        self._fast: InferencePath | None = None
+
+    def _fast_path(self) -> InferencePath | None:
+        """The inference fast path once built, in eval mode only: training (dropout,
+        gradients) always runs the eager modules."""
+        return None if self.training else self._fast
 
     # ---- encoder ---------------------------------------------------------------------------
-    def encode(
-        self, src: Tensor, src_len: Tensor, emb: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def encode(self, src: Tensor, src_len: Tensor, emb: Tensor | None = None) -> Encoded:
         """Inputs: src (B, S) ids, src_len (B,) lengths >= 1; ``emb``: their embeddings
-        (B, S, E) when already looked up (with dropout).
-        Outputs: memory (B, S, H), keys (B, S, H), mask (B, S) True on real tokens,
-        hidden (L_dec, B, H) initial decoder state."""
+        (B, S, E) when already looked up (with dropout)."""
         B, S = src.shape
         lengths = src_len.cpu()
         unpadded = bool((lengths == S).all())  # always so for one message: no packing
-        if unpadded and self._core is not None and not self.training:
-            memory, keys, hidden = self._core.encode(src)
-            return memory, keys, torch.ones(B, S, dtype=torch.bool, device=src.device), hidden
+        fast = self._fast_path()
+        if unpadded and fast is not None and fast.core is not None:
+            memory, keys, hidden = fast.core.encode(src)
+            return Encoded(
+                memory, keys, torch.ones(B, S, dtype=torch.bool, device=src.device), hidden
+            )
         if emb is None:
             emb = self.drop(self.embedding(src))  # (B, S, E)
         if unpadded:
@@ -132,19 +149,20 @@ class Seq2Seq(nn.Module):
         memory = torch.tanh(self.enc_proj(out))  # (B, S, H)
         keys = self.attn_key(memory)  # (B, S, H)
         mask = torch.arange(S, device=src.device)[None, :] < src_len.to(src.device)[:, None]
-        h0 = torch.tanh(self.bridge(_final_states(h_n, self.cfg.enc_layers, B)))  # (B, H)
+        h0 = torch.tanh(self.bridge(final_states(h_n, self.cfg.enc_layers, B)))  # (B, H)
         hidden = h0.unsqueeze(0).expand(self.cfg.dec_layers, B, -1).contiguous()
-        return memory, keys, mask, hidden
+        return Encoded(memory, keys, mask, hidden)
 
     # ---- decoder ---------------------------------------------------------------------------
     def _attend(self, dec_out: Tensor, memory: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
         """dec_out (B, T, H) -> attentional states (B, T, H), all T steps in one matmul."""
-        return torch.tanh(self.combine(_attention_input(dec_out, memory, keys, mask)))
+        return torch.tanh(self.combine(attention_input(dec_out, memory, keys, mask)))
 
     def _logits(self, state: Tensor) -> Tensor:
         """Attentional states (..., H) -> vocabulary logits (..., V)."""
-        if self._infer_out is not None and not self.training:
-            return self._infer_out(state)
+        fast = self._fast_path()
+        if fast is not None and fast.out is not None:
+            return fast.out(state)
         x = self.out_proj(state)
         if self.out is None:
             return F.linear(x, self.embedding.weight, self.out_bias)
@@ -158,7 +176,7 @@ class Seq2Seq(nn.Module):
             hide &= (tgt_in != PAD_ID) & (tgt_in != GO_ID)
             tgt_in = tgt_in.masked_fill(hide, UNK_ID)
         # Question and answer in one lookup: the embedding's backward then builds one dense
-        # (vocabulary x E) gradient instead of two plus their sum (~3% of a training step).
+        # (vocabulary x E) gradient instead of two plus their sum.
         S = src.shape[1]
         emb = self.drop(self.embedding(torch.cat([src, tgt_in], dim=1)))  # (B, S + T, E)
         memory, keys, mask, hidden = self.encode(src, src_len, emb[:, :S])
@@ -201,199 +219,79 @@ class Seq2Seq(nn.Module):
         return out.sum(dim=1)
 
     def step(
-        self,
-        tokens: Tensor,
-        hidden: Tensor,
-        memory: Tensor,
-        keys: Tensor,
-        mask: Tensor,
-        *,
-        normalize: bool = True,
-    ) -> tuple[Tensor, Tensor]:
-        """One decoding step for inference. tokens (B,) -> log-probs (B, V), new hidden.
-        ``normalize=False`` may return logits instead (log-probs up to a per-row constant),
-        which is all that greedy decoding and sampling need."""
-        if self.adaptive is not None:
-            state, hidden = self.step_state(tokens, hidden, memory, keys, mask)
-            return self.state_scores(state), hidden
-        _, logits, hidden = self.step_scores(tokens, hidden, memory, keys, mask)
-        return (torch.log_softmax(logits, dim=-1) if normalize else logits), hidden
-
-    def step_scores(
         self, tokens: Tensor, hidden: Tensor, memory: Tensor, keys: Tensor, mask: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """One decoding step -> (attentional state (B, H), first scores, new hidden). The
-        first scores are the logits (B, V) with a full softmax, the head logits
-        (``head_scores``) with an adaptive one. One TorchScript call when compiled."""
-        if self._core is not None and not self.training:
-            return self._core(tokens, hidden, memory, keys, mask)
-        state, hidden = self.step_state(tokens, hidden, memory, keys, mask)
-        if self.adaptive is not None:
-            return state, self.head_scores(state), hidden
-        return state, self._logits(state).float(), hidden
-
-    def step_state(
-        self, tokens: Tensor, hidden: Tensor, memory: Tensor, keys: Tensor, mask: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """One decoding step up to the output layer: tokens (B,) -> attentional state (B, H),
-        new hidden."""
-        if self._core is not None and not self.training:
-            state, _, hidden = self._core(tokens, hidden, memory, keys, mask, False)
-            return state, hidden
+    ) -> Step:
+        """One decoding step for inference: the last tokens (B,), the decoder's hidden state
+        and the ``encode``d question -> a ``Step`` (new hidden state and the scores of the next
+        token, in whichever form the strategy asks for)."""
+        fast = self._fast_path()
+        if fast is not None and fast.core is not None:
+            state, logits, hidden = fast.core(tokens, hidden, memory, keys, mask)
+            return Step(self, state, hidden, logits if self.adaptive is None else None)
         dec_out, hidden = self.decoder(self.embedding(tokens)[:, None, :], hidden)  # (B, 1, H)
-        return self._attend(dec_out, memory, keys, mask)[:, 0], hidden
+        return Step(self, self._attend(dec_out, memory, keys, mask)[:, 0], hidden)
 
-    def state_scores(self, state: Tensor, *, normalize: bool = True) -> Tensor:
-        """Attentional states (B, H) -> log-probs (B, V), or logits when ``normalize=False``
-        (full softmax only; the adaptive softmax always gives log-probs)."""
-        if self.adaptive is not None:
-            return self.adaptive.log_prob(self.out_proj(state).float())
-        logits = self._logits(state).float()
-        return torch.log_softmax(logits, dim=-1) if normalize else logits
-
-    def head_scores(self, state: Tensor) -> Tensor:
+    def _head_logits(self, state: Tensor) -> Tensor:
         """Attentional states (B, H) -> the adaptive softmax's head logits (B, shortlist +
         clusters): the shortlist words, then one entry per tail cluster."""
-        if self._infer_head is not None and not self.training:
-            return self._infer_head(state).float()
+        fast = self._fast_path()
+        if fast is not None:
+            return fast.head_logits(self, state)
         return self.adaptive.head(self.out_proj(state).float())
 
+    def _adaptive_log_probs(self, state: Tensor) -> Tensor:
+        return self.adaptive.log_prob(self.out_proj(state).float())
+
     def prepare_for_inference(self, *, quantize: bool = False, compile: bool = True) -> Seq2Seq:
-        """eval(); fold the output layer into one Linear where that is less work, optionally
-        int8-quantize the Linear and GRU layers (dynamic quantization) and the adaptive
-        softmax's head, and compile the encoder and the decoding step with TorchScript
-        (``compile``): in eager mode every int8 Linear call costs ~60 us of Python dispatch,
-        more than the matmul of a small layer."""
-        self._prepare(quantize=quantize)
-        if compile:
-            try:
-                object.__setattr__(self, "_core", torch.jit.script(_InferenceCore(self)))
-            except Exception as exc:  # noqa: BLE001 - eager decoding works the same, slower
-                logger.warning("TorchScript unavailable, decoding in eager mode: %s", exc)
+        """eval() and build the inference fast path (``InferencePath``): folded output layer,
+        optionally int8 weights (``quantize``), and the encoder and decoding step compiled
+        (``compile``). Call it last: moving the model to another device afterwards leaves
+        the fast path behind."""
+        from xianliao.model.inference import InferencePath
+
+        self.eval()
+        self._fast = InferencePath.build(self, quantize=quantize, compile=compile)
         return self
 
-    def _prepare(self, *, quantize: bool) -> None:
-        self.eval()
-        with torch.no_grad():
-            if self.adaptive is not None:
-                self._fold_head()
-            else:
-                self._fold_output()
-        if quantize:
-            self._quantize()
 
-    def _fold_output(self) -> None:
-        """For ``_logits``: the output layer after ``out_proj`` as one Linear (H -> V), only
-        when that is less work per step: (H -> V) instead of (H -> E) then (E -> V), i.e.
-        when H <= E."""
-        if self.cfg.hidden_size > self.cfg.emb_size:
-            return
-        out = nn.Linear(self.cfg.hidden_size, self.cfg.vocab_size)
-        if self.out is None:
-            # logits = W_e (W_p s + b_p) + b_o  ==  (W_e W_p) s + (W_e b_p + b_o)
-            out.weight.copy_(self.embedding.weight @ self.out_proj.weight)
-            out.bias.copy_(self.embedding.weight @ self.out_proj.bias + self.out_bias)
-        else:
-            out.weight.copy_(self.out.weight @ self.out_proj.weight)
-            out.bias.copy_(self.out.weight @ self.out_proj.bias + self.out.bias)
-        self._infer_out = out
+class Step:
+    """What one decoding step gives every strategy: the decoder's new ``hidden`` state and
+    the next token's scores, computed on request in the form asked for (each costs a
+    different amount of work with an adaptive softmax):
 
-    def _fold_head(self) -> None:
-        """For ``head_scores``: the adaptive head after ``out_proj`` as one Linear (H -> head),
-        where that is less work per step than the two."""
-        H, E = self.cfg.hidden_size, self.cfg.emb_size
-        head = self.adaptive.head
-        n = head.out_features
-        if H * n > H * E + E * n:
-            return
-        folded = nn.Linear(H, n)
-        # head(W_p s + b_p) = (W_h W_p) s + (W_h b_p [+ b_h])
-        folded.weight.copy_(head.weight @ self.out_proj.weight)
-        bias = head.weight @ self.out_proj.bias
-        folded.bias.copy_(bias + head.bias if head.bias is not None else bias)
-        self._infer_head = folded
+    - ``logits()``: over the whole vocabulary, equal to the log-probs up to a per-row
+      constant (all that argmax, top-k and a softmax need). The caller may change it in
+      place.
+    - ``log_probs(rows)``: normalised, for scores that add up over steps (beam search,
+      guidance).
+    - ``head_logits()``: adaptive softmax only: its head (the shortlist words and one entry
+      per tail cluster), which greedy decoding reads first to skip the tails.
+    """
 
-    def _quantize(self) -> None:
-        from torch.ao.quantization import quantize_dynamic
+    def __init__(
+        self, model: Seq2Seq, state: Tensor, hidden: Tensor, logits: Tensor | None = None
+    ) -> None:
+        self.model = model
+        self.state = state  # attentional states (B, H): the input of the output layer
+        self.hidden = hidden
+        self._logits = logits  # already computed with the step (full softmax, compiled)
 
-        # Of the adaptive softmax only the head: its small tail projections get slower in int8,
-        # the head (emb x shortlist, run at every step) 1.2-1.4x faster (both measured).
-        adaptive, self.adaptive = self.adaptive, None
-        try:
-            quantize_dynamic(self, {nn.Linear, nn.GRU}, dtype=torch.qint8, inplace=True)
-            if adaptive is not None:
-                head = nn.Sequential(adaptive.head)
-                quantize_dynamic(head, {nn.Linear}, dtype=torch.qint8, inplace=True)
-                adaptive.head = head[0]
-        finally:
-            self.adaptive = adaptive
+    def logits(self) -> Tensor:
+        if self.model.adaptive is not None:
+            return self.log_probs()
+        if self._logits is None:
+            self._logits = self.model._logits(self.state).float()
+        return self._logits
 
+    def log_probs(self, rows: Tensor | None = None) -> Tensor:
+        """Log-probs (B, V), or of the given ``rows`` only."""
+        if self.model.adaptive is not None:
+            return self.model._adaptive_log_probs(self.state if rows is None else self.state[rows])
+        logits = self.logits() if rows is None else self.logits()[rows]
+        return torch.log_softmax(logits, dim=-1)
 
-class _TiedOutput(nn.Module):
-    """The tied output layer as a module: (H) -> (E) -> logits over the vocabulary."""
-
-    def __init__(self, proj: nn.Module, weight: Tensor, bias: Tensor) -> None:
-        super().__init__()
-        self.proj = proj
-        self.weight = weight
-        self.bias = bias
-
-    def forward(self, state: Tensor) -> Tensor:
-        return F.linear(self.proj(state), self.weight, self.bias)
-
-
-class _InferenceCore(nn.Module):
-    """``Seq2Seq.encode`` (unpadded input) and ``Seq2Seq.step_scores`` in a form TorchScript
-    compiles. It holds the model's own submodules: no copies of the weights. Dropout is left
-    out (inference only)."""
-
-    def __init__(self, model: Seq2Seq) -> None:
-        super().__init__()
-        self.embedding = model.embedding
-        self.encoder = model.encoder
-        self.enc_proj = model.enc_proj
-        self.attn_key = model.attn_key
-        self.bridge = model.bridge
-        self.decoder = model.decoder
-        self.combine = model.combine
-        self.enc_layers = model.cfg.enc_layers
-        self.dec_layers = model.cfg.dec_layers
-        if model.adaptive is not None:  # the head logits
-            head = model._infer_head
-            self.scorer = (
-                head if head is not None else nn.Sequential(model.out_proj, model.adaptive.head)
-            )
-        elif model._infer_out is not None:
-            self.scorer = model._infer_out
-        elif model.out is None:
-            self.scorer = _TiedOutput(model.out_proj, model.embedding.weight, model.out_bias)
-        else:
-            self.scorer = nn.Sequential(model.out_proj, model.out)
-
-    @torch.jit.export
-    def encode(self, src: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        B = src.size(0)
-        out, h_n = self.encoder(self.embedding(src))
-        memory = torch.tanh(self.enc_proj(out))
-        keys = self.attn_key(memory)
-        h0 = torch.tanh(self.bridge(_final_states(h_n, self.enc_layers, B)))
-        return memory, keys, h0.unsqueeze(0).expand(self.dec_layers, B, -1).contiguous()
-
-    def forward(
-        self,
-        tokens: Tensor,
-        hidden: Tensor,
-        memory: Tensor,
-        keys: Tensor,
-        mask: Tensor,
-        score: bool = True,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """-> (state, first scores or an empty tensor when not ``score``, hidden)."""
-        dec_out, hidden = self.decoder(self.embedding(tokens).unsqueeze(1), hidden)
-        state = torch.tanh(self.combine(_attention_input(dec_out, memory, keys, mask))).squeeze(1)
-        if not score:
-            return state, torch.empty(0), hidden
-        return state, self.scorer(state).float(), hidden
+    def head_logits(self) -> Tensor:
+        return self.model._head_logits(self.state).float()
 
 
 def default_cutoffs(vocab_size: int) -> list[int]:

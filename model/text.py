@@ -30,7 +30,8 @@ _ASCII_WORD = re.compile(r"[0-9A-Za-z]")
 
 def normalise(text: str) -> str:
     """NFKC (full-width -> half-width), lower-case, no control characters, one space at most."""
-    # Each pass runs only when it can change something: 2.5x faster on subtitle text, same output.
+    # Each pass runs only when it can change something: most text needs few of them, and the
+    # output is the same.
     text = unicodedata.normalize("NFKC", text)
     if not text.isprintable():  # every character _CONTROL removes is non-printable
         text = _CONTROL.sub("", text)
@@ -54,8 +55,8 @@ class Tokenizer:
     """Normalise + segment with jieba (HMM off), or its Rust port rjieba when installed.
 
     With HMM off both libraries give identical segmentations (tested), so ``fast=True`` is a pure
-    speed-up: rjieba is about 13x faster than jieba. Words never vanish: whitespace tokens are the
-    only ones dropped.
+    speed-up (bench/RESULTS.md). Words never vanish: whitespace tokens are the only ones
+    dropped.
     """
 
     def __init__(self, *, fast: bool = True, hmm: bool = False) -> None:
