@@ -25,6 +25,12 @@ def _created_at() -> sa.Column:
 
 
 def upgrade() -> None:
+    _people()
+    _exchanges()
+    _admin()
+
+
+def _people() -> None:
     op.create_table(
         "users",
         sa.Column("id", sa.BigInteger(), autoincrement=False, nullable=False),
@@ -43,6 +49,9 @@ def upgrade() -> None:
         _created_at(),
         sa.PrimaryKeyConstraint("id"),
     )
+
+
+def _exchanges() -> None:
     op.create_table(
         "exchanges",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -80,6 +89,9 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["exchange_id"], ["exchanges.id"], ondelete="CASCADE"),
     )
     op.create_index("ix_feedback_user_id", "feedback", ["user_id"])
+
+
+def _admin() -> None:
     op.create_table(
         "admin_actions",
         sa.Column("id", sa.Integer(), nullable=False),
