@@ -22,7 +22,7 @@ from xianliao.bot.config import Settings, read_settings
 from xianliao.bot.handlers import USER_COMMANDS, BotDeps, register
 from xianliao.bot.runtime import StartupError, create_service, open_database, setup_logging
 from xianliao.bot.service import DialogueService
-from xianliao.bot.updates import TolerantBot
+from xianliao.bot.updates import ClaimingQueue, TolerantBot
 from xianliao.ops.review import Review
 from xianliao.ops.supervisor import RunSupervisor
 from xianliao.storage.database import Database
@@ -100,6 +100,7 @@ def build_application(
     application = (
         ApplicationBuilder()
         .bot(bot)
+        .update_queue(ClaimingQueue())  # webhook updates are claimed before queued (replicas)
         .concurrent_updates(settings.concurrent_updates)
         .post_init(post_init)
         .post_shutdown(post_shutdown)
