@@ -190,8 +190,9 @@ class Inbox:
         holds (a crashed replica's, after its hold ran out) and those whose reply failed here."""
         if self.polling:
             return []  # one polling bot per token: replay() does this
+        released = set(self._released)
         try:
-            rows = await asyncio.to_thread(self._take, set(self._active), set(self._released))
+            rows = await asyncio.to_thread(self._take, set(self._active), released)
         except Exception as exc:
             self._failed("cannot read or renew the stored messages", exc)
             return []
@@ -199,7 +200,7 @@ class Inbox:
         if updates:
             logger.info("answering %d stored message(s) nobody is answering", len(updates))
         taken = {u.update_id for u in updates}
-        self._released -= {r.update_id for r in rows}
+        self._released -= released  # taken again, or done or taken by another replica
         self._active |= taken
         return updates
 

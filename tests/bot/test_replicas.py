@@ -74,8 +74,8 @@ class Replicas:
         self.processes: list[subprocess.Popen] = []
         self.urls: list[str] = []
 
-    def start(self, *, delay: float = 0.05, rate_limit: int = 0) -> Replicas:
-        for i in range(2):
+    def start(self, *, delay: float = 0.05, rate_limit: int = 0, n: int = 2) -> Replicas:
+        for i in range(n):
             port = free_port()
             log = open(self.tmp_path / f"replica{i}.log", "w")  # noqa: SIM115 - the child's
             self.processes.append(
@@ -89,7 +89,7 @@ class Replicas:
             )
             self.urls.append(f"http://127.0.0.1:{port}/hook")
         self.fake_api.wait_for(
-            lambda: len(self.fake_api.calls_of("setWebhook")) >= 2, timeout=60, what="2 replicas"
+            lambda: len(self.fake_api.calls_of("setWebhook")) >= n, timeout=60, what="replicas"
         )
         self.fake_api.webhook_targets = list(self.urls)
         return self
@@ -203,6 +203,20 @@ def test_a_killed_replicas_messages_are_answered_by_the_other(fake_api, replicas
     assert "nobody is answering" in replicas.log()  # the survivor took the claimed ones over
     assert db_rows(postgres_url, "SELECT COUNT(*) FROM exchanges") == [(40,)]
     assert db_rows(postgres_url, "SELECT COUNT(*) FROM inbox WHERE done_at IS NULL") == [(0,)]
+
+
+def test_in_webhook_mode_a_reply_whose_send_fails_is_sent_later(fake_api, start_bot, db_path):
+    bot = start_bot(mode="webhook", send_retry_s=0.3, pending_retry_s=1.0)
+    fake_api.fail("sendMessage", "500", times=4)  # two give-ups of ~0.2 s each
+    fake_api.private_text(6101, "别丢下我")
+    [msg] = fake_api.wait_sent(6101, 1, timeout=20)
+    assert msg["text"] == "你说：别丢下我"
+    assert len(fake_api.calls_of("sendMessage:500")) == 4
+    time.sleep(2.5)
+    assert len(fake_api.sent_to(6101)) == 1  # neither an apology nor a second copy
+    assert db_rows(db_path, "SELECT COUNT(*) FROM exchanges") == [(1,)]
+    assert db_rows(db_path, "SELECT COUNT(*) FROM inbox WHERE done_at IS NULL") == [(0,)]
+    assert bot.service.log_failures == 0
 
 
 if __name__ == "__main__":
