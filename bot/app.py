@@ -8,21 +8,21 @@ import logging
 import os
 import shlex
 import sys
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from telegram import Bot, BotCommandScopeChat, BotCommandScopeDefault, Update
 from telegram.error import InvalidToken, NetworkError, TelegramError
-from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, ContextTypes
+from telegram.ext import AIORateLimiter, Application, ApplicationBuilder
 from telegram.request import HTTPXRequest
 
 from xianliao.bot.admin import ADMIN_COMMANDS, register_admin
 from xianliao.bot.admin_retrain import register_retrain
 from xianliao.bot.config import Settings, read_settings
 from xianliao.bot.handlers import USER_COMMANDS, BotDeps, register
+from xianliao.bot.model_watch import ModelWatch
 from xianliao.bot.runtime import StartupError, create_service, open_database, setup_logging
 from xianliao.bot.service import DialogueService
-from xianliao.bot.updates import TolerantBot
+from xianliao.bot.updates import ClaimingQueue, TolerantBot
 from xianliao.ops.review import Review
 from xianliao.ops.supervisor import RunSupervisor
 from xianliao.storage.database import Database
@@ -100,6 +100,7 @@ def build_application(
     application = (
         ApplicationBuilder()
         .bot(bot)
+        .update_queue(ClaimingQueue())  # webhook updates are claimed before queued (replicas)
         .concurrent_updates(settings.concurrent_updates)
         .post_init(post_init)
         .post_shutdown(post_shutdown)
@@ -125,39 +126,9 @@ def build_application(
     )
     register(application, deps)
     if settings.model_watch_s > 0 and application.job_queue is not None:
-        application.job_queue.run_repeating(
-            _watch_model_file(service, settings.model_path), settings.model_watch_s
-        )
+        watch = ModelWatch(service, settings.model_path, db)  # promotions reach every replica
+        application.job_queue.run_repeating(watch.check, settings.model_watch_s, first=0)
     return application
-
-
-def _file_signature(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
-
-
-def _watch_model_file(service: DialogueService, path: Path):  # noqa: ANN202 - a job callback
-    """A job that reloads the model when the file at MODEL_PATH changes (e.g. a promotion)."""
-    seen = {"sig": _file_signature(path)}
-
-    async def check(context: ContextTypes.DEFAULT_TYPE) -> None:
-        sig = _file_signature(path)
-        if sig is None or sig == seen["sig"]:
-            return
-        seen["sig"] = sig
-        old = service.model_version
-        try:
-            version = await service.reload(path)
-        except Exception as exc:  # a half-copied or bad file: keep serving the old model
-            logger.warning("MODEL_PATH changed but did not load, keeping %s: %s", old, exc)
-            return
-        if version != old:
-            logger.info("MODEL_PATH changed: now serving %s (was %s)", version, old)
-
-    return check
 
 
 def _file_url(base_url: str) -> str:

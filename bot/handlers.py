@@ -43,7 +43,7 @@ from telegram.ext import (
 
 from xianliao.bot.inbox import Inbox
 from xianliao.bot.service import DialogueService, Incoming, RateDecision, Reply, fit_message
-from xianliao.bot.updates import TolerantBot
+from xianliao.bot.updates import TolerantBot, attach_inbox
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ def _incoming(message: Message, text: str, received_at: float) -> Incoming:
 async def _rate_ok(message: Message, context: ContextTypes.DEFAULT_TYPE) -> bool:
     """Apply the per-user rate limit; tells the user once when it is exceeded."""
     user_id = _sender(message)[0]
-    decision = deps(context).service.rate_limiter.check(user_id)
+    decision = await deps(context).service.check_rate(user_id)
     if decision is RateDecision.NOTIFY:
         logger.info("rate limit hit by a user in chat %s", message.chat.id)
         await send_text(context, message.chat.id, RATE_LIMITED_TEXT, **_reply_kwargs(message))
@@ -465,7 +465,7 @@ def _use_inbox(application: Application, bot_deps: BotDeps) -> None:
             max_age_s=bot_deps.pending_max_age_s,
             retry_s=bot_deps.pending_retry_s,
         )
-        bot.use_inbox(bot_deps.inbox)
+        attach_inbox(application, bot, bot_deps.inbox)
 
 
 def register(application: Application, bot_deps: BotDeps) -> None:

@@ -10,6 +10,13 @@ so does a running bot, every ``retry_s``, for updates whose reply could not be s
 older than ``max_age_s`` are given up (logged). The reply itself is stored (as the exchange)
 before it is sent, so answering an update again sends the stored reply instead of a new one.
 
+Replicas (webhook mode, several bot processes on one database): the row an update is stored in
+is also its claim. A replica stores the update with one atomic insert before the webhook request
+is answered (:class:`bot.updates.ClaimingQueue`); a replica given an update stored already (a
+retried delivery, one that the proxy sent twice) drops it. The claimant holds the row for
+``3 * retry_s`` and renews that every ``retry_s`` while it answers; what it could not send, and
+what a crashed replica held once its hold ran out, any replica takes over (:meth:`take_over`).
+
 What a crash can still do: a reply sent just before the crash, but not yet marked done, is sent
 once more after the restart (at least once, never lost). Commands and button presses are not
 stored (a user repeats them).
@@ -33,6 +40,7 @@ from xianliao.storage.repositories import InboxRepository, StoredUpdate
 logger = logging.getLogger(__name__)
 
 KEEP_DONE = timedelta(days=1)  # Telegram keeps an unconfirmed update for a day
+LEASE_RETRIES = 3  # a replica holds an update for this many retry periods between renewals
 
 
 class Inbox:
@@ -54,6 +62,9 @@ class Inbox:
         self.retry_s = retry_s
         self.clock = clock
         self._active: set[int] = set()  # handed out, not finished
+        self._released: set[int] = set()  # their reply failed: taken again at the next turn
+        self._pruned = False
+        self.polling = False  # getUpdates replays (bot.updates.TolerantBot), not take_over()
         self._deferred: list[Update] = []
         self._started = False
         self._next_retry = 0.0
@@ -65,16 +76,7 @@ class Inbox:
 
     async def received(self, updates: Sequence[Update]) -> set[int]:
         """Store the wanted ``updates``; returns the ids stored before (delivered again)."""
-        rows = [
-            {
-                "update_id": u.update_id,
-                "chat_id": u.message.chat.id,
-                "user_id": u.message.from_user.id if u.message.from_user else None,
-                "payload": u.to_json(),
-            }
-            for u in updates
-            if u.message is not None and self.wanted(u)
-        ]
+        rows = [self._row(u) for u in updates if u.message is not None and self.wanted(u)]
         if not rows:
             return set()
         try:
@@ -96,6 +98,7 @@ class Inbox:
     async def replay(self, bot: Bot) -> list[Update]:
         """Stored updates to hand out again: at the first call every unfinished one (from
         before a restart), later those not finished ``retry_s`` after they were handed out."""
+        self.polling = True
         if self._deferred:
             out, self._deferred = self._deferred, []
             return out
@@ -123,22 +126,96 @@ class Inbox:
         self._deferred.extend(updates)
 
     def _pending(self, first: bool, active: set[int]) -> list[StoredUpdate]:
-        too_old = datetime.now(UTC) - timedelta(seconds=self.max_age_s)
         with self.sessions.begin() as session:
             inbox = InboxRepository(session)
             if first:
                 inbox.prune(datetime.now(UTC) - KEEP_DONE)
-            rows = inbox.pending(exclude=active)
-            old = [r.update_id for r in rows if r.received_at < too_old]
-            if old:
-                logger.warning(
-                    "gave up %d stored message(s) older than PENDING_MAX_AGE_S=%gs: %s",
-                    len(old),
-                    self.max_age_s,
-                    ", ".join(map(str, old[:20])),
-                )
-                inbox.mark_done(old)
+            return self._give_up_old(inbox, inbox.pending(exclude=active))
+
+    def _give_up_old(self, inbox: InboxRepository, rows: list[StoredUpdate]) -> list[StoredUpdate]:
+        too_old = datetime.now(UTC) - timedelta(seconds=self.max_age_s)
+        old = [r.update_id for r in rows if r.received_at < too_old]
+        if old:
+            logger.warning(
+                "gave up %d stored message(s) older than PENDING_MAX_AGE_S=%gs: %s",
+                len(old),
+                self.max_age_s,
+                ", ".join(map(str, old[:20])),
+            )
+            inbox.mark_done(old)
         return [r for r in rows if r.received_at >= too_old]
+
+    # ----- replicas (webhook mode) ---------------------------------------------------------------
+
+    @property
+    def lease(self) -> timedelta:
+        return timedelta(seconds=LEASE_RETRIES * self.retry_s)
+
+    def _row(self, update: Update) -> dict:
+        message = update.message
+        assert message is not None
+        return {
+            "update_id": update.update_id,
+            "chat_id": message.chat.id,
+            "user_id": message.from_user.id if message.from_user else None,
+            "payload": update.to_json(),
+        }
+
+    async def claim(self, update: Update) -> bool:
+        """Store ``update`` as this replica's before it is answered; False when it is stored
+        already (answered, or being answered, here or by another replica): drop it then.
+        Updates that are not stored (commands, buttons) are always True."""
+        if update.message is None or update.update_id in self._active or not self.wanted(update):
+            return True
+        row = self._row(update)
+        try:
+            won = await asyncio.to_thread(self._claim, row)
+        except Exception as exc:  # answer anyway; only a crash now would lose it
+            self._failed("cannot store a received message", exc)
+            return True
+        if won:
+            self._active.add(update.update_id)
+        else:
+            logger.info("update %s was delivered again: it is answered once", update.update_id)
+        return won
+
+    def _claim(self, row: dict) -> bool:
+        with self.sessions.begin() as session:
+            won = InboxRepository(session).claim(row, datetime.now(UTC) + self.lease)
+        self._ok()
+        return won
+
+    async def take_over(self, bot: Bot) -> list[Update]:
+        """Renew the hold on what this replica is answering; take the stored updates nobody
+        holds (a crashed replica's, after its hold ran out) and those whose reply failed here."""
+        if self.polling:
+            return []  # one polling bot per token: replay() does this
+        released = set(self._released)
+        try:
+            rows = await asyncio.to_thread(self._take, set(self._active), released)
+        except Exception as exc:
+            self._failed("cannot read or renew the stored messages", exc)
+            return []
+        updates = self._parse(rows, bot)
+        if updates:
+            logger.info("answering %d stored message(s) nobody is answering", len(updates))
+        taken = {u.update_id for u in updates}
+        self._released -= released  # taken again, or done or taken by another replica
+        self._active |= taken
+        return updates
+
+    def _take(self, active: set[int], released: set[int]) -> list[StoredUpdate]:
+        now = datetime.now(UTC)
+        with self.sessions.begin() as session:
+            inbox = InboxRepository(session)
+            if not self._pruned:
+                self._pruned = True
+                inbox.prune(now - KEEP_DONE)
+            inbox.renew(active, now + self.lease)
+            rows = inbox.take(now, now + self.lease, mine=released, exclude=active)
+            rows = self._give_up_old(inbox, rows)
+        self._ok()
+        return rows
 
     def _parse(self, rows: list[StoredUpdate], bot: Bot) -> list[Update]:
         out = []
@@ -153,6 +230,8 @@ class Inbox:
 
     def release(self, update_id: int) -> None:
         """Its reply could not be sent: keep it stored, to be answered again."""
+        if update_id in self._active and not self.polling:
+            self._released.add(update_id)
         self._active.discard(update_id)
 
     async def finish(self, update_id: int) -> None:

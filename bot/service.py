@@ -40,6 +40,7 @@ from xianliao.storage.repositories import (
     ExchangeRepository,
     FeedbackRepository,
     InboxRepository,
+    RateLimitRepository,
     UserRepository,
     flush_deleted,
 )
@@ -103,6 +104,11 @@ class DialogueService:
         self.turns = ChatTurns()
         self.max_input_chars = max_input_chars
         self.rate_limiter = RateLimiter(rate_limit, rate_window_s)
+        # On PostgreSQL (what replicas share) the limit is counted in the database, so it holds
+        # whichever replica a message reaches; SQLite serves one process: memory is enough.
+        self.shared_rate_limit = (
+            sessions is not None and sessions.kw["bind"].dialect.name != "sqlite"
+        )
         self._db_pool = self.log.pool
 
     # ----- the model ---------------------------------------------------------------------------
@@ -181,6 +187,22 @@ class DialogueService:
                 await deliver(reply)
         return reply
 
+    async def check_rate(self, user_id: int) -> RateDecision:
+        """The per-user rate limit (:attr:`shared_rate_limit`: counted in the database)."""
+        limiter = self.rate_limiter
+        if not self.shared_rate_limit or limiter.limit <= 0:
+            return limiter.check(user_id)
+        try:
+            decision = await self._db(
+                lambda s: RateLimitRepository(s).hit(
+                    user_id, time.time(), limiter.limit, limiter.window_s
+                )
+            )
+        except Exception as exc:  # the database failed: this process's count still limits
+            logger.warning("rate limit: %s", type(exc).__name__)
+            return limiter.check(user_id)
+        return RateDecision(decision)
+
     # ----- everything else that touches the database ---------------------------------------------
 
     async def _db(self, fn: Callable[[Session], Any]) -> Any:
@@ -219,6 +241,7 @@ class DialogueService:
             self.log.unsee(user_id)
             removed = UserRepository(s).delete_user_data(user_id)
             InboxRepository(s).delete_user(user_id)  # messages of theirs not answered yet
+            RateLimitRepository(s).forget(user_id)  # the shared count starts again too
             return removed
 
         removed = await self._db(work)

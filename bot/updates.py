@@ -11,10 +11,16 @@ returned, that is before the next ``getUpdates`` confirms them to Telegram; upda
 earlier and not finished (before a restart, or whose reply failed) are returned with the batch;
 an update stored before that comes again is replaced by an empty one, so nothing is answered
 twice.
+
+In webhook mode the updates arrive through the Application's queue instead:
+:class:`ClaimingQueue` stores (claims) each message before the webhook request is answered, so a
+replica killed after the answer still has it stored, and an update another replica (or an
+earlier delivery) claimed is dropped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +28,8 @@ from telegram import Update
 from telegram.ext import ExtBot
 
 if TYPE_CHECKING:
+    from telegram.ext import Application, ContextTypes
+
     from xianliao.bot.inbox import Inbox
 
 logger = logging.getLogger(__name__)
@@ -87,3 +95,43 @@ class TolerantBot(ExtBot):
                 type(exc).__name__,
             )
             return Update(update_id)
+
+
+class ClaimingQueue(asyncio.Queue):
+    """The Application's update queue: in webhook mode each message is claimed in the inbox
+    (:meth:`bot.inbox.Inbox.claim`) before it is queued, and dropped when it was claimed
+    already. PTB's webhook server answers Telegram only after ``put`` returns, so a claimed
+    update is stored before Telegram considers it delivered. Polled updates were stored by
+    :class:`TolerantBot` and pass straight through."""
+
+    def __init__(self, maxsize: int = 0) -> None:
+        super().__init__(maxsize)
+        self._inbox: list[Inbox] = []
+
+    def use_inbox(self, inbox: Inbox) -> None:
+        self._inbox[:] = [inbox]
+
+    async def put(self, item: object) -> None:
+        inbox = self._inbox[0] if self._inbox else None
+        if inbox is not None and isinstance(item, Update) and not await inbox.claim(item):
+            return
+        await super().put(item)
+
+
+def attach_inbox(application: Application, bot: TolerantBot, inbox: Inbox) -> None:
+    """Store received messages in ``inbox``: polled ones through ``bot``, webhook ones through
+    the queue (when it is a :class:`ClaimingQueue`), whose stored updates nobody is answering
+    (a crashed replica's, a failed reply) a job hands out every ``inbox.retry_s``."""
+    bot.use_inbox(inbox)
+    queue = application.update_queue
+    if not isinstance(queue, ClaimingQueue):
+        return
+    queue.use_inbox(inbox)
+    if application.job_queue is None:
+        return
+
+    async def take_over(context: ContextTypes.DEFAULT_TYPE) -> None:
+        for update in await inbox.take_over(context.bot):
+            await queue.put(update)
+
+    application.job_queue.run_repeating(take_over, inbox.retry_s, first=1.0)

@@ -255,3 +255,16 @@ class InboxUpdate(Base):
     payload: Mapped[str] = mapped_column(Text)  # the update's JSON, as the Bot API sent it
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     done_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The replica answering it holds it until then (renewed while it works); null: nobody.
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class RateLimit(Base):
+    """A user's recent messages (epoch seconds, JSON list) for the per-user rate limit, shared
+    by every replica; ``told``: the user was told they are over the limit."""
+
+    __tablename__ = "rate_limits"
+
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hits: Mapped[str] = mapped_column(Text, default="[]")
+    told: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -165,6 +165,14 @@ class FakeBotAPI:
         self._webhook_queue: deque[dict] = deque()
         self._webhook_thread: threading.Thread | None = None
         self._stopping = False
+        # A reverse proxy in front of bot replicas: webhook updates go to these URLs in turn
+        # (instead of setWebhook's), to the next one when a replica does not answer; with
+        # ``webhook_twice`` = N every Nth update is also POSTed to the next replica (a retry
+        # after a lost answer).
+        self.webhook_targets: list[str] = []
+        self.webhook_twice = 0
+        self.webhook_posts: list[tuple[str, int]] = []  # (url, update_id) of each 2xx POST
+        self._target = itertools.count()
 
     # ----- lifecycle -----------------------------------------------------------------------------
 
@@ -405,6 +413,29 @@ class FakeBotAPI:
             self._webhook_thread = threading.Thread(target=self._deliver_webhooks, daemon=True)
             self._webhook_thread.start()
 
+    def _post_webhook(self, url: str, secret: str | None, update: dict) -> bool:
+        request = urllib.request.Request(
+            url,
+            data=json.dumps(update).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        if secret:
+            request.add_header("X-Telegram-Bot-Api-Secret-Token", secret)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                ok = 200 <= response.status < 300
+        except (urllib.error.URLError, OSError):
+            return False
+        if ok:
+            with self.cond:
+                self.webhook_posts.append((url, update["update_id"]))
+        return ok
+
+    def _webhook_url(self) -> str:
+        targets = self.webhook_targets
+        return targets[next(self._target) % len(targets)] if targets else self.webhook["url"]
+
     def _deliver_webhooks(self) -> None:
         while not self._stopping:
             with self.cond:
@@ -412,27 +443,19 @@ class FakeBotAPI:
                     self.cond.wait(0.1)
                     continue
                 update = self._webhook_queue[0]
-                url, secret = self.webhook["url"], self.webhook["secret_token"]
-            request = urllib.request.Request(
-                url,
-                data=json.dumps(update).encode(),
-                method="POST",
-                headers={"Content-Type": "application/json"},
-            )
-            if secret:
-                request.add_header("X-Telegram-Bot-Api-Secret-Token", secret)
-            try:
-                with urllib.request.urlopen(request, timeout=5) as response:
-                    ok = 200 <= response.status < 300
-            except (urllib.error.URLError, OSError):
-                ok = False
+                secret = self.webhook["secret_token"]
+            url = self._webhook_url()
+            ok = self._post_webhook(url, secret, update)
+            twice = self.webhook_twice and update["update_id"] % self.webhook_twice == 0
+            if ok and twice and len(self.webhook_targets) > 1:
+                self._post_webhook(self._webhook_url(), secret, update)
             with self.cond:
                 if ok:
                     self._webhook_queue.popleft()
                     self.delivered_at.setdefault(update["update_id"], time.monotonic())
                     self.cond.notify_all()
             if not ok:
-                time.sleep(0.1)  # Telegram retries later too
+                time.sleep(0.05 if self.webhook_targets else 0.1)  # Telegram retries later too
 
     # ----- the Bot API methods --------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from xianliao.storage.repositories.runs import TrainingRunRepository, database_n
 from xianliao.storage.repositories.users import (
     LAST_SEEN_RESOLUTION,
     ChatRepository,
+    RateLimitRepository,
     UserRepository,
     flush_deleted,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "InboxRepository",
     "LatencyStats",
     "PromotionRepository",
+    "RateLimitRepository",
     "StoredUpdate",
     "TrainingRunRepository",
     "UserRepository",

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from xianliao.storage.models import InboxUpdate, utcnow
@@ -41,6 +42,65 @@ class InboxRepository:
         )
         self.session.flush()
         return known
+
+    def claim(self, row: dict[str, Any], until: datetime) -> bool:
+        """Store one update held by the caller until ``until``; False when it was stored
+        already (another replica, or an earlier delivery, has it). One atomic insert, so two
+        replicas given the same update cannot both win."""
+        dialect = self.session.get_bind().dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        stmt = (
+            insert(InboxUpdate)
+            .values(**row, received_at=utcnow(), claimed_until=until)
+            .on_conflict_do_nothing(index_elements=["update_id"])
+            .returning(InboxUpdate.update_id)
+        )
+        return self.session.execute(stmt).scalar() is not None
+
+    def take(
+        self,
+        now: datetime,
+        until: datetime,
+        *,
+        mine: Iterable[int] = (),
+        exclude: Iterable[int] = (),
+        limit: int = 100,
+    ) -> list[StoredUpdate]:
+        """Unfinished updates nobody holds (their lease ran out before ``now``) or that are
+        ``mine``, now held by the caller until ``until``; oldest first. Each is taken with a
+        conditional update, so a row goes to one replica only."""
+        own = list(mine)
+        free = or_(InboxUpdate.claimed_until.is_(None), InboxUpdate.claimed_until < now)
+        takeable = or_(free, InboxUpdate.update_id.in_(own)) if own else free
+        stmt = select(InboxUpdate).where(InboxUpdate.done_at.is_(None), takeable)
+        excluded = list(exclude)
+        if excluded:
+            stmt = stmt.where(InboxUpdate.update_id.not_in(excluded))
+        rows = self.session.scalars(stmt.order_by(InboxUpdate.update_id).limit(limit)).all()
+        out = []
+        for r in rows:
+            won = self.session.execute(
+                update(InboxUpdate)
+                .where(InboxUpdate.update_id == r.update_id, InboxUpdate.done_at.is_(None))
+                .where(takeable)
+                .values(claimed_until=until)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            if won:
+                out.append(StoredUpdate(r.update_id, r.payload, r.received_at))
+        return out
+
+    def renew(self, update_ids: Iterable[int], until: datetime) -> int:
+        """Hold these (still being answered) until ``until``."""
+        ids = list(update_ids)
+        if not ids:
+            return 0
+        stmt = (
+            update(InboxUpdate)
+            .where(InboxUpdate.update_id.in_(ids), InboxUpdate.done_at.is_(None))
+            .values(claimed_until=until)
+        )
+        return self.session.execute(stmt).rowcount
 
     def pending(self, exclude: Iterable[int] = ()) -> list[StoredUpdate]:
         """Updates not done yet, oldest first."""

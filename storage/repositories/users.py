@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from datetime import timedelta
 
 from sqlalchemy import Engine, delete, exists, func, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from xianliao.storage.models import AdminAction, Chat, Exchange, Feedback, User, utcnow
+from xianliao.storage.models import AdminAction, Chat, Exchange, Feedback, RateLimit, User, utcnow
 
 LAST_SEEN_RESOLUTION = timedelta(minutes=1)  # users.last_seen_at is refreshed at most this often
 
@@ -131,3 +133,41 @@ class ChatRepository:
         if chat.title != title:
             chat.title = title
         return chat
+
+
+class RateLimitRepository:
+    """The per-user rate limit in the database, so it holds across bot replicas."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def hit(self, user_id: int, now: float, limit: int, window_s: float) -> str:
+        """Count a message of ``user_id`` at ``now`` (epoch seconds) against at most ``limit``
+        per sliding ``window_s``: "allow", "notify" (over: tell them once) or "drop". The row
+        is locked first (the insert on SQLite, FOR UPDATE on PostgreSQL), so replicas counting
+        the same user at once wait for each other instead of both letting a message through."""
+        dialect = self.session.get_bind().dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self.session.execute(
+            insert(RateLimit)
+            .values(user_id=user_id, hits="[]", told=False)
+            .on_conflict_do_nothing(index_elements=["user_id"])
+        )
+        row = self.session.scalars(
+            select(RateLimit)
+            .where(RateLimit.user_id == user_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).one()
+        hits = [t for t in json.loads(row.hits or "[]") if now - t < window_s]
+        if len(hits) < limit:
+            row.hits, row.told = json.dumps([*hits, now]), False
+            return "allow"
+        row.hits = json.dumps(hits)
+        if row.told:
+            return "drop"
+        row.told = True
+        return "notify"
+
+    def forget(self, user_id: int) -> int:
+        return self.session.execute(delete(RateLimit).where(RateLimit.user_id == user_id)).rowcount
