@@ -14,7 +14,7 @@ from telegram import Update
 from telegram.ext import Application, CommandHandler, ContextTypes, filters
 
 from xianliao.bot.admin import admin_only, review_ops
-from xianliao.bot.handlers import send_text
+from xianliao.bot.sending import send_text
 from xianliao.ops.models import PromotionError
 from xianliao.ops.review import UnknownExchanges
 from xianliao.ops.runs import RunInProgress

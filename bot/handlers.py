@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -21,14 +20,11 @@ from telegram import (
     ReplyParameters,
     Update,
 )
-from telegram.constants import ChatAction, ChatType
+from telegram.constants import ChatType
 from telegram.error import (
     BadRequest,
     Forbidden,
-    NetworkError,
-    RetryAfter,
     TelegramError,
-    TimedOut,
 )
 from telegram.ext import (
     Application,
@@ -42,7 +38,8 @@ from telegram.ext import (
 )
 
 from xianliao.bot.inbox import Inbox
-from xianliao.bot.service import DialogueService, Incoming, RateDecision, Reply, fit_message
+from xianliao.bot.sending import send_text, typing_while
+from xianliao.bot.service import DialogueService, Incoming, RateDecision, Reply
 from xianliao.bot.updates import TolerantBot, attach_inbox
 
 logger = logging.getLogger(__name__)
@@ -77,11 +74,6 @@ USER_COMMANDS = [
     BotCommand("help", "帮助 / help"),
     BotCommand("forget", "删除我的全部数据"),
 ]
-TYPING_REPEAT_S = 4.5  # Telegram shows "typing..." for about 5 seconds
-
-
-SEND_BACKOFF_S = 0.2  # first wait before resending a failed message; doubles each time
-SEND_BACKOFF_MAX_S = 5.0
 
 
 @dataclass
@@ -101,56 +93,6 @@ class BotDeps:
 
 def deps(context: ContextTypes.DEFAULT_TYPE) -> BotDeps:
     return context.bot_data["deps"]
-
-
-# ----- sending ----------------------------------------------------------------------------------
-
-
-async def send_text(
-    context: ContextTypes.DEFAULT_TYPE, chat_id: int, text: str, **kwargs: Any
-) -> Message | None:
-    """Send plain text, retrying transient failures (5xx, dropped connections, timeouts, 429)
-    with backoff for up to ``send_retry_s`` seconds; then the error is raised."""
-    text = fit_message(text)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + deps(context).send_retry_s
-    backoff = SEND_BACKOFF_S
-    while True:
-        try:
-            return await context.bot.send_message(chat_id, text, **kwargs)
-        except RetryAfter as exc:  # left over after the rate limiter's own retries
-            error, wait, why = exc, _seconds(exc.retry_after) + 0.1, "flood limit"
-        except (BadRequest, Forbidden):
-            raise
-        except TimedOut as exc:  # the message may have arrived: a resend may show it twice
-            error, wait = exc, backoff
-            why = "timed out; it may have arrived, so the retry may duplicate it"
-        except NetworkError as exc:  # 5xx answers, dropped connections
-            error, wait, why = exc, backoff, str(exc)
-        if loop.time() + wait > deadline:
-            raise error
-        logger.warning("sendMessage to chat %s failed (%s): retrying in %.1fs", chat_id, why, wait)
-        await asyncio.sleep(wait)
-        backoff = min(backoff * 2, SEND_BACKOFF_MAX_S)
-
-
-def _seconds(value: Any) -> float:
-    return value.total_seconds() if hasattr(value, "total_seconds") else float(value)
-
-
-async def _typing_while(
-    context: ContextTypes.DEFAULT_TYPE, chat_id: int, work: Awaitable[Any]
-) -> Any:
-    """Await ``work``; if it takes longer than the typing delay, show "typing..." meanwhile."""
-    task = asyncio.ensure_future(work)
-    delay = deps(context).typing_delay_s
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=delay)
-        if done:
-            return task.result()
-        with contextlib.suppress(TelegramError):
-            await context.bot.send_chat_action(chat_id, ChatAction.TYPING)
-        delay = TYPING_REPEAT_S
 
 
 def feedback_keyboard(exchange_id: int, chosen: int = 0) -> InlineKeyboardMarkup:
@@ -331,7 +273,7 @@ async def _answer_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
 
     # The service holds the chat's turn until the reply is sent: replies keep message order.
     incoming = _incoming(message, text, received_at)
-    await _typing_while(context, chat_id, deps(context).service.respond(incoming, deliver))
+    await typing_while(context, chat_id, deps(context).service.respond(incoming, deliver))
 
 
 async def non_text_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
