@@ -20,9 +20,9 @@ from xianliao.bot.admin import ADMIN_COMMANDS, register_admin
 from xianliao.bot.admin_retrain import register_retrain
 from xianliao.bot.config import Settings, read_settings
 from xianliao.bot.handlers import USER_COMMANDS, BotDeps, register
+from xianliao.bot.observe import ObservedBot, Observer
 from xianliao.bot.runtime import StartupError, create_service, open_database, setup_logging
 from xianliao.bot.service import DialogueService
-from xianliao.bot.updates import TolerantBot
 from xianliao.ops.review import Review
 from xianliao.ops.supervisor import RunSupervisor
 from xianliao.storage.database import Database
@@ -71,8 +71,10 @@ def build_application(
     )
     admin_ids = settings.admin_user_ids
     db = db or _service_database(service, settings)
+    observer = Observer(service, db, host=settings.health_host, port=settings.health_port)
 
     async def post_init(application: Application) -> None:
+        observer.start()
         await set_command_menus(application, admin_ids)
         logger.info(
             "bot @%s ready: model %s, %d admin(s)",
@@ -84,9 +86,10 @@ def build_application(
     async def post_shutdown(application: Application) -> None:
         await supervisor.aclose()
         await service.aclose()
+        observer.stop()
         logger.info("bot stopped")
 
-    bot = TolerantBot(
+    bot = ObservedBot(
         token,
         base_url=settings.telegram_base_url,
         base_file_url=_file_url(settings.telegram_base_url),
@@ -124,6 +127,8 @@ def build_application(
         pending_retry_s=settings.pending_retry_s,
     )
     register(application, deps)
+    observer.attach(application)
+    application.bot_data["observer"] = observer
     if settings.model_watch_s > 0 and application.job_queue is not None:
         application.job_queue.run_repeating(
             _watch_model_file(service, settings.model_path), settings.model_watch_s

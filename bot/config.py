@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     # Webhook mode without a secret accepts forged updates "from" anyone: refused unless this.
     webhook_unsafe_no_secret: bool = False
 
+    # --- health and metrics (/healthz, /metrics for Prometheus; docs/console.md) ---
+    health_port: int = Field(default=0, ge=0, le=65535)  # 0: not served
+    health_host: str = "127.0.0.1"
+
     log_level: str = "INFO"
 
     @field_validator("admin_user_ids", mode="before")

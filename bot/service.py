@@ -104,6 +104,7 @@ class DialogueService:
         self.max_input_chars = max_input_chars
         self.rate_limiter = RateLimiter(rate_limit, rate_window_s)
         self._db_pool = self.log.pool
+        self.on_reply: Callable[[float], Any] | None = None  # seconds to each delivery (metrics)
 
     # ----- the model ---------------------------------------------------------------------------
 
@@ -179,6 +180,8 @@ class DialogueService:
                 reply = await self.scheduler.answer(incoming, text)
             if deliver is not None:
                 await deliver(reply)
+                if self.on_reply is not None:
+                    self.on_reply(time.monotonic() - incoming.received_at)
         return reply
 
     # ----- everything else that touches the database ---------------------------------------------
