@@ -114,6 +114,7 @@ def build_application(
         base_data=settings.base_data_dir,
         extra_args=shlex.split(settings.retrain_args),
         on_model_changed=lambda: service.reload(settings.model_path),
+        lease_s=settings.retrain_lease_s,
     )
     # before register(): its "unknown command" catch-all comes last
     register_admin(application, _review_ops(service, db))

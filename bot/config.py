@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     # --- retraining (/retrain, xianliao retrain) ---
     base_data_dir: Path = Path("data/quickstart")  # prepared base corpus mixed into retraining
     retrain_args: str = ""  # extra 'xianliao retrain' options for /retrain, e.g. "--steps 500"
+    # A run whose process has not renewed its lease for this long counts as dead (the same
+    # value on every host that shares the database; the process renews every quarter of it).
+    retrain_lease_s: float = Field(default=60.0, ge=1)
 
     # --- limits ---
     rate_limit_messages: int = Field(default=20, ge=0)  # per user per window; 0 disables
