@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,6 +25,7 @@ from xianliao.bot.handlers import USER_COMMANDS, BotDeps, register
 from xianliao.bot.observe import ObservedBot, Observer
 from xianliao.bot.runtime import StartupError, create_service, open_database, setup_logging
 from xianliao.bot.service import DialogueService
+from xianliao.ops.console_links import login_link
 from xianliao.ops.review import Review
 from xianliao.ops.supervisor import RunSupervisor
 from xianliao.storage.database import Database
@@ -52,6 +55,14 @@ def _review_ops(service: DialogueService, db: Database) -> Review:
             service.approved.invalidate()
 
     return Review(db, on_change=changed, via="telegram")
+
+
+def _console_links(settings: Settings) -> Callable[[int], str] | None:
+    """Admin id -> a one-time console login link, when the console's URL and key are set."""
+    url, key = settings.console_public_url, settings.console_secret_key
+    if not url or key is None:
+        return None
+    return functools.partial(login_link, url, key.get_secret_value())
 
 
 def build_application(
@@ -117,7 +128,7 @@ def build_application(
         lease_s=settings.retrain_lease_s,
     )
     # before register(): its "unknown command" catch-all comes last
-    register_admin(application, _review_ops(service, db))
+    register_admin(application, _review_ops(service, db), _console_links(settings))
     register_retrain(application, supervisor)
     deps = BotDeps(
         service,

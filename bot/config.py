@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     # Webhook mode without a secret accepts forged updates "from" anyone: refused unless this.
     webhook_unsafe_no_secret: bool = False
 
+    # --- the web console's login links (/console in Telegram) ---
+    console_public_url: str | None = None  # the console's address as the admin's browser sees it
+    console_secret_key: SecretStr | None = None  # the same key as the console's
+
     # --- health and metrics (/healthz, /metrics for Prometheus; docs/console.md) ---
     health_port: int = Field(default=0, ge=0, le=65535)  # 0: not served
     health_host: str = "127.0.0.1"
@@ -147,6 +151,8 @@ class Settings(BaseSettings):
         "torch_threads",
         "reply_index",
         "reply_blocklist",
+        "console_public_url",
+        "console_secret_key",
         mode="before",
     )
     @classmethod
