@@ -9,8 +9,9 @@ import logging
 import os
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from telegram import Bot, BotCommandScopeChat, BotCommandScopeDefault, Update
@@ -65,11 +66,32 @@ def _console_links(settings: Settings) -> Callable[[int], str] | None:
     return functools.partial(login_link, url, key.get_secret_value())
 
 
+class SidecarError(Exception):
+    """A sidecar cannot be set up (e.g. its package is not installed); the message says why."""
+
+
+class Sidecar(Protocol):
+    """Something served beside the bot in its event loop (the web console): started after
+    the bot is initialised, stopped when it shuts down."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+# What the entry point may add to the bot's process: (settings, database, env file) -> sidecars.
+SidecarFactory = Callable[[Settings, Database, str], Sequence[Sidecar]]
+
+
 def build_application(
-    settings: Settings, service: DialogueService, db: Database | None = None
+    settings: Settings,
+    service: DialogueService,
+    db: Database | None = None,
+    sidecars: Sequence[Sidecar] = (),
 ) -> Application:
     """The PTB Application: base URL, flood limits, handlers, command menus. ``db`` is the
-    service's database (by default, the one its sessions are bound to)."""
+    service's database (by default, the one its sessions are bound to); ``sidecars`` run in
+    its event loop from start-up to shutdown."""
     token = settings.token()
     if not token:
         raise StartupError(NO_TOKEN_MESSAGE)
@@ -86,6 +108,8 @@ def build_application(
 
     async def post_init(application: Application) -> None:
         observer.start()
+        for sidecar in sidecars:
+            await sidecar.start()
         await set_command_menus(application, admin_ids)
         logger.info(
             "bot @%s ready: model %s, %d admin(s)",
@@ -95,6 +119,8 @@ def build_application(
         )
 
     async def post_shutdown(application: Application) -> None:
+        for sidecar in reversed(sidecars):
+            await sidecar.stop()
         await supervisor.aclose()
         await service.aclose()
         observer.stop()
@@ -233,8 +259,9 @@ NO_WEBHOOK_SECRET_MESSAGE = (
 )
 
 
-def main(argv: list[str]) -> int:
-    """Entry point of ``xianliao bot``."""
+def main(argv: list[str], sidecars: SidecarFactory | None = None) -> int:
+    """Entry point of ``xianliao bot``; ``sidecars`` (from the ``xianliao`` command, which may
+    import the console) adds servers to the bot's event loop."""
     args = _parse_args(argv)
     settings = read_settings(args.env_file, "xianliao bot")
     if settings is None:
@@ -262,7 +289,8 @@ def main(argv: list[str]) -> int:
     try:
         username = asyncio.run(_check_bot_api(settings))
         logger.info("connected to the Bot API as @%s", username)
-        application = build_application(settings, service, db)
+        extra = sidecars(settings, db, args.env_file) if sidecars is not None else ()
+        application = build_application(settings, service, db, extra)
         if settings.webhook_url:
             secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
             if secret is None:
@@ -288,6 +316,9 @@ def main(argv: list[str]) -> int:
         else:
             logger.info("long polling %s", settings.telegram_base_url)
             application.run_polling(allowed_updates=Update.ALL_TYPES)
+    except SidecarError as exc:
+        print(f"xianliao bot: {exc}", file=sys.stderr)
+        return 2
     except InvalidToken:
         print(
             "xianliao bot: Telegram rejected TELEGRAM_BOT_TOKEN: copy the token from "

@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     console_public_url: str | None = None  # the console's address as the admin's browser sees it
     console_secret_key: SecretStr | None = None  # the same key as the console's
 
+    # --- the web console inside the bot's process (one process to run instead of two) ---
+    console_in_bot: bool = False  # serve the console (xianliao[console]) on CONSOLE_PORT
+    console_host: str = "127.0.0.1"
+    console_port: int = Field(default=8080, ge=1, le=65535)
+
     # --- health and metrics (/healthz, /metrics for Prometheus; docs/console.md) ---
     health_port: int = Field(default=0, ge=0, le=65535)  # 0: not served
     health_host: str = "127.0.0.1"
