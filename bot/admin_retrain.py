@@ -37,7 +37,7 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     chat_id = update.effective_chat.id
     sup = supervisor(context)
     if args and args[0] == "status":
-        await send_text(context, chat_id, sup.status_text())
+        await send_text(context, chat_id, await sup.status_anywhere())
         return
     if args and args[0] == "cancel":
         wanted = args[1].lstrip("#") if len(args) > 1 else None

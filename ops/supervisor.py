@@ -183,6 +183,21 @@ class RunSupervisor:
             f"ETA {p['eta_s']:.0f}s ({elapsed:.0f}s elapsed)"
         )
 
+    async def status_anywhere(self) -> str:
+        """:meth:`status_text` for this process's run; else a line on the run in progress
+        elsewhere (the CLI, the console, another host), if any."""
+        if self.active is not None:
+            return self.status_text()
+        run_id = await asyncio.to_thread(runs.live_run, self.db, self.lease_s)
+        run = await asyncio.to_thread(runs.get_run, self.db, run_id) if run_id else None
+        if run is None:
+            return self.status_text()
+        host = run["params"].get("host") if isinstance(run["params"], dict) else None
+        return (
+            f"训练 run {run_id}: {run['status']}, started {run['started_at'][:19]} UTC "
+            f"{'on ' + host if host else 'elsewhere'}. /retrain cancel {run_id}"
+        )
+
     async def cancel(self, run_id: int | None = None) -> int | None:
         """Stop run ``run_id`` (default: the one in progress, here or elsewhere): this
         process's own run by SIGTERM, any other through the database (its process sees the

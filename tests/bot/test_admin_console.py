@@ -56,12 +56,16 @@ def test_retrain_cancel_reaches_a_run_started_elsewhere(fake_api, start_bot, db_
             runs = TrainingRunRepository(s)
             run_id = runs.create(started_by=0, params={}, status="running").id
             runs.acquire(run_id, owner="other-host:77:ab", ttl=timedelta(minutes=1))
+            runs.get(run_id).params = '{"host": "other-host"}'  # as begin_run records it
+        fake_api.private_text(ADMIN_ID, "/retrain status")  # shows a run of another host
+        status = fake_api.wait_sent(ADMIN_ID, 1)[0]["text"]
+        assert f"run {run_id}: running" in status and "other-host" in status
         fake_api.private_text(ADMIN_ID, f"/retrain cancel {run_id}")
-        assert f"run {run_id}" in fake_api.wait_sent(ADMIN_ID, 1)[0]["text"]
+        assert f"run {run_id}" in fake_api.wait_sent(ADMIN_ID, 2)[1]["text"]
         with db.read() as s:
             run = TrainingRunRepository(s).get(run_id)
             assert run.cancel_requested_at is not None and run.finished_at is None
         fake_api.private_text(ADMIN_ID, "/retrain cancel x")
-        assert "usage" in fake_api.wait_sent(ADMIN_ID, 2)[1]["text"]
+        assert "usage" in fake_api.wait_sent(ADMIN_ID, 3)[2]["text"]
     finally:
         db.dispose()
