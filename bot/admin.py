@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from telegram import BotCommand, InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
 from telegram.error import BadRequest
@@ -19,6 +20,7 @@ from xianliao.bot.handlers import (
     deps,
     send_text,
 )
+from xianliao.ops.console_links import LINK_TTL_S
 from xianliao.ops.review import REVIEW_APPROVED, REVIEW_REJECTED, Review, UnknownExchanges
 
 logger = logging.getLogger(__name__)
@@ -32,7 +34,14 @@ ADMIN_COMMANDS = [
     BotCommand("promote", "强制上线新模型 promote [run] (admin)"),
     BotCommand("rollback", "回滚到上一个模型 (admin)"),
     BotCommand("edit", "修改回答 edit ID answer (admin)"),
+    BotCommand("console", "网页管理台登录链接 console login link (admin)"),
 ]
+CONSOLE_NOT_SET = (
+    "网页管理台未配置。The web console link is not set up: set CONSOLE_PUBLIC_URL (the "
+    "console's address, e.g. https://admin.example.com) and CONSOLE_SECRET_KEY (the same "
+    "in the bot's and the console's settings), then restart the bot."
+)
+CONSOLE_PRIVATE_ONLY = "请在与机器人的私聊中发送 /console。Send /console in a private chat with me."
 MAX_REVIEW = 20
 
 
@@ -157,16 +166,44 @@ async def reload_model(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     await send_text(context, chat_id, f"模型已重新加载 reloaded: {old} → {version}")
 
 
-def register_admin(application: Application, review_ops: Review) -> None:
+async def console_link(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Admins, in a private chat: a one-time login link to the web console (5 minutes)."""
+    if not await admin_only(update, context, "console"):
+        return
+    chat = update.effective_chat
+    if chat.type != "private":  # anyone in a group could click it
+        await send_text(context, chat.id, CONSOLE_PRIVATE_ONLY)
+        return
+    make_link = context.bot_data.get("console_link")
+    if make_link is None:
+        await send_text(context, chat.id, CONSOLE_NOT_SET)
+        return
+    minutes = LINK_TTL_S // 60
+    await send_text(
+        context,
+        chat.id,
+        f"网页管理台登录链接（{minutes} 分钟内有效，只能用一次）"
+        f"Console login link, valid {minutes} minutes, once:\n{make_link(update.effective_user.id)}",
+    )
+
+
+def register_admin(
+    application: Application,
+    review_ops: Review,
+    console_link_maker: Callable[[int], str] | None = None,
+) -> None:
     """Add the admin commands; call before ``bot.handlers.register``, so that they come before
-    its "unknown command" handler."""
+    its "unknown command" handler. ``console_link_maker``: admin id -> a login link to the
+    web console (None: /console says how to set it up)."""
     application.bot_data["review"] = review_ops
+    application.bot_data["console_link"] = console_link_maker
     new = filters.UpdateType.MESSAGE
     application.add_handlers(
         [
             CommandHandler("stats", stats, filters=new),
             CommandHandler("review", review, filters=new),
             CommandHandler("reload", reload_model, filters=new),
+            CommandHandler("console", console_link, filters=new),
             CallbackQueryHandler(review_button, pattern=r"^rv:"),
         ]
     )

@@ -22,7 +22,7 @@ from xianliao.ops.supervisor import RunSupervisor
 
 logger = logging.getLogger(__name__)
 
-USAGE = "用法 usage: /retrain [status | cancel | scratch]"
+USAGE = "用法 usage: /retrain [status | cancel [run] | scratch]"
 
 
 def supervisor(context: ContextTypes.DEFAULT_TYPE) -> RunSupervisor:
@@ -37,10 +37,14 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     chat_id = update.effective_chat.id
     sup = supervisor(context)
     if args and args[0] == "status":
-        await send_text(context, chat_id, sup.status_text())
+        await send_text(context, chat_id, await sup.status_anywhere())
         return
     if args and args[0] == "cancel":
-        run_id = await sup.cancel()
+        wanted = args[1].lstrip("#") if len(args) > 1 else None
+        if wanted is not None and not wanted.isdigit():
+            await send_text(context, chat_id, "用法 usage: /retrain cancel [run id]")
+            return
+        run_id = await sup.cancel(int(wanted) if wanted else None)
         text = (
             f"正在取消训练 run {run_id}，模型不变。Cancelling; the live model stays."
             if run_id

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import shlex
 import sys
+from collections.abc import Callable, Sequence
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from telegram import Bot, BotCommandScopeChat, BotCommandScopeDefault, Update
@@ -20,9 +23,11 @@ from xianliao.bot.admin_retrain import register_retrain
 from xianliao.bot.config import Settings, read_settings
 from xianliao.bot.handlers import USER_COMMANDS, BotDeps, register
 from xianliao.bot.model_watch import ModelWatch
+from xianliao.bot.observe import ObservedBot, Observer
 from xianliao.bot.runtime import StartupError, create_service, open_database, setup_logging
 from xianliao.bot.service import DialogueService
-from xianliao.bot.updates import ClaimingQueue, TolerantBot
+from xianliao.bot.updates import ClaimingQueue
+from xianliao.ops.console_links import login_link
 from xianliao.ops.review import Review
 from xianliao.ops.supervisor import RunSupervisor
 from xianliao.storage.database import Database
@@ -54,11 +59,40 @@ def _review_ops(service: DialogueService, db: Database) -> Review:
     return Review(db, on_change=changed, via="telegram")
 
 
+def _console_links(settings: Settings) -> Callable[[int], str] | None:
+    """Admin id -> a one-time console login link, when the console's URL and key are set."""
+    url, key = settings.console_public_url, settings.console_secret_key
+    if not url or key is None:
+        return None
+    return functools.partial(login_link, url, key.get_secret_value())
+
+
+class SidecarError(Exception):
+    """A sidecar cannot be set up (e.g. its package is not installed); the message says why."""
+
+
+class Sidecar(Protocol):
+    """Something served beside the bot in its event loop (the web console): started after
+    the bot is initialised, stopped when it shuts down."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+# What the entry point may add to the bot's process: (settings, database, env file) -> sidecars.
+SidecarFactory = Callable[[Settings, Database, str], Sequence[Sidecar]]
+
+
 def build_application(
-    settings: Settings, service: DialogueService, db: Database | None = None
+    settings: Settings,
+    service: DialogueService,
+    db: Database | None = None,
+    sidecars: Sequence[Sidecar] = (),
 ) -> Application:
     """The PTB Application: base URL, flood limits, handlers, command menus. ``db`` is the
-    service's database (by default, the one its sessions are bound to)."""
+    service's database (by default, the one its sessions are bound to); ``sidecars`` run in
+    its event loop from start-up to shutdown."""
     token = settings.token()
     if not token:
         raise StartupError(NO_TOKEN_MESSAGE)
@@ -71,8 +105,12 @@ def build_application(
     )
     admin_ids = settings.admin_user_ids
     db = db or _service_database(service, settings)
+    observer = Observer(service, db, host=settings.health_host, port=settings.health_port)
 
     async def post_init(application: Application) -> None:
+        observer.start()
+        for sidecar in sidecars:
+            await sidecar.start()
         await set_command_menus(application, admin_ids)
         logger.info(
             "bot @%s ready: model %s, %d admin(s)",
@@ -82,11 +120,14 @@ def build_application(
         )
 
     async def post_shutdown(application: Application) -> None:
+        for sidecar in reversed(sidecars):
+            await sidecar.stop()
         await supervisor.aclose()
         await service.aclose()
+        observer.stop()
         logger.info("bot stopped")
 
-    bot = TolerantBot(
+    bot = ObservedBot(
         token,
         base_url=settings.telegram_base_url,
         base_file_url=_file_url(settings.telegram_base_url),
@@ -112,9 +153,10 @@ def build_application(
         base_data=settings.base_data_dir,
         extra_args=shlex.split(settings.retrain_args),
         on_model_changed=lambda: service.reload(settings.model_path),
+        lease_s=settings.retrain_lease_s,
     )
     # before register(): its "unknown command" catch-all comes last
-    register_admin(application, _review_ops(service, db))
+    register_admin(application, _review_ops(service, db), _console_links(settings))
     register_retrain(application, supervisor)
     deps = BotDeps(
         service,
@@ -125,6 +167,8 @@ def build_application(
         pending_retry_s=settings.pending_retry_s,
     )
     register(application, deps)
+    observer.attach(application)
+    application.bot_data["observer"] = observer
     if settings.model_watch_s > 0 and application.job_queue is not None:
         watch = ModelWatch(service, settings.model_path, db)  # promotions reach every replica
         application.job_queue.run_repeating(watch.check, settings.model_watch_s, first=0)
@@ -187,8 +231,9 @@ NO_WEBHOOK_SECRET_MESSAGE = (
 )
 
 
-def main(argv: list[str]) -> int:
-    """Entry point of ``xianliao bot``."""
+def main(argv: list[str], sidecars: SidecarFactory | None = None) -> int:
+    """Entry point of ``xianliao bot``; ``sidecars`` (from the ``xianliao`` command, which may
+    import the console) adds servers to the bot's event loop."""
     args = _parse_args(argv)
     settings = read_settings(args.env_file, "xianliao bot")
     if settings is None:
@@ -216,7 +261,8 @@ def main(argv: list[str]) -> int:
     try:
         username = asyncio.run(_check_bot_api(settings))
         logger.info("connected to the Bot API as @%s", username)
-        application = build_application(settings, service, db)
+        extra = sidecars(settings, db, args.env_file) if sidecars is not None else ()
+        application = build_application(settings, service, db, extra)
         if settings.webhook_url:
             secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
             if secret is None:
@@ -242,6 +288,9 @@ def main(argv: list[str]) -> int:
         else:
             logger.info("long polling %s", settings.telegram_base_url)
             application.run_polling(allowed_updates=Update.ALL_TYPES)
+    except SidecarError as exc:
+        print(f"xianliao bot: {exc}", file=sys.stderr)
+        return 2
     except InvalidToken:
         print(
             "xianliao bot: Telegram rejected TELEGRAM_BOT_TOKEN: copy the token from "

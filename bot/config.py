@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     # --- retraining (/retrain, xianliao retrain) ---
     base_data_dir: Path = Path("data/quickstart")  # prepared base corpus mixed into retraining
     retrain_args: str = ""  # extra 'xianliao retrain' options for /retrain, e.g. "--steps 500"
+    # A run whose process has not renewed its lease for this long counts as dead (the same
+    # value on every host that shares the database; the process renews every quarter of it).
+    retrain_lease_s: float = Field(default=60.0, ge=1)
 
     # --- limits ---
     rate_limit_messages: int = Field(default=20, ge=0)  # per user per window; 0 disables
@@ -91,6 +94,19 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = None
     # Webhook mode without a secret accepts forged updates "from" anyone: refused unless this.
     webhook_unsafe_no_secret: bool = False
+
+    # --- the web console's login links (/console in Telegram) ---
+    console_public_url: str | None = None  # the console's address as the admin's browser sees it
+    console_secret_key: SecretStr | None = None  # the same key as the console's
+
+    # --- the web console inside the bot's process (one process to run instead of two) ---
+    console_in_bot: bool = False  # serve the console (xianliao[console]) on CONSOLE_PORT
+    console_host: str = "127.0.0.1"
+    console_port: int = Field(default=8080, ge=1, le=65535)
+
+    # --- health and metrics (/healthz, /metrics for Prometheus; docs/console.md) ---
+    health_port: int = Field(default=0, ge=0, le=65535)  # 0: not served
+    health_host: str = "127.0.0.1"
 
     log_level: str = "INFO"
 
@@ -140,6 +156,8 @@ class Settings(BaseSettings):
         "torch_threads",
         "reply_index",
         "reply_blocklist",
+        "console_public_url",
+        "console_secret_key",
         mode="before",
     )
     @classmethod

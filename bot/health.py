@@ -109,9 +109,16 @@ class HealthState:
         return {"telegram": telegram, "model": self.model_loaded, "database": database}
 
 
-def _handler(state: HealthState, metrics: BotMetrics) -> type[BaseHTTPRequestHandler]:
+def _handler(
+    state: HealthState, metrics: BotMetrics, refresh: Callable[[], None] | None
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the http.server name
+            if refresh is not None:
+                try:
+                    refresh()
+                except Exception as exc:  # a probe must answer even if the bot is half down
+                    logger.warning("health: refresh failed: %s", type(exc).__name__)
             if self.path == "/healthz":
                 report = state.report()
                 ok = all(report.values())
@@ -135,10 +142,18 @@ def _handler(state: HealthState, metrics: BotMetrics) -> type[BaseHTTPRequestHan
 
 
 class HealthServer:
-    """``/healthz`` and ``/metrics`` on ``host:port`` in a daemon thread."""
+    """``/healthz`` and ``/metrics`` on ``host:port`` in a daemon thread. ``refresh`` is called
+    before each answer (to read values the bot keeps elsewhere, e.g. the model version)."""
 
-    def __init__(self, state: HealthState, metrics: BotMetrics, host: str, port: int) -> None:
-        self.server = ThreadingHTTPServer((host, port), _handler(state, metrics))
+    def __init__(
+        self,
+        state: HealthState,
+        metrics: BotMetrics,
+        host: str,
+        port: int,
+        refresh: Callable[[], None] | None = None,
+    ) -> None:
+        self.server = ThreadingHTTPServer((host, port), _handler(state, metrics, refresh))
         self.server.daemon_threads = True
         self._thread = threading.Thread(
             target=self.server.serve_forever, name="health", daemon=True

@@ -110,6 +110,7 @@ class DialogueService:
             sessions is not None and sessions.kw["bind"].dialect.name != "sqlite"
         )
         self._db_pool = self.log.pool
+        self.on_reply: Callable[[float], Any] | None = None  # seconds to each delivery (metrics)
 
     # ----- the model ---------------------------------------------------------------------------
 
@@ -185,6 +186,8 @@ class DialogueService:
                 reply = await self.scheduler.answer(incoming, text)
             if deliver is not None:
                 await deliver(reply)
+                if self.on_reply is not None:
+                    self.on_reply(time.monotonic() - incoming.received_at)
         return reply
 
     async def check_rate(self, user_id: int) -> RateDecision:

@@ -230,6 +230,7 @@ def create_app(
             extra_args=shlex.split(settings.retrain_args),
             python=python or sys.executable,
             started_from="web",
+            lease_s=settings.retrain_lease_s,
         ),
     )
     routes = [

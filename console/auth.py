@@ -9,11 +9,22 @@ import threading
 import time
 from collections import deque
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from starlette.requests import Request
 
-LINK_SALT = "xianliao-console-login"
-LINK_TTL_S = 300
+# The login links are made by the bot too, so they live in ops (re-exported here).
+from xianliao.ops.console_links import LINK_SALT, LINK_TTL_S, LinkTokens, make_login_token
+
+__all__ = [
+    "LINK_SALT",
+    "LINK_TTL_S",
+    "LinkTokens",
+    "LoginLimiter",
+    "csrf_ok",
+    "csrf_token",
+    "current_admin",
+    "make_login_token",
+    "start_session",
+]
 
 
 class LoginLimiter:
@@ -82,39 +93,3 @@ def csrf_ok(request: Request, submitted: object) -> bool:
         and isinstance(submitted, str)
         and hmac.compare_digest(expected.encode(), submitted.encode())
     )
-
-
-def _links(secret_key: str) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(secret_key, salt=LINK_SALT)
-
-
-def make_login_token(secret_key: str, admin_id: int) -> str:
-    """A signed token for a one-click login link (``/login/link?t=...``), valid LINK_TTL_S.
-    Whoever holds CONSOLE_SECRET_KEY (the bot, on /console) can make one."""
-    return _links(secret_key).dumps({"admin": admin_id, "nonce": secrets.token_hex(8)})
-
-
-class LinkTokens:
-    """Checks login-link tokens; each works once."""
-
-    def __init__(self, secret_key: str, admins: frozenset[int]) -> None:
-        self._serializer = _links(secret_key)
-        self._admins = admins
-        self._used: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def admin_for(self, token: str) -> int | None:
-        try:
-            data = self._serializer.loads(token, max_age=LINK_TTL_S)
-        except (SignatureExpired, BadSignature):
-            return None
-        admin = data.get("admin") if isinstance(data, dict) else None
-        if not isinstance(admin, int) or admin not in self._admins:
-            return None
-        now = time.time()
-        with self._lock:
-            self._used = {t: at for t, at in self._used.items() if now - at < 2 * LINK_TTL_S}
-            if token in self._used:
-                return None
-            self._used[token] = now
-        return admin

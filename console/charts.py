@@ -132,10 +132,11 @@ def run_rows(folder: Path) -> list[dict[str, Any]]:
     return [{**r, "train_loss": r.get("loss")} for r in rows]
 
 
-def live_progress(folder: Path) -> dict[str, Any] | None:
+def live_progress(folder: Path, progress_file: Path | None = None) -> dict[str, Any] | None:
     """The newest progress line of a running run: step, steps, loss, ETA (from the training
-    loop itself, which knows its time budget), or None before the first one."""
-    rows = read_metrics(folder / "progress.jsonl")
+    loop itself, which knows its time budget), or None before the first one. The progress
+    file is ``folder/progress.jsonl`` unless the run recorded another."""
+    rows = read_metrics(progress_file or folder / "progress.jsonl")
     if not rows:
         return None
     last = rows[-1]

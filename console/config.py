@@ -56,6 +56,7 @@ class ConsoleSettings(BaseSettings):
     model_path: Path = Path("runs/best.pt")
     base_data_dir: Path = Path("data/quickstart")  # prepared base corpus mixed into retraining
     retrain_args: str = ""  # extra 'xianliao retrain' options, as for /retrain
+    retrain_lease_s: float = Field(default=60.0, ge=1)  # RETRAIN_LEASE_S, as for the bot
     admin_user_ids: Annotated[frozenset[int], NoDecode] = frozenset()
 
     # The hash of the admin token (xianliao console hash-token); unset: nobody can log in.

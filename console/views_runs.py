@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
@@ -22,13 +23,25 @@ logger = logging.getLogger(__name__)
 MODES = ("finetune", "scratch")
 
 
+def _folder(c: Console, run: dict) -> Path:
+    """The run's folder: the one it recorded (``xianliao retrain --out`` anywhere), else where
+    the supervisor puts runs."""
+    out = run["params"].get("out") if isinstance(run["params"], dict) else None
+    if isinstance(out, str) and out:
+        return Path(out)
+    return charts.run_folder(c.settings.model_path, run["id"])
+
+
+def _live(run: dict, folder: Path) -> dict | None:
+    recorded = run["params"].get("progress") if isinstance(run["params"], dict) else None
+    return charts.live_progress(folder, Path(recorded) if isinstance(recorded, str) else None)
+
+
 @page
 def run_list(request: Request, c: Console) -> Response:
     rows = runs.recent_runs(c.db, limit=50)
     for r in rows:
-        r["steps"] = (
-            charts.live_progress(charts.run_folder(c.settings.model_path, r["id"])) or {}
-        ).get("step")
+        r["steps"] = (_live(r, _folder(c, r)) or {}).get("step")
     return c.render(
         request,
         "runs.html",
@@ -54,9 +67,9 @@ def run_detail(request: Request, c: Console) -> Response:
     if run is None:
         request.session.pop("error", None)
         return c.render(request, "run.html", 404, run=None, error=f"no run {run_id}")
-    folder = charts.run_folder(c.settings.model_path, run["id"])
+    folder = _folder(c, run)
     rows = charts.run_rows(folder)
-    live = charts.live_progress(folder) if run["finished_at"] is None else None
+    live = _live(run, folder) if run["finished_at"] is None else None
     return c.render(
         request,
         "run.html",
@@ -108,14 +121,12 @@ async def start_run(request: Request, c: Console, form: FormData) -> Response:
 async def cancel_run(request: Request, c: Console, form: FormData) -> Response:
     admin = request.state.admin
     run_id = _run_id(request)
-    active = c.supervisor.active
-    if active is None or active.run_id != run_id:
-        request.session["error"] = (
-            f"run {run_id} was not started by this console: cancel it where it was started "
-            "(/retrain cancel in Telegram, or kill its process)"
-        )
+    # Its own run by a signal, any other (the bot's, the CLI's, another host's) through the
+    # database: the run's process sees the request with its next heartbeat.
+    cancelled = await c.supervisor.cancel(run_id) if run_id is not None else None
+    if cancelled is None:
+        request.session["error"] = f"run {run_id} is not in progress"
         return RedirectResponse(f"/runs/{run_id}", status_code=303)
-    await c.supervisor.cancel()
     detail = json.dumps({"via": "web", "run_id": run_id})
     await run_in_threadpool(record_audit, c, admin, "retrain_cancel", detail)
     request.session["notice"] = f"run {run_id}: cancel sent (it saves and stops)"

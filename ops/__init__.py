@@ -7,7 +7,8 @@ the web console) parses its input, calls these functions and formats the result.
   ``get``, ``get_many``, ``stats``, ``set_status``/``approve``/``reject``/``to_pending`` (by
   ``ids=`` or ``matching=`` an ``ExchangeFilter``), ``edit``, ``export`` and ``records``.
 - :mod:`ops.runs`: training-run records (``recent_runs``, ``get_run``), one run at a time
-  (``create_run``, ``begin_run``, ``live_run``) and dead-run detection.
+  across hosts through a database lease (``create_run``, ``begin_run``, ``live_run``,
+  ``Lease``), dead-run detection and cancelling any run (``request_cancel``).
 - :mod:`ops.supervisor`: ``RunSupervisor``: start, progress, cancel a retraining process.
 - :mod:`ops.models`: ``promote``, ``rollback``, ``history``.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import signal
@@ -59,6 +60,7 @@ class RunSupervisor:
         poll_s: float = 1.0,
         python: str = sys.executable,
         started_from: str = "telegram",
+        lease_s: float = runs.DEFAULT_LEASE_S,
     ) -> None:
         self.db = db
         self.model_path = Path(model_path)
@@ -70,6 +72,7 @@ class RunSupervisor:
         self.poll_s = poll_s
         self.python = python
         self.started_from = started_from
+        self.lease_s = lease_s
         self.active: _Active | None = None
 
     # ----- start / status / cancel ------------------------------------------------------------
@@ -77,7 +80,7 @@ class RunSupervisor:
         self, admin_id: int, notify: Notify, *, mode: str = "finetune", extra: Sequence[str] = ()
     ) -> int:
         """Start a run; raises ``RunInProgress`` if one is in progress (here, or started
-        elsewhere and alive). Returns the run id."""
+        elsewhere, on any host, and alive). Returns the run id."""
         if self.active is not None:
             raise RunInProgress(self.active.run_id)
         params = {
@@ -86,7 +89,9 @@ class RunSupervisor:
             "extra": [*self.extra_args, *extra],
         }
         run_id = await asyncio.to_thread(
-            runs.create_run, self.db, started_by=admin_id, params=params
+            functools.partial(
+                runs.create_run, self.db, started_by=admin_id, params=params, lease_s=self.lease_s
+            )
         )
         out_dir = self.model_path.parent / f"retrain-{run_id}"
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -178,10 +183,39 @@ class RunSupervisor:
             f"ETA {p['eta_s']:.0f}s ({elapsed:.0f}s elapsed)"
         )
 
-    async def cancel(self) -> int | None:
-        """Stop the run in progress (SIGTERM: it saves and records itself as cancelled)."""
+    async def status_anywhere(self) -> str:
+        """:meth:`status_text` for this process's run; else a line on the run in progress
+        elsewhere (the CLI, the console, another host), if any."""
+        if self.active is not None:
+            return self.status_text()
+        run_id = await asyncio.to_thread(runs.live_run, self.db, self.lease_s)
+        run = await asyncio.to_thread(runs.get_run, self.db, run_id) if run_id else None
+        if run is None:
+            return self.status_text()
+        host = run["params"].get("host") if isinstance(run["params"], dict) else None
+        return (
+            f"训练 run {run_id}: {run['status']}, started {run['started_at'][:19]} UTC "
+            f"{'on ' + host if host else 'elsewhere'}. /retrain cancel {run_id}"
+        )
+
+    async def cancel(self, run_id: int | None = None) -> int | None:
+        """Stop run ``run_id`` (default: the one in progress, here or elsewhere): this
+        process's own run by SIGTERM, any other through the database (its process sees the
+        request with its next heartbeat, on whatever host). Either way it saves and records
+        itself as cancelled. Returns the run's id, None when no such run is in progress."""
+        own = self._cancel_own(run_id)
+        if own is not None:
+            return own
+        if run_id is None:
+            run_id = await asyncio.to_thread(runs.live_run, self.db, self.lease_s)
+            if run_id is None:
+                return None
+        done = await asyncio.to_thread(runs.request_cancel, self.db, run_id)
+        return run_id if done else None
+
+    def _cancel_own(self, run_id: int | None = None) -> int | None:
         a = self.active
-        if a is None or a.process.returncode is not None:
+        if a is None or a.process.returncode is not None or run_id not in (None, a.run_id):
             return None
         with contextlib.suppress(ProcessLookupError):
             a.process.send_signal(signal.SIGTERM)
@@ -309,7 +343,7 @@ class RunSupervisor:
         return await self._model_changed()
 
     async def aclose(self) -> None:
-        await self.cancel()
+        self._cancel_own()  # runs started elsewhere go on
         if self.active is not None and self.active.task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self.active.task), 30)

@@ -219,6 +219,9 @@ class TrainingRun(Base):
     # it was last renewed (repositories/runs.py).
     lease_owner: Mapped[str | None] = mapped_column(CleanString(128))
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set by anyone (the bot, the console, another host) to ask the run's process to stop; the
+    # process sees it with its next heartbeat.
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Promotion(Base):

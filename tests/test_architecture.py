@@ -19,8 +19,9 @@ ALLOWED = {
     # rjieba is the optional, jieba-compatible fast path of the tokenizer
     "model": STDLIB | {"torch", "numpy", "jieba", "rjieba", "model"},
     "storage": STDLIB | {"sqlalchemy", "alembic", "storage"},
-    # admin operations: no Telegram, no bot; training runs only as a subprocess
-    "ops": STDLIB | {"sqlalchemy", "model", "storage", "ops"},
+    # admin operations: no Telegram, no bot; training runs only as a subprocess; itsdangerous
+    # signs the console's login links, which the bot makes and the console checks
+    "ops": STDLIB | {"sqlalchemy", "itsdangerous", "model", "storage", "ops"},
     "training": STDLIB
     | {
         "torch",

@@ -10,10 +10,9 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import signal
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -141,7 +140,9 @@ def _another_run(ws: dict[str, str]) -> None:
     """Before the command: a run in progress, in this (live) process."""
     engine = make_engine(ws["review"])
     with session_factory(engine).begin() as s:
-        TrainingRunRepository(s).create(started_by=0, params={"pid": os.getpid()}, status="running")
+        runs = TrainingRunRepository(s)
+        run = runs.create(started_by=0, params={}, status="running")
+        runs.acquire(run.id, owner="another-host:1:x", ttl=timedelta(minutes=5))
     engine.dispose()
 
 
@@ -308,7 +309,7 @@ ERROR_ROWS = [
     row(
         "10-retrain-busy",
         [*RETRAIN, "--model", "{ck}", "--database-url", "{review}"],
-        f"or here with: kill {os.getpid()}",
+        "or here with: xianliao retrain --cancel 1",
         before=_another_run,
     ),
 ]

@@ -300,9 +300,12 @@ def retrain(
     db: Database | None = None,
     on_progress: Callable[[dict], None] | None = None,
     progress_bar: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict:
     """Export, prepare, train, compare. Returns the report (also in ``out_dir/report.json``).
-    ``db``: the process's database (default: opened from ``cfg.database_url``)."""
+    ``db``: the process's database (default: opened from ``cfg.database_url``).
+    ``should_stop``: polled after every training step; True ends training early (the report
+    then says ``interrupted``)."""
     from xianliao.model.checkpoint import export_for_inference
     from xianliao.training.train import train
 
@@ -320,6 +323,7 @@ def retrain(
         tcfg,
         progress=progress_bar,
         on_progress=on_progress,
+        should_stop=should_stop,
     )
     # The logs' last step matters most to an admin who edited answers: judge the final weights.
     last_weights = out / "candidate.pt"

@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": ("xianliao.training.cli", "eval_main", "evaluate a checkpoint on a TSV file"),
     "plot": ("xianliao.training.cli", "plot_main", "draw a training run's curves into curves.png"),
     "chat": ("xianliao.bot.terminal", "main", "chat with a checkpoint in the terminal"),
-    "bot": ("xianliao.bot.app", "main", "run the Telegram bot"),
+    "bot": ("xianliao.console_in_bot", "main", "run the Telegram bot"),
     "review": (
         "xianliao.bot.review_cli",
         "main",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from dataclasses import fields
@@ -112,6 +113,12 @@ def _retrain_parser() -> argparse.ArgumentParser:
         help="auto: promote if not worse than the live model (default)",
     )
     p.add_argument("--run-id", type=int, help="the training_runs row to report into")
+    p.add_argument(
+        "--cancel",
+        type=int,
+        metavar="RUN_ID",
+        help="ask run RUN_ID to stop (on any host; it saves and records itself cancelled)",
+    )
     p.add_argument("--progress-jsonl", metavar="FILE", help="append progress as JSON lines")
     return p
 
@@ -168,38 +175,60 @@ def _summary(report: dict) -> dict:
     }
 
 
-def _train(a: argparse.Namespace, db: Any, cfg: Any, run_id: int) -> tuple[int, dict | None]:
+def _stopped(prog: str, db: Any, lease: Any, when: str) -> int:
+    """The end of a run stopped by a cancel request or a lost lease: record it if still ours."""
+    from xianliao.ops.runs import finish_run
+
+    if lease.lost.is_set():
+        print(
+            f"{prog}: the lease was lost (run failed as stale); nothing promoted", file=sys.stderr
+        )
+        return 1
+    log = f"cancelled {when}; the live model is unchanged"
+    finish_run(db, lease.run_id, "cancelled", owner=lease.owner, log=log)
+    print(f"{prog}: cancelled; the live model is unchanged", file=sys.stderr)
+    return EXIT_CANCELLED
+
+
+def _train(a: argparse.Namespace, db: Any, cfg: Any, lease: Any) -> tuple[int, dict | None]:
     """Run the retraining and record a failure or a cancellation; ``(exit code, report)``."""
     from xianliao.ops.runs import finish_run
     from xianliao.training.retrain import RetrainError, retrain
 
-    prog = "xianliao retrain"
+    prog, run_id, owner = "xianliao retrain", lease.run_id, lease.owner
     try:
-        report = retrain(cfg, db=db, on_progress=_progress_writer(run_id, a.progress_jsonl))
+        report = retrain(
+            cfg,
+            db=db,
+            on_progress=_progress_writer(run_id, a.progress_jsonl),
+            should_stop=lease.should_stop,
+        )
     except KeyboardInterrupt:
         report = None
     except (RetrainError, OSError, ValueError) as exc:
-        finish_run(db, run_id, "failed", log=str(exc))
+        finish_run(db, run_id, "failed", owner=owner, log=str(exc))
         return _fail(prog, str(exc)), None
     except Exception as exc:  # record any other failure, then let it show its traceback
-        finish_run(db, run_id, "failed", log=f"{type(exc).__name__}: {exc}")
+        finish_run(db, run_id, "failed", owner=owner, log=f"{type(exc).__name__}: {exc}")
         raise
     if report is None or report["train"]["interrupted"]:
         when = "before the end" if report is None else "during training"
-        finish_run(db, run_id, "cancelled", log=f"cancelled {when}; the live model is unchanged")
-        print(f"{prog}: cancelled; the live model is unchanged", file=sys.stderr)
-        return EXIT_CANCELLED, None
+        return _stopped(prog, db, lease, when), None
     return 0, report
 
 
-def _promote_and_record(a: argparse.Namespace, db: Any, cfg: Any, run_id: int, report: dict) -> int:
-    """Promote the candidate when ``--promote`` says so, record the run's end, print the
-    side-by-side replies and the verdict (and one JSON line on stdout)."""
+def _promote_and_record(a: argparse.Namespace, db: Any, cfg: Any, lease: Any, report: dict) -> int:
+    """Promote the candidate when ``--promote`` says so (and the lease is still held), record
+    the run's end, print the side-by-side replies and the verdict (and one JSON line)."""
     from xianliao.ops.models import PromotionError, promote
     from xianliao.ops.runs import finish_run
 
+    prog, run_id, owner = "xianliao retrain", lease.run_id, lease.owner
     comparison, summary = report["comparison"], _summary(report)
     promoted = None
+    # The comparison takes a while: a cancel or a lost lease during it still stops the run.
+    if not lease.beat() or lease.cancelled.is_set():
+        return _stopped(prog, db, lease, "after training")
     if a.promote == "force" or (a.promote == "auto" and comparison["not_worse"]):
         try:
             promoted = promote(
@@ -216,13 +245,21 @@ def _promote_and_record(a: argparse.Namespace, db: Any, cfg: Any, run_id: int, r
                 db,
                 run_id,
                 "failed",
+                owner=owner,
                 metrics=summary,
                 checkpoint_path=report["candidate"],
                 log=str(exc),
             )
-            return _fail("xianliao retrain", str(exc))
+            return _fail(prog, str(exc))
     summary["promoted"] = promoted
-    finish_run(db, run_id, "succeeded", metrics=summary, checkpoint_path=report["candidate"])
+    finish_run(
+        db,
+        run_id,
+        "succeeded",
+        owner=owner,
+        metrics=summary,
+        checkpoint_path=report["candidate"],
+    )
     for row in comparison["side_by_side"]:
         print(f"{row['question']}\n   live: {row['live']}\n   new:  {row['new']}", file=sys.stderr)
     reasons = "; ".join(comparison["reasons"]) or "--promote never"
@@ -239,13 +276,65 @@ def _promote_and_record(a: argparse.Namespace, db: Any, cfg: Any, run_id: int, r
     return 0
 
 
-def retrain_main(argv: list[str]) -> int:
-    """Entry point of ``xianliao retrain``: one run, recorded from start to end."""
+def _cancel(db: Any, run_id: int) -> int:
+    from xianliao.ops.runs import request_cancel
+
+    if not request_cancel(db, run_id):
+        return _fail("xianliao retrain", f"run {run_id} is not in progress")
+    print(f"run {run_id}: cancel requested (it saves and stops within a heartbeat)")
+    return 0
+
+
+def _run(a: argparse.Namespace, s: Any, db: Any, url: str) -> int:
+    """Take the lease for the run, train under it, record the end."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from xianliao.ops.runs import RunInProgress, begin_run, finish_run
-    from xianliao.storage.database import DatabaseUnavailable
+    from xianliao.ops.runs import (
+        Lease,
+        RunInProgress,
+        begin_run,
+        finish_run,
+        lease_owner,
+        record_params,
+    )
     from xianliao.storage.db import database_error_line
+
+    prog, owner = "xianliao retrain", lease_owner()
+    params = {k: v for k, v in vars(a).items() if k not in _NOT_RECORDED}
+    try:
+        run_id = begin_run(
+            db,
+            run_id=a.run_id,
+            started_by=a.by,
+            params=params,
+            owner=owner,
+            lease_s=s.retrain_lease_s,
+        )
+    except SQLAlchemyError as exc:
+        return _fail(prog, f"database error: {database_error_line(exc)}")
+    except (RunInProgress, ValueError) as exc:
+        return _fail(prog, str(exc))
+    with Lease(db, run_id, owner, s.retrain_lease_s) as lease:
+        # /retrain cancel sends SIGTERM: stop like Ctrl+C (training saves last.pt and returns).
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        try:
+            blocklist = _read_blocklist(a.blocklist) if a.blocklist else []
+        except ValueError as exc:
+            finish_run(db, run_id, "failed", owner=owner, log=str(exc))
+            return _fail(prog, str(exc))
+        cfg = _config(a, s, run_id, url, blocklist)
+        # Its folder and progress file, for the console's curves wherever --out put them.
+        progress = os.path.abspath(a.progress_jsonl) if a.progress_jsonl else None
+        record_params(db, run_id, out=os.path.abspath(cfg.out_dir), progress=progress)
+        code, report = _train(a, db, cfg, lease)
+        if report is None:
+            return code
+        return _promote_and_record(a, db, cfg, lease, report)
+
+
+def retrain_main(argv: list[str]) -> int:
+    """Entry point of ``xianliao retrain``: one run, recorded from start to end."""
+    from xianliao.storage.database import DatabaseUnavailable
 
     prog = "xianliao retrain"
     a = _retrain_parser().parse_args(argv)
@@ -262,25 +351,7 @@ def retrain_main(argv: list[str]) -> int:
     except DatabaseUnavailable as exc:
         return _fail(prog, str(exc))
     try:
-        params = {k: v for k, v in vars(a).items() if k not in _NOT_RECORDED}
-        try:
-            run_id = begin_run(db, run_id=a.run_id, started_by=a.by, params=params)
-        except SQLAlchemyError as exc:
-            return _fail(prog, f"database error: {database_error_line(exc)}")
-        except RunInProgress as exc:
-            return _fail(prog, str(exc))
-        # /retrain cancel sends SIGTERM: stop like Ctrl+C (training saves last.pt and returns).
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-        try:
-            blocklist = _read_blocklist(a.blocklist) if a.blocklist else []
-        except ValueError as exc:
-            finish_run(db, run_id, "failed", log=str(exc))
-            return _fail(prog, str(exc))
-        cfg = _config(a, s, run_id, url, blocklist)
-        code, report = _train(a, db, cfg, run_id)
-        if report is None:
-            return code
-        return _promote_and_record(a, db, cfg, run_id, report)
+        return _cancel(db, a.cancel) if a.cancel is not None else _run(a, s, db, url)
     finally:
         db.dispose()
 

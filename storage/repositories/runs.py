@@ -159,6 +159,36 @@ class TrainingRunRepository:
         ).rowcount
         return changed == 1
 
+    def release(self, run_id: int, *, owner: str) -> TrainingRun | None:
+        """The run, locked, if ``owner`` still holds its lease (to record its end), else None:
+        a process whose lease was lost must not overwrite what another host recorded."""
+        stmt = (
+            select(TrainingRun)
+            .where(
+                TrainingRun.id == run_id,
+                TrainingRun.lease_owner == owner,
+                TrainingRun.finished_at.is_(None),
+            )
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        return self.session.scalars(stmt).first()
+
+    def request_cancel(self, run_id: int) -> bool:
+        """Ask an unfinished run's process to stop (it sees it with its next heartbeat); a run
+        not taken up yet is cancelled at once. False when the run is missing or finished."""
+        run = self.get(run_id)
+        if run is None or run.finished_at is not None:
+            return False
+        run.cancel_requested_at = database_now(self.session)
+        if run.lease_owner is None:
+            self.finish(run_id, status="cancelled", log="cancelled before its process started")
+        return True
+
+    def cancel_requested(self, run_id: int) -> bool:
+        run = self.get(run_id)
+        return run is not None and run.cancel_requested_at is not None
+
     def stale(self, *, ttl: timedelta) -> list[TrainingRun]:
         """Unfinished runs whose heartbeat is older than ``ttl`` (runs from before heartbeats
         count from their start): their process is gone, whatever host it ran on."""

@@ -33,7 +33,7 @@ from xianliao.storage.repositories import (
 )
 
 LEGACY_SQL = Path(__file__).parent / "data" / "legacy_schema_v1.sql"
-HEAD = "0004"
+HEAD = "0005"
 
 # A later revision as a developer would write it, in batch mode; on SQLite the table is copied
 # ("always"), so the test also shows that copying users does not cascade-delete their exchanges.
@@ -41,8 +41,8 @@ REVISION_NEXT = """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
@@ -145,10 +145,10 @@ def test_a_new_revision_runs_once_keeps_rows_and_older_code_refuses(engine, tmp_
     _log_one(engine)
     location = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, location, ignore=shutil.ignore_patterns("__pycache__"))
-    (location / "versions" / "0005_nickname.py").write_text(REVISION_NEXT, "utf-8")
+    (location / "versions" / "0006_nickname.py").write_text(REVISION_NEXT, "utf-8")
 
-    assert init_schema(engine, location) == "0005"
-    assert init_schema(engine, location) == "0005"
+    assert init_schema(engine, location) == "0006"
+    assert init_schema(engine, location) == "0006"
     assert "nickname" in {c["name"] for c in inspect(engine).get_columns("users")}
     with session_factory(engine)() as s:
         assert ExchangeRepository(s).count() == 1  # copying users deleted no exchange

@@ -1,6 +1,7 @@
 """Retraining from logged exchanges, promotion and rollback, at tiny scale."""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -236,6 +237,7 @@ def _cli(tmp_path, live, tiny_data, db, *extra):
 def test_killed_run_leaves_the_live_model_and_is_marked_failed(tmp_path, live, tiny_data):
     db = f"sqlite:///{tmp_path}/chat.db"
     _log(db, [("你好", "随便", "approved", EDITED)])
+    env = {**os.environ, "RETRAIN_LEASE_S": "4"}  # a dead run stops blocking after 4 s
     digest = file_digest(live)
     progress = tmp_path / "progress.jsonl"
     proc = subprocess.Popen(
@@ -254,6 +256,7 @@ def test_killed_run_leaves_the_live_model_and_is_marked_failed(tmp_path, live, t
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=tmp_path,
+        env=env,
     )
     deadline = time.monotonic() + 120
     while not (progress.exists() and progress.read_text().strip()):
@@ -267,11 +270,13 @@ def test_killed_run_leaves_the_live_model_and_is_marked_failed(tmp_path, live, t
         text=True,
         cwd=tmp_path,
         timeout=120,
+        env=env,
     )
     assert second.returncode == 1 and "one run at a time" in second.stderr
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert file_digest(live) == digest
+    time.sleep(4.5)  # its lease expires
     # The next run notices the dead one, marks it failed, and runs (promotion forced).
     ok = subprocess.run(
         _cli(
@@ -292,6 +297,7 @@ def test_killed_run_leaves_the_live_model_and_is_marked_failed(tmp_path, live, t
         text=True,
         cwd=tmp_path,
         timeout=300,
+        env=env,
     )
     assert ok.returncode == 0, ok.stderr
     result = json.loads(ok.stdout.strip().splitlines()[-1])
@@ -300,7 +306,7 @@ def test_killed_run_leaves_the_live_model_and_is_marked_failed(tmp_path, live, t
     engine = make_engine(db)
     with session_factory(engine)() as s:
         runs = {r.id: r for r in TrainingRunRepository(s).recent()}
-        assert runs[1].status == "failed" and "ended" in runs[1].log
+        assert runs[1].status == "failed" and "no heartbeat" in runs[1].log
         assert len(runs) == 2  # the refused run left no row
         assert runs[2].status == "succeeded" and json.loads(runs[2].metrics)["promoted"]
     engine.dispose()
