@@ -96,13 +96,6 @@ def build_application(
     token = settings.token()
     if not token:
         raise StartupError(NO_TOKEN_MESSAGE)
-    limiter = AIORateLimiter(
-        overall_max_rate=settings.send_max_rate,
-        overall_time_period=1,
-        group_max_rate=settings.send_group_max_rate,
-        group_time_period=60,
-        max_retries=settings.send_max_retries,
-    )
     admin_ids = settings.admin_user_ids
     db = db or _service_database(service, settings)
     observer = Observer(service, db, host=settings.health_host, port=settings.health_port)
@@ -127,20 +120,9 @@ def build_application(
         observer.stop()
         logger.info("bot stopped")
 
-    bot = ObservedBot(
-        token,
-        base_url=settings.telegram_base_url,
-        base_file_url=_file_url(settings.telegram_base_url),
-        request=HTTPXRequest(
-            connection_pool_size=settings.connection_pool_size,
-            pool_timeout=settings.pool_timeout_s,
-        ),
-        get_updates_request=HTTPXRequest(),  # its own connection, as the builder does
-        rate_limiter=limiter,
-    )
     application = (
         ApplicationBuilder()
-        .bot(bot)
+        .bot(_bot(settings, token))
         .update_queue(ClaimingQueue())  # webhook updates are claimed before queued (replicas)
         .concurrent_updates(settings.concurrent_updates)
         .post_init(post_init)
@@ -173,6 +155,29 @@ def build_application(
         watch = ModelWatch(service, settings.model_path, db)  # promotions reach every replica
         application.job_queue.run_repeating(watch.check, settings.model_watch_s, first=0)
     return application
+
+
+def _bot(settings: Settings, token: str) -> ObservedBot:
+    """The Bot API client: the configured server, Telegram's flood limits, a connection pool
+    sized for the settings, and getUpdates on a connection of its own."""
+    limiter = AIORateLimiter(
+        overall_max_rate=settings.send_max_rate,
+        overall_time_period=1,
+        group_max_rate=settings.send_group_max_rate,
+        group_time_period=60,
+        max_retries=settings.send_max_retries,
+    )
+    return ObservedBot(
+        token,
+        base_url=settings.telegram_base_url,
+        base_file_url=_file_url(settings.telegram_base_url),
+        request=HTTPXRequest(
+            connection_pool_size=settings.connection_pool_size,
+            pool_timeout=settings.pool_timeout_s,
+        ),
+        get_updates_request=HTTPXRequest(),  # its own connection, as the builder does
+        rate_limiter=limiter,
+    )
 
 
 def _file_url(base_url: str) -> str:
