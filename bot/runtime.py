@@ -6,10 +6,16 @@ user can act on (:class:`StartupError`).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from xianliao.bot.config import Settings
 from xianliao.bot.service import DialogueService, ReplyModel
@@ -107,7 +113,9 @@ def create_service(
     model = load_model(settings, model_path, workers)
     sessions = None
     if log:
+        fresh = db is None and _new_sqlite_file(settings.database_url)
         sessions = (db or open_database(settings.database_url)).sessions
+        _remember_database(settings, fresh)
     service = DialogueService(
         model,
         sessions=sessions,
@@ -125,6 +133,45 @@ def create_service(
         service.close()
         raise StartupError(f"DECODE_OPTIONS does not suit this model: {exc}") from None
     return service
+
+
+# Beside the model, which outlives a deleted data folder: when the bot last opened which SQLite
+# file, so that a start that finds it gone says so instead of silently beginning an empty log.
+DATABASE_MEMO = ".xianliao-database.json"
+
+
+def _new_sqlite_file(database_url: str) -> bool:
+    """Whether DATABASE_URL is a SQLite file that does not exist yet (about to be created)."""
+    try:
+        url = make_url(database_url)
+    except ArgumentError:
+        return False
+    name = url.database or ""
+    if url.get_backend_name() != "sqlite" or name in ("", ":memory:") or name.startswith("file:"):
+        return False
+    return not Path(name).expanduser().exists()
+
+
+def _remember_database(settings: Settings, created: bool) -> None:
+    """Warn (once, at start) when the SQLite file this bot logged to before has disappeared and
+    an empty one was just created in its place; then note the database for the next start."""
+    memo = Path(settings.model_path).parent / DATABASE_MEMO
+    url = make_url(settings.database_url).render_as_string(hide_password=True)
+    try:
+        seen = json.loads(memo.read_text("utf-8")) if memo.exists() else {}
+    except (OSError, ValueError):
+        seen = {}
+    if created and url in seen:
+        logger.warning(
+            "the database %s was created empty, but this bot logged to it since %s: it was "
+            "deleted or moved, and the conversations logged before are not in it",
+            url,
+            seen[url],
+        )
+    if created or url not in seen:
+        seen[url] = datetime.now(UTC).isoformat(timespec="seconds")
+        with contextlib.suppress(OSError):  # a read-only model folder: no memo, no harm
+            memo.write_text(json.dumps(seen, ensure_ascii=False), "utf-8")
 
 
 def valid_text(text: str) -> str:
