@@ -193,13 +193,13 @@ async def rate_gate(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Before every other handler (group -1): the per-user rate limit on each message meant
     for the bot, commands included, counted as it arrives; over the limit, nothing else runs."""
     message = update.message
-    if message is None:
-        return
+    inbox = deps(context).inbox
+    if message is None or (inbox is not None and inbox.handed_out_again(update.update_id)):
+        return  # a stored message answered again was counted when it arrived
     is_command = bool(message.text and message.text.startswith("/"))
     if _is_group(message) and not is_command and not _addressed_to_bot(message, context):
         return  # group chatter the bot does not answer costs the user nothing
     if not await _rate_ok(message, context):
-        inbox = deps(context).inbox
         if inbox is not None:
             await inbox.finish(update.update_id)  # dropped on purpose: not answered later
         raise ApplicationHandlerStop

@@ -62,6 +62,9 @@ class Inbox:
         self.retry_s = retry_s
         self.clock = clock
         self._active: set[int] = set()  # handed out, not finished
+        # Handed out again (replay, take-over): counted by the rate limit when they first
+        # arrived, so they must not be counted, or dropped as over the limit, a second time.
+        self._again: set[int] = set()
         self._released: set[int] = set()  # their reply failed: taken again at the next turn
         self._pruned = False
         self.polling = False  # getUpdates replays (bot.updates.TolerantBot), not take_over()
@@ -119,7 +122,12 @@ class Inbox:
                 "answering %d stored message(s) again (their reply was not sent)", len(updates)
             )
         self._active.update(u.update_id for u in updates)
+        self._again.update(u.update_id for u in updates)
         return updates
+
+    def handed_out_again(self, update_id: int) -> bool:
+        """Whether ``update_id`` is a stored message handed out again, not a new arrival."""
+        return update_id in self._again
 
     def defer(self, updates: Sequence[Update]) -> None:
         """Hand these out at the next call (they are still active)."""
@@ -202,6 +210,7 @@ class Inbox:
         taken = {u.update_id for u in updates}
         self._released -= released  # taken again, or done or taken by another replica
         self._active |= taken
+        self._again |= taken
         return updates
 
     def _take(self, active: set[int], released: set[int]) -> list[StoredUpdate]:
@@ -237,6 +246,7 @@ class Inbox:
     async def finish(self, update_id: int) -> None:
         """Its reply was sent (or it needed none): mark it done. Marks that arrive while one
         is written go together in the next transaction."""
+        self._again.discard(update_id)
         if update_id not in self._active:
             return
         self._active.discard(update_id)

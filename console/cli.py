@@ -8,6 +8,7 @@ import argparse
 import getpass
 import logging
 import sys
+from pathlib import Path
 
 PROG = "xianliao console"
 
@@ -114,7 +115,9 @@ def main(argv: list[str]) -> int:
     )
     try:
         # access_log off: a login link's token is in its URL, and must never reach a log
-        uvicorn.run(create_app(settings, db), host=args.host, port=args.port, access_log=False)
+        # runs it starts read the same settings file as the console, wherever they start
+        app = create_app(settings, db, env_file=str(Path(args.env_file).resolve()))
+        uvicorn.run(app, host=args.host, port=args.port, access_log=False)
     finally:
         db.dispose()
     return 0

@@ -70,7 +70,15 @@ def conversations(request: Request, c: Console) -> Response:
 
 def _safe_back(value: object) -> str:
     """Where to go after a change: a path of this console only (never another site)."""
-    if isinstance(value, str) and value.startswith("/") and not value.startswith("//"):
+    # Browsers read a backslash as a slash ("/\\evil.com" is "//evil.com"), and control
+    # characters are dropped from URLs: neither belongs in a path of ours.
+    if (
+        isinstance(value, str)
+        and value.startswith("/")
+        and not value.startswith("//")
+        and "\\" not in value
+        and value.isprintable()
+    ):
         return value
     return "/conversations"
 

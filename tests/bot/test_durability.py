@@ -251,3 +251,36 @@ def test_a_database_that_cannot_be_written_still_gets_every_message_answered(
 
 if __name__ == "__main__":
     _serve(sys.argv[1], sys.argv[2], float(sys.argv[3]))
+
+
+def test_stored_messages_answered_after_a_restart_are_not_rate_limited_again(
+    fake_api, start_bot, db_path
+):
+    """A restart hands a user's unanswered messages out in a burst: they were counted when they
+    arrived, so a second count must not drop them as over the limit."""
+    from xianliao.bot.runtime import open_sessions
+    from xianliao.storage.models import Chat, InboxUpdate, User
+
+    fake_api.known_chats[7] = {"id": 7, "type": "private", "first_name": "x"}
+    sessions = open_sessions(db_url(db_path))
+    with sessions.begin() as s:
+        s.add_all([User(id=7), Chat(id=7, type="private")])
+        s.flush()
+        s.add_all(
+            InboxUpdate(
+                update_id=910 + i,
+                chat_id=7,
+                user_id=7,
+                received_at=datetime.now(UTC),
+                payload=_stored_update(910 + i, 7, 90 + i, f"第{i}句"),
+            )
+            for i in range(4)
+        )
+    sessions.kw["bind"].dispose()
+    start_bot(rate_limit_messages=1, rate_limit_window_s=60)
+    sent = fake_api.wait_sent(7, 4)
+    assert sorted(m["text"] for m in sent) == sorted(f"你说：第{i}句" for i in range(4))
+    deadline = time.monotonic() + 5  # the last one is marked done just after its send
+    while db_rows(db_path, "SELECT COUNT(*) FROM inbox WHERE done_at IS NULL") != [(0,)]:
+        assert time.monotonic() < deadline, "a replayed message was never marked done"
+        time.sleep(0.05)

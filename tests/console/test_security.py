@@ -229,3 +229,20 @@ def test_export_sends_chunks_not_lines():
     assert b"".join(chunks).decode() == "".join(lines)  # nothing lost, order kept
     assert 5 < len(chunks) < 50  # about 1000 characters each, not one per line
     assert list(_chunks(iter([]))) == []
+
+
+@pytest.mark.parametrize(
+    ("back", "expected"),
+    [
+        ("/conversations?page=2", "/conversations?page=2"),
+        ("//evil.example", "/conversations"),
+        ("/\\evil.example", "/conversations"),  # a browser reads it as //evil.example
+        ("/\tconversations", "/conversations"),
+        ("https://evil.example/", "/conversations"),
+        (None, "/conversations"),
+    ],
+)
+def test_the_way_back_after_a_change_stays_on_this_console(back, expected):
+    from xianliao.console.views_review import _safe_back
+
+    assert _safe_back(back) == expected
