@@ -65,6 +65,7 @@ class Inbox:
         # Handed out again (replay, take-over): counted by the rate limit when they first
         # arrived, so they must not be counted, or dropped as over the limit, a second time.
         self._again: set[int] = set()
+        self._requeued: set[int] = set()  # taken over, on their way through claim() once
         self._released: set[int] = set()  # their reply failed: taken again at the next turn
         self._pruned = False
         self.polling = False  # getUpdates replays (bot.updates.TolerantBot), not take_over()
@@ -173,8 +174,14 @@ class Inbox:
         """Store ``update`` as this replica's before it is answered; False when it is stored
         already (answered, or being answered, here or by another replica): drop it then.
         Updates that are not stored (commands, buttons) are always True."""
-        if update.message is None or update.update_id in self._active or not self.wanted(update):
-            return True
+        if update.message is None or self.polling or not self.wanted(update):
+            return True  # polled updates were stored by TolerantBot before they got here
+        if update.update_id in self._active:
+            if update.update_id in self._requeued:  # take_over() handing out its own
+                self._requeued.discard(update.update_id)
+                return True
+            logger.info("update %s came again while answered here: answered once", update.update_id)
+            return False
         row = self._row(update)
         try:
             won = await asyncio.to_thread(self._claim, row)
@@ -211,6 +218,7 @@ class Inbox:
         self._released -= released  # taken again, or done or taken by another replica
         self._active |= taken
         self._again |= taken
+        self._requeued |= taken
         return updates
 
     def _take(self, active: set[int], released: set[int]) -> list[StoredUpdate]:

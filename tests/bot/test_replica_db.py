@@ -99,3 +99,31 @@ def test_concurrent_hits_of_one_user_let_exactly_the_limit_through(db):
     assert decisions.count("allow") == 5
     assert decisions.count("notify") == 1
     assert decisions.count("drop") == 12
+
+
+def test_a_webhook_update_delivered_again_while_answered_here_is_dropped(db):
+    """Telegram retries a webhook it thinks failed: the copy that reaches the replica still
+    answering the first must not be answered a second time; an update this replica takes
+    over passes through once."""
+    import asyncio
+
+    from telegram import Chat, Message, Update, User
+
+    from xianliao.bot.inbox import Inbox
+
+    def update(update_id: int) -> Update:
+        chat = Chat(id=5, type="private")
+        user = User(id=5, first_name="x", is_bot=False)
+        message = Message(update_id, datetime.now(UTC), chat, from_user=user, text="你好")
+        return Update(update_id, message=message)
+
+    async def run() -> list[bool]:
+        inbox = Inbox(db.sessions, wanted=lambda u: True, max_age_s=3600, retry_s=60)
+        first = await inbox.claim(update(77))
+        again = await inbox.claim(update(77))  # the same update, while still being answered
+        inbox._active.add(78)  # as take_over() leaves one it hands to the queue
+        inbox._requeued.add(78)
+        taken = await inbox.claim(update(78))
+        return [first, again, taken, await inbox.claim(update(78))]
+
+    assert asyncio.run(run()) == [True, False, True, False]
