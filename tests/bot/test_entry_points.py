@@ -157,7 +157,7 @@ def test_redact_filter_hides_the_token_in_messages_and_tracebacks():
 
 def test_chat_and_service_do_not_import_telegram():
     code = (
-        "import sys; import bot.terminal, bot.service, bot.runtime; "
+        "import sys; import xianliao.bot.terminal, xianliao.bot.service, xianliao.bot.runtime; "
         "bad = [m for m in sys.modules if m == 'telegram' or m.startswith('telegram.')]; "
         "print(bad); raise SystemExit(1 if bad else 0)"
     )

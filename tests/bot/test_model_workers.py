@@ -82,8 +82,8 @@ def test_the_bot_process_does_not_load_torch_when_workers_hold_the_model(tiny_ch
 
     code = (
         "import sys\n"
-        "from bot.config import Settings\n"
-        "from bot.runtime import StartupError, load_model\n"
+        "from xianliao.bot.config import Settings\n"
+        "from xianliao.bot.runtime import StartupError, load_model\n"
         "s = Settings(_env_file=None, model_path=sys.argv[1], torch_threads=1)\n"
         "pool = load_model(s, workers=1)\n"
         "print(pool.reply('你好', strategy='greedy') != '')\n"
@@ -134,7 +134,7 @@ def test_workers_die_with_a_killed_parent(tiny_checkpoint, tmp_path):
     root = Path(__file__).resolve().parents[2]
     code = (
         "import sys, time\n"
-        "from bot.model_workers import ModelWorkerPool\n"
+        "from xianliao.bot.model_workers import ModelWorkerPool\n"
         f"pool = ModelWorkerPool({str(tiny_checkpoint)!r}, workers=2)\n"
         "print(*pool.worker_pids(), flush=True)\n"
         "time.sleep(120)\n"
