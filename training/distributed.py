@@ -63,6 +63,12 @@ class Dist:
         if self.enabled and not tdist.is_initialized():
             tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
+    def barrier(self) -> None:
+        """Wait for every rank: a rank that tears its process group down while another still
+        talks to it can make that one abort (gloo) at exit."""
+        if self.enabled and tdist.is_initialized():
+            tdist.barrier()
+
     def stop(self) -> None:
         if self.enabled and tdist.is_initialized():
             tdist.destroy_process_group()

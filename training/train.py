@@ -102,6 +102,7 @@ def train(
         seconds = time.perf_counter() - t0
         (tokens,) = dist.all_sum([float(t.tokens)])
         digests = dist.gather(weights_digest(t.model.state_dict())) if dist.enabled else None
+        dist.barrier()
     finally:
         dist.stop()
     if dist.is_main:
