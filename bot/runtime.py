@@ -20,6 +20,7 @@ from sqlalchemy.exc import ArgumentError
 from xianliao.bot.config import Settings
 from xianliao.bot.service import DialogueService, ReplyModel
 from xianliao.storage.database import Database, DatabaseUnavailable
+from xianliao.storage.db import sqlite_file
 
 logger = logging.getLogger(__name__)
 
@@ -143,13 +144,10 @@ DATABASE_MEMO = ".xianliao-database.json"
 def _new_sqlite_file(database_url: str) -> bool:
     """Whether DATABASE_URL is a SQLite file that does not exist yet (about to be created)."""
     try:
-        url = make_url(database_url)
+        path = sqlite_file(database_url)
     except ArgumentError:
         return False
-    name = url.database or ""
-    if url.get_backend_name() != "sqlite" or name in ("", ":memory:") or name.startswith("file:"):
-        return False
-    return not Path(name).expanduser().exists()
+    return path is not None and not path.exists()
 
 
 def _remember_database(settings: Settings, created: bool) -> None:

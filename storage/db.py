@@ -60,6 +60,11 @@ class NoDatabase(Exception):
     """There is no xianliao database at a URL that must already hold one; nothing was created."""
 
 
+def sqlite_file(url: str | URL) -> Path | None:
+    """The file of a SQLite URL; None for other databases and in-memory or URI ones."""
+    return _sqlite_file(make_url(url))
+
+
 def _sqlite_file(u: URL) -> Path | None:
     """The file of a SQLite URL; None for other databases and in-memory or URI ones."""
     database = u.database or ""
