@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -141,7 +142,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(nproc: int, argv: list[str], grace_s: float = 30.0) -> int:
+def launch(
+    nproc: int,
+    argv: list[str],
+    grace_s: float = 30.0,
+    *,
+    module: str = "xianliao",
+    poll: Callable[[], bool] | None = None,
+) -> int:
     """``xianliao train --nproc N ...``: start N ranks of ``xianliao train ...`` on this machine
     with the environment ``torchrun --standalone`` gives them, and return the worst exit status.
 
@@ -149,6 +157,10 @@ def launch(nproc: int, argv: list[str], grace_s: float = 30.0) -> int:
     rank stopped cleanly. Here a stop is passed to every rank (they agree on a step, save
     ``last.pt`` and exit 0); a rank that fails takes the others down after ``grace_s``, since
     they would otherwise wait for it in a collective.
+
+    ``module``: what each rank runs (``python -m MODULE ARGV``; ``xianliao`` gets ``train``
+    first). ``poll`` is called between checks of the ranks; True asks them once to stop, as
+    Ctrl+C does (a retraining's cancel request reaches its ranks so).
     """
     env = {
         **os.environ,
@@ -158,7 +170,7 @@ def launch(nproc: int, argv: list[str], grace_s: float = 30.0) -> int:
         "LOCAL_WORLD_SIZE": str(nproc),
     }
     env.setdefault("OMP_NUM_THREADS", "1")  # as torchrun: N processes share the cores
-    cmd = [sys.executable, "-m", "xianliao", "train", *argv]
+    cmd = [sys.executable, "-m", module, *(["train"] if module == "xianliao" else []), *argv]
     procs = [
         subprocess.Popen(cmd, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
         for r in range(nproc)
@@ -169,16 +181,24 @@ def launch(nproc: int, argv: list[str], grace_s: float = 30.0) -> int:
             if proc.poll() is None:
                 proc.send_signal(signum)
 
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    failed_at = None
-    while any(proc.poll() is None for proc in procs):
-        if failed_at is None and any(proc.poll() not in (None, 0) for proc in procs):
-            failed_at = time.monotonic()
-            forward(signal.SIGTERM, None)
-        if failed_at is not None and time.monotonic() - failed_at > grace_s:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-        time.sleep(0.2)
+    before = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    failed_at, asked = None, False
+    try:
+        while any(proc.poll() is None for proc in procs):
+            if failed_at is None and any(proc.poll() not in (None, 0) for proc in procs):
+                failed_at = time.monotonic()
+                forward(signal.SIGTERM, None)
+            if failed_at is not None and time.monotonic() - failed_at > grace_s:
+                for proc in procs:
+                    if proc.poll() is None:
+                        proc.kill()
+            if poll is not None and poll() and not asked:
+                asked = True
+                forward(signal.SIGINT, None)
+            time.sleep(0.2)
+        if poll is not None:
+            poll()  # what the ranks wrote last
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
     return max(proc.returncode for proc in procs)

@@ -75,6 +75,7 @@ class RetrainConfig:
     # compare the models on pairs the candidate has not seen
     heldout_permille: int = 100
     decode_options: dict = field(default_factory=dict)  # the served decoding (DECODE_OPTIONS)
+    nproc: int = 1  # training processes on this machine (DDP, as ``xianliao train --nproc``)
 
 
 def export_logged_pairs(
@@ -317,14 +318,30 @@ def retrain(
     base_dir, logs_dir, init_from = _prepare_data(cfg, live, out)
     tcfg = _train_config(cfg, live, init_from)
     del live  # only its vocabulary, sizes and training mode were needed; training loads it again
-    result = train(
-        [(str(base_dir), 1.0), (str(logs_dir), cfg.log_weight)],
-        out / "run",
-        tcfg,
-        progress=progress_bar,
-        on_progress=on_progress,
-        should_stop=should_stop,
-    )
+    data = [(str(base_dir), 1.0), (str(logs_dir), cfg.log_weight)]
+    if cfg.nproc > 1:
+        from xianliao.training.rank_job import DistributedTrainingError, train_distributed
+
+        try:
+            result = train_distributed(
+                data,
+                out / "run",
+                tcfg,
+                cfg.nproc,
+                on_progress=on_progress,
+                should_stop=should_stop,
+            )
+        except DistributedTrainingError as exc:
+            raise RetrainError(str(exc)) from None
+    else:
+        result = train(
+            data,
+            out / "run",
+            tcfg,
+            progress=progress_bar,
+            on_progress=on_progress,
+            should_stop=should_stop,
+        )
     # The logs' last step matters most to an admin who edited answers: judge the final weights.
     last_weights = out / "candidate.pt"
     export_for_inference(out / "run" / "last.pt", last_weights)

@@ -105,6 +105,13 @@ def _retrain_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=whole_number(1), default=d["batch_size"])
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--nproc",
+        type=whole_number(1),
+        default=1,
+        help="train with N processes on this machine (DistributedDataParallel; "
+        "--batch-size is over all of them)",
+    )
     p.add_argument("--out", help="run folder (default: runs/retrain-<run id>)")
     p.add_argument(
         "--promote",
@@ -160,6 +167,7 @@ def _config(a: argparse.Namespace, s: Any, run_id: int, url: str, blocklist: lis
         batch_size=a.batch_size,
         lr=a.lr,
         decode_options=dict(getattr(s, "decode_options", None) or {}),  # the served decoding
+        nproc=a.nproc,
     )
 
 
@@ -337,7 +345,10 @@ def retrain_main(argv: list[str]) -> int:
     from xianliao.storage.database import DatabaseUnavailable
 
     prog = "xianliao retrain"
-    a = _retrain_parser().parse_args(argv)
+    p = _retrain_parser()
+    a = p.parse_args(argv)
+    if a.batch_size % a.nproc:
+        p.error(f"--batch-size {a.batch_size} does not split evenly over {a.nproc} processes")
     s = _settings(a.env_file, prog)
     if s is None:
         return 2
