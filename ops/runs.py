@@ -88,6 +88,7 @@ def create_run(
     """A queued run for a process about to start; ``RunInProgress`` while another is alive.
     It blocks other starts for ``lease_s`` unless its process takes the lease."""
     with db.begin() as session:
+        TrainingRunRepository(session).take_turn()  # two starts at one instant: one is refused
         other = _other_run(session, lease_s)
         if other is not None:
             raise RunInProgress(other, _busy_message(other))

@@ -97,6 +97,15 @@ class TrainingRunRepository:
 
     # ----- the lease: one run at a time, across hosts ------------------------------------------
 
+    def take_turn(self) -> None:
+        """Wait until no other transaction is starting a run (until the commit): those that
+        check for a live run and then start one take turns, or two that check at the same
+        instant both find none. On PostgreSQL a transaction-scoped advisory lock (row locks
+        alone miss a rival whose run row is not committed yet); on SQLite the write lock every
+        transaction takes (BEGIN IMMEDIATE) already does it."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            self.session.execute(select(func.pg_advisory_xact_lock(_LEASE_LOCK_KEY)))
+
     def acquire(self, run_id: int, *, owner: str, ttl: timedelta) -> int | None:
         """Let run ``run_id`` (unfinished) take the lease for its process ``owner`` (e.g.
         ``host:pid:random``). Returns None when it now holds it, else the id of the run whose
@@ -104,12 +113,9 @@ class TrainingRunRepository:
         yet taken up neither block nor are blocked until they try. Commit soon after: until
         then other acquirers wait. The run may be created in the same transaction.
         """
-        # Acquirers take turns: on PostgreSQL on a transaction-scoped advisory lock (row locks
-        # alone miss a rival whose run row is not committed yet), on SQLite on the write lock
-        # every transaction takes (BEGIN IMMEDIATE). The rows are locked as well, so a finish
-        # or heartbeat cannot change them between this check and the commit.
-        if self.session.get_bind().dialect.name == "postgresql":
-            self.session.execute(select(func.pg_advisory_xact_lock(_LEASE_LOCK_KEY)))
+        # The rows are locked as well as the turn taken, so a finish or heartbeat cannot change
+        # them between this check and the commit.
+        self.take_turn()
         unfinished = select(TrainingRun).where(TrainingRun.finished_at.is_(None))
         rows = list(
             self.session.scalars(

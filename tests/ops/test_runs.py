@@ -196,3 +196,39 @@ def test_the_child_gets_the_database_url_in_its_environment_only(db, tmp_path):
     # It exited without reporting: recorded as failed, and the admin told so.
     assert runs.get_run(db, run_id)["status"] == "failed"
     assert "failed" in messages[-1]
+
+
+def test_two_runs_queued_at_the_same_instant_one_is_refused(db, monkeypatch):
+    """Two starts (the bot and the console, say) check for a live run while neither has
+    committed its own: they take turns, so the second sees the first and is refused. Without
+    the turn, on PostgreSQL both checks found none and both runs were queued."""
+    import threading
+
+    create = TrainingRunRepository.create
+    first_in = threading.Event()
+
+    def slow_create(self, **kwargs):  # the first start holds its transaction open a while
+        if not first_in.is_set():
+            first_in.set()
+            time.sleep(0.8)
+        return create(self, **kwargs)
+
+    monkeypatch.setattr(TrainingRunRepository, "create", slow_create)
+    outcome: dict[str, object] = {}
+
+    def start(name: str) -> None:
+        try:
+            outcome[name] = runs.create_run(db, started_by=1, params={"by": name})
+        except RunInProgress as exc:
+            outcome[name] = exc
+
+    a = threading.Thread(target=start, args=("a",))
+    a.start()
+    assert first_in.wait(10)
+    b = threading.Thread(target=start, args=("b",))
+    b.start()
+    a.join(20)
+    b.join(20)
+    assert isinstance(outcome["a"], int)
+    assert isinstance(outcome["b"], RunInProgress) and outcome["b"].run_id == outcome["a"]
+    assert [r["id"] for r in runs.recent_runs(db)] == [outcome["a"]]
