@@ -61,6 +61,27 @@ def _run_as() -> pwd.struct_passwd | None:
     raise Unavailable("running as root and there is no postgres or nobody user to run initdb as")
 
 
+# Waits for the test process ($0) to end, then stops the server and removes its folder.
+_WATCHDOG = (
+    'while [ -d "/proc/$0" ]; do sleep 1; done; '
+    '"$1" -D "$2" -m immediate -w stop >/dev/null 2>&1; rm -rf "$3"'
+)
+
+
+def _watchdog(bin_dir: Path, data: Path, root: Path, kw: dict) -> subprocess.Popen:
+    """A test run killed with SIGKILL never reaches its clean-up: without this its server
+    would run on (and hold its port and folder) until the machine restarts. A session of its
+    own, so that Ctrl+C to the tests does not stop it before the clean-up has run."""
+    return subprocess.Popen(
+        ["sh", "-c", _WATCHDOG, str(os.getpid()), str(bin_dir / "pg_ctl"), str(data), str(root)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        **kw,
+    )
+
+
 class PostgresServer:
     """A server the tests may create databases on: started here, or given by URL."""
 
@@ -118,7 +139,10 @@ class PostgresServer:
             shutil.rmtree(root, ignore_errors=True)
             raise Unavailable(str(exc)) from exc
 
+        watchdog = _watchdog(bin_dir, data, root, kw)
+
         def stop() -> None:
+            watchdog.kill()
             try:
                 run("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop")
             finally:
