@@ -241,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
             stderr=subprocess.STDOUT,
             text=True,
         )
+        # Messages the users have sent and not yet had answered, every 0.1 s: the queue a user
+        # stands in (above Telegram's send limit it grows until the rate limit holds it).
+        waiting: list[int] = []
         peak = {"RssAnon": 0, "VmRSS": 0, "VmHWM": 0}
         peak_tree = {"RssAnon": 0, "VmRSS": 0}
         stop_sampling = threading.Event()
@@ -251,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
                     peak[k] = max(peak[k], v)
                 for k, v in tree_memory(bot.pid).items():
                     peak_tree[k] = max(peak_tree[k], v)
+                if users.first_push is not None and not users.done.is_set():
+                    with users.lock:
+                        waiting.append(len(users.outstanding))
                 stop_sampling.wait(0.1)
 
         threading.Thread(target=sample, daemon=True).start()
@@ -315,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
         "latency_user_p50_ms": round(percentile(users.latency_user, 0.50), 1),
         "latency_user_p95_ms": round(percentile(users.latency_user, 0.95), 1),
         "db_latency_p50_ms": round(db_p50[0], 1) if db_p50 else None,
+        "waiting_messages_p50": percentile(waiting, 0.50) if waiting else None,
+        "waiting_messages_p95": percentile(waiting, 0.95) if waiting else None,
+        "waiting_messages_max": max(waiting) if waiting else None,
         "stored_exchanges": stored,
         "distinct_messages_stored": distinct,
         "lost_rows": expected - stored,

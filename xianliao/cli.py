@@ -6,6 +6,7 @@ python-telegram-bot and ``xianliao bot`` never loads the training code.
 
 from __future__ import annotations
 
+import faulthandler
 import importlib
 import os
 import signal
@@ -77,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     # python-telegram-bot 22 warns that RetryAfter.retry_after becomes a timedelta in its next
     # major version; opt in now (bot.handlers reads either form).
     os.environ.setdefault("PTB_TIMEDELTA", "1")
+    # A fatal signal in C code (SIGBUS when SQLite's memory-mapped -shm file is truncated under
+    # it, SIGSEGV) ends the process at once: say so, with the Python stack, in the log.
+    faulthandler.enable()
     if name in LONG_COMMANDS:
         _interrupt_on_signals()
     module_name, func_name, _ = COMMANDS[name]

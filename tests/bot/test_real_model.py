@@ -112,3 +112,39 @@ def test_a_rejected_token_is_one_line(fake_api, tmp_path, checkpoint):
     last = out.strip().splitlines()[-1]
     assert "rejected TELEGRAM_BOT_TOKEN" in last and "wrong-token" not in out
     assert "Traceback" not in out
+
+
+def test_a_bot_killed_by_sqlite_says_why_and_its_restart_answers(fake_api, tmp_path, checkpoint):
+    """SQLite maps its -shm file into memory: truncated under a running bot (a clean-up script,
+    a full disk) the next database access is a SIGBUS, which no Python code can catch. The bot
+    must say so in its log, and, restarted (systemd's Restart=on-failure), lose nothing."""
+    import os
+    import signal
+
+    from bot_helpers import TOKEN
+
+    proc = _bot_process(fake_api, tmp_path, checkpoint, TOKEN)
+    try:
+        fake_api.wait_for(lambda: fake_api.calls_of("getUpdates"), timeout=60, what="polling")
+        fake_api.private_text(1001, "你好")
+        fake_api.wait_sent(1001, 1, timeout=30)
+        os.truncate(tmp_path / "bot.db-shm", 0)
+        fake_api.private_text(1001, "晚安")
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == -signal.SIGBUS, out
+    assert "Fatal Python error: Bus error" in out
+    proc = _bot_process(fake_api, tmp_path, checkpoint, TOKEN)
+    try:
+        assert len(fake_api.wait_sent(1001, 2, timeout=60)) == 2
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert db_rows(tmp_path / "bot.db", "SELECT user_text FROM exchanges ORDER BY id") == [
+        ("你好",),
+        ("晚安",),
+    ]
