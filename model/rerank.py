@@ -11,7 +11,7 @@ from torch import Tensor
 
 from xianliao.model.decode_options import DecodeOptions
 from xianliao.model.search import Hypothesis, batch_inputs, length_penalty
-from xianliao.model.seq2seq import Seq2Seq
+from xianliao.model.seq2seq import Encoded, Seq2Seq
 from xianliao.model.vocab import EOS_ID, GO_ID, PAD_ID, UNK_ID
 
 
@@ -44,11 +44,25 @@ def candidate_scores(
     well the reply leads back to the question (the model read backwards). ``prior_cache``
     keeps the second term of answers seen before (it does not depend on the question)."""
     rows = torch.tensor(owners, device=src.device)
-    tgt_in, tgt_out = answer_batch(answers, src.device)
-    cond = model.sequence_logprobs(src, src_len, tgt_in, tgt_out, rows=rows).tolist()
+    cache = prior_cache if prior_cache is not None else {}
+    # The answers whose prior is not known yet are scored in the same decoder pass, for one
+    # more question (the neutral one): one pass instead of two.
+    todo = list(dict.fromkeys(tuple(a) for a in answers)) if opts.mmi_weight > 0 else []
+    todo = [k for k in todo if k not in cache]
+    encoded = model.encode(src, src_len)
+    if todo:
+        encoded = _with_neutral(model, encoded)
+        rows = torch.cat([rows, torch.full((len(todo),), src.shape[0], device=src.device)])
+    tgt_in, tgt_out = answer_batch([*answers, *(list(k) for k in todo)], src.device)
+    lp = model.sequence_logprobs(src, src_len, tgt_in, tgt_out, rows=rows, encoded=encoded)
+    lp = lp.tolist()
+    cond = lp[: len(answers)]
     prior = [0.0] * len(answers)
     if opts.mmi_weight > 0:
-        prior = _priors(model, answers, prior_cache if prior_cache is not None else {})
+        if len(cache) + len(todo) > PRIOR_CACHE_SIZE:
+            cache.clear()
+        cache.update(zip(todo, lp[len(answers) :], strict=True))
+        prior = [cache[tuple(a)] for a in answers]
     scores = [
         (c - opts.mmi_weight * p) / length_penalty(len(a) + 1, opts.length_penalty)
         for c, p, a in zip(cond, prior, answers, strict=True)
@@ -72,27 +86,23 @@ PRIOR_CACHE_SIZE = (
 )
 
 
-def _priors(
-    model: Seq2Seq, answers: list[list[int]], cache: dict[tuple[int, ...], float]
-) -> list[float]:
-    """log p(answer | <unk>) of each answer, from ``cache`` or computed in one batch."""
-    keys = [tuple(a) for a in answers]
-    todo = list(dict.fromkeys(k for k in keys if k not in cache))
-    if todo:
-        device = model.embedding.weight.device
-        tgt_in, tgt_out = answer_batch([list(k) for k in todo], device)
-        neutral = torch.full((1, 1), UNK_ID, dtype=torch.long, device=device)
-        lp = model.sequence_logprobs(
-            neutral,
-            torch.ones(1, dtype=torch.long),
-            tgt_in,
-            tgt_out,
-            rows=torch.zeros(len(todo), dtype=torch.long, device=device),
-        )
-        if len(cache) + len(todo) > PRIOR_CACHE_SIZE:
-            cache.clear()
-        cache.update(zip(todo, lp.tolist(), strict=True))
-    return [cache[k] for k in keys]
+def _with_neutral(model: Seq2Seq, encoded: Encoded) -> Encoded:
+    """``encoded`` and, as one more question after them, the neutral one (a lone <unk>)."""
+    device = encoded.memory.device
+    neutral = model.encode(
+        torch.full((1, 1), UNK_ID, dtype=torch.long, device=device),
+        torch.ones(1, dtype=torch.long),
+    )
+    S = encoded.memory.shape[1]  # >= 1: the neutral question is padded to the others' width
+    pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, S - 1))  # noqa: E731 - (1, 1, H) -> (1, S, H)
+    mask = torch.zeros(1, S, dtype=torch.bool, device=device)
+    mask[0, 0] = True
+    return Encoded(
+        torch.cat([encoded.memory, pad(neutral.memory)]),
+        torch.cat([encoded.keys, pad(neutral.keys)]),
+        torch.cat([encoded.mask, mask]),
+        torch.cat([encoded.hidden, neutral.hidden], dim=1),
+    )
 
 
 def mmi_rerank(

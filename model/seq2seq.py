@@ -197,11 +197,13 @@ class Seq2Seq(nn.Module):
         tgt_in: Tensor,
         tgt_out: Tensor,
         rows: Tensor | None = None,
+        encoded: Encoded | None = None,
     ) -> Tensor:
         """Teacher-forced log p(answer + EOS | question) per sequence: (B,). Same inputs as
         ``forward``; used to rerank candidate replies. ``rows`` (B,): answer i is scored for
-        question ``src[rows[i]]`` (each question is encoded once, however many answers)."""
-        memory, keys, mask, hidden = self.encode(src, src_len)
+        question ``src[rows[i]]`` (each question is encoded once, however many answers).
+        ``encoded``: the questions already ``encode``d (``src`` and ``src_len`` unused)."""
+        memory, keys, mask, hidden = encoded if encoded is not None else self.encode(src, src_len)
         if rows is not None:
             memory, keys, mask, hidden = memory[rows], keys[rows], mask[rows], hidden[:, rows]
         dec_out, _ = self.decoder(self.drop(self.embedding(tgt_in)), hidden)

@@ -464,3 +464,35 @@ def test_preparing_silences_only_the_deprecations_of_our_own_calls():
     assert inner[0][0] == "always"  # our filters were undone after each call, not left behind
     with pytest.warns(DeprecationWarning, match="torch.jit.script"):  # still there elsewhere
         torch.jit.script(torch.nn.Identity())
+
+
+def test_candidate_scores_are_the_mmi_definition_with_or_without_a_remembered_prior():
+    """log p(y|x) / lp(|y|+1) - w * log p(y|<unk>) / lp(|y|+1), for two questions of other
+    lengths (padding) at once: the priors are scored in the same pass as the answers, then
+    remembered; a second call that finds them remembered gives the same scores."""
+    from xianliao.model.rerank import answer_batch, candidate_scores
+    from xianliao.model.search import length_penalty
+
+    m = _model()
+    questions = [[5, 6, 7], [8, 9, 10, 11, 12, 13]]
+    owners = [0, 0, 1, 1, 1]
+    cands = [[8, 9], [10, 11, 12], [13], [8, 9], [14, 15, 16, 17]]  # [8, 9]: for both
+    src, src_len = batch_inputs(questions)
+    opts = DecodeOptions(mmi_weight=0.7)
+    with torch.no_grad():
+        tgt_in, tgt_out = answer_batch(cands, "cpu")
+        cond = m.sequence_logprobs(src[owners], src_len[owners], tgt_in, tgt_out)
+        neutral = torch.full((len(cands), 1), UNK_ID)
+        prior = m.sequence_logprobs(
+            neutral, torch.ones(len(cands), dtype=torch.long), tgt_in, tgt_out
+        )
+        expected = [
+            (c - 0.7 * p) / length_penalty(len(a) + 1, 1.0)
+            for c, p, a in zip(cond.tolist(), prior.tolist(), cands, strict=True)
+        ]
+        cache: dict = {}
+        first = candidate_scores(m, src, src_len, owners, cands, opts, prior_cache=cache)
+        assert len(cache) == 4  # each distinct answer once
+        again = candidate_scores(m, src, src_len, owners, cands, opts, prior_cache=cache)
+    assert first == pytest.approx(expected, abs=1e-4)
+    assert again == pytest.approx(expected, abs=1e-4)
