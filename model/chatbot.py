@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 MAX_INPUT_TOKENS = 40  # the model sees at most the last 40 tokens of a message
 FALLBACK_REPLY = "嗯?"
+RETRIEVE_SPARE = 3  # index answers fetched per one kept (some are too long or filtered)
 SAME_QUESTION = 0.999  # question similarity of the same words (model.reply_index.similarity)  # when there is nothing to answer (empty input) or nothing decoded
 
 
@@ -186,7 +187,10 @@ class ChatBot:
     def _retrieve(self, tokens: list[str], opts: DecodeOptions, extra: list[Hit]) -> list[Hit]:
         if opts.retrieve <= 0:
             return list(extra)
-        found = self.index.search(tokens, opts.retrieve) if self.index is not None else []
+        # More than ``retrieve``: answers the filter or the length limit leaves out must not
+        # use up the places of usable ones (``candidates`` keeps ``retrieve`` of them).
+        wanted = opts.retrieve * RETRIEVE_SPARE
+        found = self.index.search(tokens, wanted) if self.index is not None else []
         return [*extra, *found]
 
     def _allowed(self, ids: list[int]) -> str | None:
@@ -209,15 +213,23 @@ class ChatBot:
         return texts
 
     def candidates(
-        self, gen: list[list[int]], hits: list[Hit], max_len: int = MAX_INPUT_TOKENS
+        self,
+        gen: list[list[int]],
+        hits: list[Hit],
+        max_len: int = MAX_INPUT_TOKENS,
+        retrieve: int | None = None,
     ) -> list[Candidate]:
         """The model's and the index's replies, each once, without those the filter blocks
-        and answers longer than ``max_len`` tokens (as the model's own replies are)."""
+        and answers longer than ``max_len`` tokens (as the model's own replies are); of the
+        index's, the first ``retrieve`` usable ones (an admin's approved answers always)."""
         out: dict[str, Candidate] = {}
         for ids in gen:
             if ids and (text := self._allowed(ids)):
                 out.setdefault(normalise(text), Candidate(text, ids, "model"))
+        taken = 0
         for hit in hits:
+            if retrieve is not None and taken >= retrieve and hit.source != "approved":
+                continue
             key = normalise(hit.answer)
             if key in out and out[key].similarity >= hit.similarity:
                 continue
@@ -225,6 +237,7 @@ class ChatBot:
             if 0 < len(toks) <= max_len and not self.filter.blocked(hit.answer, toks):
                 ids = self.vocab.encode(toks)
                 out[key] = Candidate(hit.answer, ids, hit.source, hit.similarity, hit.offset)
+                taken += hit.source != "approved"
         return list(out.values())
 
     def _rerank(
@@ -234,7 +247,10 @@ class ChatBot:
         the best of each (see ``candidate_score``)."""
         src, src_len = batch_inputs(id_lists, self.model.embedding.weight.device)
         gen = generate(self.model, src, src_len, opts)
-        cands = [self.candidates(g, h, opts.max_len) for g, h in zip(gen, hits, strict=True)]
+        cands = [
+            self.candidates(g, h, opts.max_len, opts.retrieve)
+            for g, h in zip(gen, hits, strict=True)
+        ]
         flat = [(b, c) for b, cs in enumerate(cands) for c in cs]
         if not flat:
             return [None] * len(id_lists)

@@ -105,3 +105,21 @@ def test_a_corpus_offset_moves_its_answers_down(bot):
     )
     bot.index.offsets = {"noisy": -100.0}
     assert bot.reply("今天星期几", **GREEDY, similarity_weight=50) == other
+
+
+def test_answers_too_long_to_send_do_not_use_up_the_retrieved_places(bot):
+    """retrieve=2: the index's two best matches have answers longer than max_len; the short
+    answer to the next most similar question is still among the candidates, and sent."""
+    long_answer = "我只会煮面" * 10
+    bot.index = _index(
+        [
+            ("今天星期几", long_answer),
+            ("今天星期几", long_answer + "呀"),
+            ("今天星期几呢", "下次再聊"),
+        ]
+    )
+    opts = {**GREEDY, "retrieve": 2, "max_len": 8, "similarity_weight": 50}
+    assert bot.reply("今天星期几", **opts) == "下次再聊"
+    hits = bot.index.search(TOK.tokenize("今天星期几"), 6)
+    cands = bot.candidates([], hits, max_len=8, retrieve=1)
+    assert [c.text for c in cands] == ["下次再聊"]
