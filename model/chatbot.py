@@ -246,7 +246,8 @@ class ChatBot:
         """Score the generated and retrieved candidates of every message in one batch and pick
         the best of each (see ``candidate_score``)."""
         src, src_len = batch_inputs(id_lists, self.model.embedding.weight.device)
-        gen = generate(self.model, src, src_len, opts)
+        encoded = self.model.encode(src, src_len)  # once, for proposing and for judging
+        gen = generate(self.model, src, src_len, opts, encoded=encoded)
         cands = [
             self.candidates(g, h, opts.max_len, opts.retrieve)
             for g, h in zip(gen, hits, strict=True)
@@ -262,6 +263,7 @@ class ChatBot:
             [c.ids for _, c in flat],
             opts,
             prior_cache=self._priors,
+            encoded=encoded,
         )
         for (_, c), model_score in zip(flat, scores, strict=True):
             c.score = candidate_score(c, model_score, opts)

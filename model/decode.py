@@ -12,7 +12,7 @@ from torch import Tensor
 from xianliao.model.decode_options import STRATEGIES, DecodeOptions
 from xianliao.model.rerank import PRIOR_CACHE_SIZE, candidate_scores, mmi_rerank
 from xianliao.model.search import batch_inputs, beam_search, greedy, sample
-from xianliao.model.seq2seq import Seq2Seq
+from xianliao.model.seq2seq import Encoded, Seq2Seq
 
 __all__ = [
     "PRIOR_CACHE_SIZE",
@@ -47,11 +47,17 @@ def decode(model: Seq2Seq, id_lists: list[list[int]], opts: DecodeOptions) -> li
 
 
 def generate(
-    model: Seq2Seq, src: Tensor, src_len: Tensor, opts: DecodeOptions
+    model: Seq2Seq,
+    src: Tensor,
+    src_len: Tensor,
+    opts: DecodeOptions,
+    *,
+    encoded: Encoded | None = None,
 ) -> list[list[list[int]]]:
     """The model's own candidate replies per input, for reranking with retrieved ones: beam
     search's finished hypotheses, ``num_samples`` distinct samples for sample_rank, else the
-    strategy's one reply."""
+    strategy's one reply. ``encoded``: ``src`` already encoded (spares greedy and sampling
+    an encoder pass)."""
     if opts.strategy == "beam":
         return [[ids for _, ids in h] for h in beam_search(model, src, src_len, opts)]
     if opts.strategy == "sample_rank":
@@ -59,8 +65,8 @@ def generate(
         drawn = sample(model, src.repeat_interleave(n, 0), src_len.repeat_interleave(n, 0), opts)
         return [list({tuple(x): x for x in drawn[b * n : (b + 1) * n]}.values()) for b in range(B)]
     one = (
-        greedy(model, src, src_len, opts)
+        greedy(model, src, src_len, opts, encoded=encoded)
         if opts.strategy == "greedy"
-        else sample(model, src, src_len, opts)
+        else sample(model, src, src_len, opts, encoded=encoded)
     )
     return [[ids] for ids in one]

@@ -6,6 +6,8 @@ Used to pick among the model's own candidates (sample_rank, beam with ``rerank_b
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor
 
@@ -36,20 +38,23 @@ def candidate_scores(
     answers: list[list[int]],
     opts: DecodeOptions,
     prior_cache: dict[tuple[int, ...], float] | None = None,
+    encoded: Encoded | None = None,
 ) -> list[float]:
     """How well each non-empty candidate answer ``answers[i]`` fits its question
     ``src[owners[i]]``: the length-normalised log p(y|x) - w * log p(y|<unk>) (``mmi_weight``),
     plus ``bidi_weight`` * log p(x|y) / (|x| + 1). The second term is how likely the reply is
     whatever was asked (the model given an uninformative one-token question); the third, how
     well the reply leads back to the question (the model read backwards). ``prior_cache``
-    keeps the second term of answers seen before (it does not depend on the question)."""
+    keeps the second term of answers seen before (it does not depend on the question).
+    ``encoded``: ``src`` already encoded (by the decoding that proposed candidates)."""
     rows = torch.tensor(owners, device=src.device)
     cache = prior_cache if prior_cache is not None else {}
     # The answers whose prior is not known yet are scored in the same decoder pass, for one
     # more question (the neutral one): one pass instead of two.
     todo = list(dict.fromkeys(tuple(a) for a in answers)) if opts.mmi_weight > 0 else []
     todo = [k for k in todo if k not in cache]
-    encoded = model.encode(src, src_len)
+    if encoded is None:
+        encoded = model.encode(src, src_len)
     if todo:
         encoded = _with_neutral(model, encoded)
         rows = torch.cat([rows, torch.full((len(todo),), src.shape[0], device=src.device)])
@@ -86,13 +91,22 @@ PRIOR_CACHE_SIZE = (
 )
 
 
+# The neutral question encoded, per model being served (the same every time; weights do not
+# change while serving: a reload is a new model object).
+_NEUTRAL: weakref.WeakKeyDictionary[Seq2Seq, Encoded] = weakref.WeakKeyDictionary()
+
+
 def _with_neutral(model: Seq2Seq, encoded: Encoded) -> Encoded:
     """``encoded`` and, as one more question after them, the neutral one (a lone <unk>)."""
     device = encoded.memory.device
-    neutral = model.encode(
-        torch.full((1, 1), UNK_ID, dtype=torch.long, device=device),
-        torch.ones(1, dtype=torch.long),
-    )
+    neutral = _NEUTRAL.get(model) if torch.is_inference_mode_enabled() else None
+    if neutral is None or neutral.memory.device != device:
+        neutral = model.encode(
+            torch.full((1, 1), UNK_ID, dtype=torch.long, device=device),
+            torch.ones(1, dtype=torch.long),
+        )
+        if torch.is_inference_mode_enabled() and not model.training:
+            _NEUTRAL[model] = neutral
     S = encoded.memory.shape[1]  # >= 1: the neutral question is padded to the others' width
     pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, S - 1))  # noqa: E731 - (1, 1, H) -> (1, S, H)
     mask = torch.zeros(1, S, dtype=torch.bool, device=device)

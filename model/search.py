@@ -135,18 +135,25 @@ def decode_loop(
 
 
 def greedy(
-    model: Seq2Seq, src: Tensor, src_len: Tensor, opts: DecodeOptions, *, head_first: bool = True
+    model: Seq2Seq,
+    src: Tensor,
+    src_len: Tensor,
+    opts: DecodeOptions,
+    *,
+    head_first: bool = True,
+    encoded: Encoded | None = None,
 ) -> list[list[int]]:
     """Greedy decoding: at each step the most likely allowed token. ``head_first``: with an
     adaptive softmax, read its head first and score the tails only for the rows where a tail
-    cluster wins (the same replies for less work)."""
+    cluster wins (the same replies for less work). ``encoded``: ``src`` already encoded."""
 
     def choose(step: Step, histories: list[list[int]], t: int) -> Tensor:
         if model.adaptive is not None and head_first:
             return _head_first_argmax(model, step, histories, t, opts)
         return constrain(step.logits(), histories, t, opts).argmax(dim=-1)
 
-    return decode_loop(model, model.encode(src, src_len), src.shape[0], opts, choose)
+    enc = encoded if encoded is not None else model.encode(src, src_len)
+    return decode_loop(model, enc, src.shape[0], opts, choose)
 
 
 def _head_first_argmax(
@@ -165,10 +172,18 @@ def _head_first_argmax(
     return tokens
 
 
-def sample(model: Seq2Seq, src: Tensor, src_len: Tensor, opts: DecodeOptions) -> list[list[int]]:
+def sample(
+    model: Seq2Seq,
+    src: Tensor,
+    src_len: Tensor,
+    opts: DecodeOptions,
+    *,
+    encoded: Encoded | None = None,
+) -> list[list[int]]:
     """Sampling: each token is drawn from the ``top_k`` most likely allowed ones, within the
     smallest set holding ``top_p`` of their probability (nucleus), at ``temperature``; from
-    the guided scores when ``guidance`` != 1. Reproducible with ``seed``."""
+    the guided scores when ``guidance`` != 1. Reproducible with ``seed``. ``encoded``: ``src``
+    already encoded (unguided sampling uses it)."""
     gen = torch.Generator(device=src.device)
     if opts.seed is not None:
         gen.manual_seed(opts.seed)
@@ -181,7 +196,10 @@ def sample(model: Seq2Seq, src: Tensor, src_len: Tensor, opts: DecodeOptions) ->
             return _draw(guide(step.log_probs(), histories, t, opts), opts, gen)
         return _draw(constrain(step.logits(), histories, t, opts), opts, gen)
 
-    enc = encode_with_neutral(model, src, src_len) if guided else model.encode(src, src_len)
+    if guided:
+        enc = encode_with_neutral(model, src, src_len)
+    else:
+        enc = encoded if encoded is not None else model.encode(src, src_len)
     return decode_loop(model, enc, src.shape[0], opts, choose)
 
 
