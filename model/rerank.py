@@ -55,11 +55,13 @@ def candidate_scores(
     todo = [k for k in todo if k not in cache]
     if encoded is None:
         encoded = model.encode(src, src_len)
+    all_rows = rows
     if todo:
         encoded = _with_neutral(model, encoded)
-        rows = torch.cat([rows, torch.full((len(todo),), src.shape[0], device=src.device)])
+        neutral_rows = torch.full((len(todo),), src.shape[0], device=src.device)
+        all_rows = torch.cat([rows, neutral_rows])
     tgt_in, tgt_out = answer_batch([*answers, *(list(k) for k in todo)], src.device)
-    lp = model.sequence_logprobs(src, src_len, tgt_in, tgt_out, rows=rows, encoded=encoded)
+    lp = model.sequence_logprobs(src, src_len, tgt_in, tgt_out, rows=all_rows, encoded=encoded)
     lp = lp.tolist()
     cond = lp[: len(answers)]
     prior = [0.0] * len(answers)

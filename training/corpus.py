@@ -6,6 +6,7 @@
 * chatterbot-corpus YAML: a ``.yml`` file, a folder of them, or ``chatterbot:chinese`` for the
   Chinese data of the installed ``chatterbot-corpus`` package. Each conversation
   ``[a, b, c]`` gives the pairs (a, b) and (b, c).
+* ``xianliao:everyday``: the ~130 everyday exchanges shipped with the package (a TSV).
 
 Readers yield ``(question, answer)`` or ``Bad(reason)``; nothing is dropped without a count.
 """
@@ -34,6 +35,13 @@ class CorpusError(Exception):
 # about the bot): with chatterbot-corpus's ~550 mostly translated pairs, enough for a first
 # bot to answer everyday messages from its reply index. Package data, so installed copies have it.
 EVERYDAY_CORPUS = Path(__file__).with_name("data") / "everyday_zh.tsv"
+# Corpora shipped with the package, by a name that works wherever it is installed.
+SHIPPED = {"xianliao:everyday": EVERYDAY_CORPUS}
+
+
+def resolve(spec: str) -> str:
+    """A corpus argument as a path: the file behind a shipped corpus's name, else itself."""
+    return str(SHIPPED[spec]) if spec in SHIPPED else spec
 
 
 def chatterbot_dir(language: str = "chinese") -> Path:
@@ -80,6 +88,7 @@ def read_tsv(path: Path) -> Iterator[Item]:
 
 def is_tsv(spec: str) -> bool:
     """Whether ``spec`` is read as a question<TAB>answer file (so it can be split in blocks)."""
+    spec = resolve(spec)
     path = Path(spec)
     return (
         not spec.startswith("chatterbot:")
@@ -125,6 +134,7 @@ def read_yaml(path: Path) -> Iterator[Item]:
 
 def iter_corpus(spec: str) -> Iterator[Item]:
     """Pairs from one corpus argument (see the module docstring for what ``spec`` may be)."""
+    spec = resolve(spec)
     if spec.startswith("chatterbot:"):
         for path in sorted(chatterbot_dir(spec.split(":", 1)[1] or "chinese").glob("*.yml")):
             yield from read_yaml(path)
@@ -157,7 +167,7 @@ def iter_corpus(spec: str) -> Iterator[Item]:
 
 def check_specs(specs: list[str]) -> None:
     """Fail fast, before any work, on a corpus argument that does not exist."""
-    for spec in specs:
+    for spec in map(resolve, specs):
         if spec.startswith("chatterbot:"):
             chatterbot_dir(spec.split(":", 1)[1] or "chinese")
         elif "+" in spec and not Path(spec).exists():

@@ -15,7 +15,7 @@ from pathlib import Path
 from xianliao.model.reply_filter import ReplyFilter, has_content
 from xianliao.model.reply_index import build_index
 from xianliao.model.text import Tokenizer, normalise
-from xianliao.training.corpus import Bad, check_specs, iter_corpus
+from xianliao.training.corpus import Bad, check_specs, iter_corpus, resolve
 from xianliao.training.prepare import held_out
 
 
@@ -36,7 +36,7 @@ def _kept_pairs(
 ) -> Iterator[tuple[str, str, str]]:
     """(normalised question, answer as written, source name) of every pair worth indexing."""
     for spec in specs:
-        source = Path(spec).stem if not spec.startswith("chatterbot:") else spec
+        source = Path(resolve(spec)).stem if not spec.startswith("chatterbot:") else spec
         for item in iter_corpus(spec):
             stats.pairs_read += 1
             if isinstance(item, Bad):

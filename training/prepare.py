@@ -28,7 +28,7 @@ import numpy as np
 from xianliao.model.reply_filter import ReplyFilter
 from xianliao.model.text import Tokenizer
 from xianliao.model.vocab import SPECIALS, Vocab
-from xianliao.training.corpus import Bad, check_specs, is_tsv, iter_corpus
+from xianliao.training.corpus import Bad, check_specs, is_tsv, iter_corpus, resolve
 from xianliao.training.counting import BoundedCounter, pack_words, word_hashes
 from xianliao.training.segment import (
     close_unit_file,
@@ -206,6 +206,7 @@ def prepare(
     """Prepare ``specs`` (see training.corpus) into ``out_dir``. Returns the statistics that are
     also written to ``out_dir/meta.json``."""
     check_specs(specs)
+    specs = [resolve(s) for s in specs]  # a shipped corpus's name -> its file
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

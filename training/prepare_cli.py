@@ -36,7 +36,8 @@ def _prepare_parser() -> OneLineParser:
         prog="xianliao prepare",
         description="Segment corpora into a vocabulary and token-id arrays for training. "
         "CORPUS is a question<TAB>answer file, a folder with 'question' and 'answer' files "
-        "(or QFILE+AFILE), a chatterbot-corpus .yml file or folder, or chatterbot:chinese.",
+        "(or QFILE+AFILE), a chatterbot-corpus .yml file or folder, chatterbot:chinese, or "
+        "xianliao:everyday (the everyday exchanges shipped with xianliao).",
     )
     p.add_argument("corpus", nargs="+", metavar="CORPUS")
     p.add_argument("--out", required=True, metavar="DATA_DIR")

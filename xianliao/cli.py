@@ -6,6 +6,7 @@ python-telegram-bot and ``xianliao bot`` never loads the training code.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import importlib
 import os
@@ -79,8 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     # major version; opt in now (bot.handlers reads either form).
     os.environ.setdefault("PTB_TIMEDELTA", "1")
     # A fatal signal in C code (SIGBUS when SQLite's memory-mapped -shm file is truncated under
-    # it, SIGSEGV) ends the process at once: say so, with the Python stack, in the log.
-    faulthandler.enable()
+    # it, SIGSEGV) ends the process at once: say so, with the Python stack, in the log. (Not
+    # where stderr is no file: called from Python code that captures it.)
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        faulthandler.enable()
     if name in LONG_COMMANDS:
         _interrupt_on_signals()
     module_name, func_name, _ = COMMANDS[name]

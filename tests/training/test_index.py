@@ -69,3 +69,19 @@ def test_a_bad_offset_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         index_main([corpus, "--out", str(tmp_path / "i"), "--offset", "dgk"])
     assert "--offset wants NAME=NUMBER" in capsys.readouterr().err
+
+
+def test_the_shipped_everyday_exchanges_are_a_corpus_by_name(tmp_path, capsys):
+    """``xianliao:everyday`` works wherever xianliao is installed, for index and prepare."""
+    from xianliao.model.text import Tokenizer
+    from xianliao.training.cli import prepare_main
+
+    out = tmp_path / "replies.sqlite"
+    assert index_main(["xianliao:everyday", "--out", str(out), "--valid-permille", "0"]) == 0
+    stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert stats["pairs_indexed"] > 100
+    hits = ReplyIndex.open(out).search(Tokenizer().tokenize("你好"), 3)
+    assert hits and hits[0].source == "everyday_zh"
+    data = tmp_path / "data"
+    assert prepare_main(["xianliao:everyday", "--out", str(data), "--quiet"]) == 0
+    assert (data / "vocab.txt").is_file()
