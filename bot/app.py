@@ -144,6 +144,7 @@ def build_application(
         service,
         admin_ids,
         typing_delay_s=settings.typing_delay_s,
+        typing_max_replying=max(1, round(settings.send_max_rate)) if settings.send_max_rate else 0,
         send_retry_s=settings.send_retry_s,
         pending_max_age_s=settings.pending_max_age_s,
         pending_retry_s=settings.pending_retry_s,

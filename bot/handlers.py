@@ -83,6 +83,10 @@ class BotDeps:
     service: DialogueService
     admin_ids: frozenset[int]
     typing_delay_s: float = 1.0
+    # No "typing..." while more replies than this are being made or sent (0: no limit); the
+    # flood limit's replies per second (SEND_MAX_RATE), see sending.typing_while.
+    typing_max_replying: int = 0
+    replying: int = 0  # replies being made or sent now
     send_retry_s: float = 30.0  # how long a failing send is retried (SEND_RETRY_S)
     # Stored messages older than this are not answered after a restart (PENDING_MAX_AGE_S).
     pending_max_age_s: float = 3600.0

@@ -62,13 +62,22 @@ def _seconds(value: Any) -> float:
 async def typing_while(
     context: ContextTypes.DEFAULT_TYPE, chat_id: int, work: Awaitable[Any]
 ) -> Any:
-    """Await ``work``; if it takes longer than the typing delay, show "typing..." meanwhile."""
+    """Await ``work``; if it takes longer than the typing delay, show "typing..." meanwhile,
+    unless more replies are in the making than the flood limit sends in a second: chat actions
+    count against the same limit as the replies, and showing them to every waiting user then
+    halved the reply rate (bench/RESULTS.md section 27)."""
+    deps = context.bot_data["deps"]
     task = asyncio.ensure_future(work)
-    delay = context.bot_data["deps"].typing_delay_s
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=delay)
-        if done:
-            return task.result()
-        with contextlib.suppress(TelegramError):
-            await context.bot.send_chat_action(chat_id, ChatAction.TYPING)
-        delay = TYPING_REPEAT_S
+    delay = deps.typing_delay_s
+    deps.replying += 1
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=delay)
+            if done:
+                return task.result()
+            if not deps.typing_max_replying or deps.replying <= deps.typing_max_replying:
+                with contextlib.suppress(TelegramError):
+                    await context.bot.send_chat_action(chat_id, ChatAction.TYPING)
+            delay = TYPING_REPEAT_S
+    finally:
+        deps.replying -= 1

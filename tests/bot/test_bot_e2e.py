@@ -434,3 +434,16 @@ def test_replies_in_a_chat_keep_the_order_of_its_messages(fake_api, start_bot):
     for chat in (USER, USER + 1):
         texts = [m["text"] for m in fake_api.wait_sent(chat, 8)]
         assert texts == [f"你说：第{i}句" for i in range(8)]
+
+
+def test_no_typing_actions_while_more_replies_wait_than_the_flood_limit_sends(fake_api, start_bot):
+    """Chat actions count against the same flood limit as replies: with 12 replies waiting for
+    a limit of 2 a second, showing "typing..." to each waiting user would take the replies'
+    places. None is sent until the queue is down to what one second of the limit sends."""
+    start_bot(EchoModel(delay=0.3), typing_delay_s=0.05, send_max_rate=2)
+    users = list(range(5001, 5013))
+    for u in users:
+        fake_api.private_text(u, f"{u}来了")
+    for u in users:
+        assert fake_api.wait_sent(u, 1, timeout=60)[0]["text"] == f"你说：{u}来了"
+    assert len(fake_api.actions) <= 2, fake_api.actions
