@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 EVERYDAY_FILE = Path(__file__).with_name("everyday50.txt")
 
 
-def everyday() -> list[str]:
-    lines = EVERYDAY_FILE.read_text("utf-8").splitlines()
+def everyday(path: Path = EVERYDAY_FILE) -> list[str]:
+    lines = Path(path).read_text("utf-8").splitlines()
     return [x for x in lines if x and not x.startswith("#")]
 
 
@@ -92,6 +92,12 @@ def main() -> int:
     p.add_argument("--stats-limit", type=int, default=1000, help="dev messages for statistics")
     p.add_argument("--options", default="{}", help="decoding options (JSON) over the served ones")
     p.add_argument("--index", default=None, help="reply index (default: beside the checkpoint)")
+    p.add_argument(
+        "--everyday",
+        default=str(EVERYDAY_FILE),
+        help="everyday messages, one per line (default bench/everyday50.txt; "
+        "bench/everyday50_fresh.txt: 50 more no shipped exchange was written for)",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--out", default="bench/out/replies")
@@ -114,7 +120,7 @@ def main() -> int:
     bot = ChatBot.load(a.checkpoint, threads=a.threads, index_path=a.index, quantize=a.quantize)
     opts = {"seed": 0, **json.loads(a.options)}
     out.mkdir(parents=True, exist_ok=True)
-    msgs = everyday()
+    msgs = everyday(a.everyday)
     t0 = time.perf_counter()
     replies = [bot.reply(m, **opts) for m in msgs]
     ms = (time.perf_counter() - t0) * 1000 / len(msgs)
