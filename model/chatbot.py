@@ -21,9 +21,9 @@ from xianliao.model.vocab import UNK_ID, Vocab
 logger = logging.getLogger(__name__)
 
 MAX_INPUT_TOKENS = 40  # the model sees at most the last 40 tokens of a message
-FALLBACK_REPLY = "嗯?"
+FALLBACK_REPLY = "嗯?"  # when there is nothing to answer (empty input) or nothing decoded
 RETRIEVE_SPARE = 3  # index answers fetched per one kept (some are too long or filtered)
-SAME_QUESTION = 0.999  # question similarity of the same words (model.reply_index.similarity)  # when there is nothing to answer (empty input) or nothing decoded
+SAME_QUESTION = 0.999  # question similarity of the same words (model.reply_index.similarity)
 
 
 def build_model(ckpt: dict, path: Path) -> Seq2Seq:

@@ -126,6 +126,7 @@ def train_main(argv: list[str]) -> int:
     from xianliao.model.checkpoint import CheckpointError
     from xianliao.training.data import DataError
     from xianliao.training.distributed import Dist, StopRequest, launch
+    from xianliao.training.metrics import jsonl_appender
     from xianliao.training.train import TrainConfig, result_json, train
 
     p = _train_parser()
@@ -171,13 +172,7 @@ def train_main(argv: list[str]) -> int:
         both_directions=a.both_directions,
         model=model,
     )
-    on_progress = None
-    if a.progress_jsonl:
-
-        def on_progress(info: dict, path=a.progress_jsonl) -> None:
-            with open(path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(info) + "\n")
-
+    on_progress = jsonl_appender(a.progress_jsonl) if a.progress_jsonl else None
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         result = train(

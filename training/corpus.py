@@ -40,7 +40,8 @@ SHIPPED = {"xianliao:everyday": EVERYDAY_CORPUS}
 
 
 def resolve(spec: str) -> str:
-    """A corpus argument as a path: the file behind a shipped corpus's name, else itself."""
+    """A corpus argument as a path: the file behind a shipped corpus's name, else itself.
+    The commands that take corpus arguments (prepare, index) resolve them first."""
     return str(SHIPPED[spec]) if spec in SHIPPED else spec
 
 
@@ -88,7 +89,6 @@ def read_tsv(path: Path) -> Iterator[Item]:
 
 def is_tsv(spec: str) -> bool:
     """Whether ``spec`` is read as a question<TAB>answer file (so it can be split in blocks)."""
-    spec = resolve(spec)
     path = Path(spec)
     return (
         not spec.startswith("chatterbot:")
@@ -134,7 +134,6 @@ def read_yaml(path: Path) -> Iterator[Item]:
 
 def iter_corpus(spec: str) -> Iterator[Item]:
     """Pairs from one corpus argument (see the module docstring for what ``spec`` may be)."""
-    spec = resolve(spec)
     if spec.startswith("chatterbot:"):
         for path in sorted(chatterbot_dir(spec.split(":", 1)[1] or "chinese").glob("*.yml")):
             yield from read_yaml(path)
@@ -167,7 +166,7 @@ def iter_corpus(spec: str) -> Iterator[Item]:
 
 def check_specs(specs: list[str]) -> None:
     """Fail fast, before any work, on a corpus argument that does not exist."""
-    for spec in map(resolve, specs):
+    for spec in specs:
         if spec.startswith("chatterbot:"):
             chatterbot_dir(spec.split(":", 1)[1] or "chinese")
         elif "+" in spec and not Path(spec).exists():

@@ -147,7 +147,7 @@ def launch(
     argv: list[str],
     grace_s: float = 30.0,
     *,
-    module: str = "xianliao",
+    command: tuple[str, ...] = ("xianliao", "train"),
     poll: Callable[[], bool] | None = None,
 ) -> int:
     """``xianliao train --nproc N ...``: start N ranks of ``xianliao train ...`` on this machine
@@ -158,8 +158,7 @@ def launch(
     ``last.pt`` and exit 0); a rank that fails takes the others down after ``grace_s``, since
     they would otherwise wait for it in a collective.
 
-    ``module``: what each rank runs (``python -m MODULE ARGV``; ``xianliao`` gets ``train``
-    first). ``poll`` is called between checks of the ranks; True asks them once to stop, as
+    ``command``: what each rank runs, ``python -m COMMAND... ARGV``. ``poll`` is called between checks of the ranks; True asks them once to stop, as
     Ctrl+C does (a retraining's cancel request reaches its ranks so).
     """
     env = {
@@ -170,7 +169,7 @@ def launch(
         "LOCAL_WORLD_SIZE": str(nproc),
     }
     env.setdefault("OMP_NUM_THREADS", "1")  # as torchrun: N processes share the cores
-    cmd = [sys.executable, "-m", module, *(["train"] if module == "xianliao" else []), *argv]
+    cmd = [sys.executable, "-m", *command, *argv]
     procs = [
         subprocess.Popen(cmd, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
         for r in range(nproc)

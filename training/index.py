@@ -36,7 +36,7 @@ def _kept_pairs(
 ) -> Iterator[tuple[str, str, str]]:
     """(normalised question, answer as written, source name) of every pair worth indexing."""
     for spec in specs:
-        source = Path(resolve(spec)).stem if not spec.startswith("chatterbot:") else spec
+        source = Path(spec).stem if not spec.startswith("chatterbot:") else spec
         for item in iter_corpus(spec):
             stats.pairs_read += 1
             if isinstance(item, Bad):
@@ -87,6 +87,7 @@ def build(
 ) -> IndexStats:
     """Index the question/answer pairs of ``specs`` into the file ``out`` (atomically).
     ``offsets``: corpus name (a file's stem) -> a number added to its answers' scores."""
+    specs = [resolve(s) for s in specs]  # a shipped corpus's name -> its file
     check_specs(specs)
     t0 = time.perf_counter()
     stats = IndexStats()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,17 @@ class MetricsLog:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         self.last_step = record["step"]
+
+
+def jsonl_appender(path: str | os.PathLike) -> Callable[[dict], None]:
+    """A training ``on_progress`` callback that appends each report to ``path`` as a JSON line
+    (``--progress-jsonl``; what a supervising process reads)."""
+
+    def on_progress(info: dict) -> None:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(info) + "\n")
+
+    return on_progress
 
 
 def plot_curves(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:

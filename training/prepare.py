@@ -205,8 +205,8 @@ def prepare(
 ) -> PrepareStats:
     """Prepare ``specs`` (see training.corpus) into ``out_dir``. Returns the statistics that are
     also written to ``out_dir/meta.json``."""
-    check_specs(specs)
     specs = [resolve(s) for s in specs]  # a shipped corpus's name -> its file
+    check_specs(specs)
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

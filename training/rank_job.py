@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from xianliao.training.distributed import Dist, StopRequest, launch
+from xianliao.training.metrics import jsonl_appender
 from xianliao.training.train import TrainConfig, TrainResult, train
 
 SPEC_FILE = "ranks.json"
@@ -65,18 +66,10 @@ def train_distributed(
                     on_progress(json.loads(line))
         return bool(should_stop and should_stop())
 
-    code = launch(nproc, [str(out / SPEC_FILE)], module="xianliao.training.rank_job", poll=poll)
+    code = launch(nproc, [str(out / SPEC_FILE)], command=("xianliao.training.rank_job",), poll=poll)
     if code != 0 or not result.is_file():
         raise DistributedTrainingError(f"training with {nproc} processes failed (exit {code})")
     return TrainResult(**json.loads(result.read_text("utf-8")))
-
-
-def _append(path: str) -> Callable[[dict], None]:
-    def on_progress(info: dict) -> None:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(info) + "\n")
-
-    return on_progress
 
 
 def run_rank(spec_path: str) -> int:
@@ -95,7 +88,7 @@ def run_rank(spec_path: str) -> int:
             spec["out_dir"],
             TrainConfig(**spec["config"]),
             progress=False,
-            on_progress=_append(spec["progress"]) if dist.is_main else None,
+            on_progress=jsonl_appender(spec["progress"]) if dist.is_main else None,
             dist=dist,
             should_stop=stop,
         )
