@@ -135,9 +135,10 @@ def test_a_bot_killed_by_sqlite_says_why_and_its_restart_answers(fake_api, tmp_p
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == -signal.SIGBUS, out
-    # (another thread's log line may come between the two parts of faulthandler's line)
-    assert "Fatal Python error: " in out and "Bus error" in out, out[-4000:]
+    # SIGBUS; or SIGSEGV when a second thread faults while faulthandler writes the first
+    # fault's stack, which may then be cut short after its first words (about 1 run in 10)
+    assert proc.returncode in (-signal.SIGBUS, -signal.SIGSEGV), out
+    assert "Fatal Python error" in out, out[-4000:]
     proc = _bot_process(fake_api, tmp_path, checkpoint, TOKEN)
     try:
         assert len(fake_api.wait_sent(1001, 2, timeout=60)) == 2
