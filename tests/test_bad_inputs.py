@@ -132,6 +132,10 @@ def _no_database_made(ws: dict[str, str]) -> None:
     assert _size(f"{ws['tmp']}/text.db") == len(PASSWD)
 
 
+def _no_run_recorded(ws: dict[str, str]) -> None:
+    assert _size(f"{ws['tmp']}/new.db") is None  # refused before the database was opened
+
+
 def _run_failed(ws: dict[str, str]) -> None:
     assert [status for status, _ in _runs(ws["new_db"])] == ["failed"]
 
@@ -212,6 +216,13 @@ ERROR_ROWS = [
         [*RETRAIN, "--model", "{ck}", "--database-url", "{new_db}", "--blocklist", "/nonexist"],
         "--blocklist /nonexist: No such file or directory",
         then=_run_failed,
+    ),
+    # processes that cannot share the batch: refused before the database is opened
+    row(
+        "retrain-nproc",
+        [*RETRAIN, "--model", "{ck}", "--database-url", "{new_db}", "--nproc", "3"],
+        "--batch-size 64 does not split evenly over 3 processes",
+        then=_no_run_recorded,
     ),
     # 5. an id too big for the database
     row(
