@@ -19,6 +19,8 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import sqlite3
+import time
 from pathlib import Path
 
 from alembic import command
@@ -99,8 +101,8 @@ def _install_sqlite_listeners(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            _switch_to_wal(cursor)
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=NORMAL")
         finally:
@@ -110,6 +112,22 @@ def _install_sqlite_listeners(engine: Engine) -> None:
     def _on_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get(_SQLITE_BEGIN, "IMMEDIATE")
         conn.exec_driver_sql("BEGIN" if mode == "DEFERRED" else "BEGIN IMMEDIATE")
+
+
+def _switch_to_wal(cursor) -> None:  # noqa: ANN001 - a sqlite3 cursor
+    """``PRAGMA journal_mode=WAL``, again while SQLite says "locked": the first connections to a
+    new file (the bot and ``xianliao retrain`` starting together) can each hold the lock the
+    other needs to switch, and SQLite then fails one at once instead of waiting (busy_timeout
+    does not apply to that deadlock)."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def open_existing(url: str | URL) -> Engine:
