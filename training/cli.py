@@ -188,10 +188,10 @@ def train_main(argv: list[str]) -> int:
     except (DataError, CheckpointError, OSError, ValueError) as exc:
         who = f" (rank {dist.rank})" if dist.rank else ""
         print(f"xianliao train{who}: {exc}", file=sys.stderr)
-        return 1
+        return dist.exit(1)
     if dist.is_main:
         print(result_json(result), flush=True)
-    return 0
+    return dist.exit(0)
 
 
 def plot_main(argv: list[str]) -> int:

@@ -8,6 +8,7 @@ something local (a signal, the clock) goes through :meth:`Dist.agree` before any
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -73,6 +74,20 @@ class Dist:
     def stop(self) -> None:
         if self.enabled and tdist.is_initialized():
             tdist.destroy_process_group()
+
+    def exit(self, code: int) -> int:
+        """A rank's last step: end the process at once with ``code``, after flushing what it
+        wrote. The process group's C++ threads can outlive ``stop`` (DDP still holds the group)
+        and abort the interpreter's shutdown ("terminate called without an active exception",
+        SIGABRT, seen in CI), which turns a finished run into a failed one. Alone (not a rank):
+        returns ``code``."""
+        if not self.enabled:
+            return code
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(code)
 
     def _comm_device(self) -> torch.device:
         # NCCL reduces only CUDA tensors; gloo only CPU ones.

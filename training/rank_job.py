@@ -103,4 +103,4 @@ def run_rank(spec_path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_rank(sys.argv[1]))
+    sys.exit(Dist.from_env().exit(run_rank(sys.argv[1])))

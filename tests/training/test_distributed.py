@@ -152,3 +152,21 @@ def test_nproc_refuses_what_cannot_run_in_one_line(tiny_data, tmp_path, capsys, 
         train_main([*base, "--nproc", "2"])
     assert "leave it out under torchrun" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_rank_ends_without_the_interpreters_shutdown_and_keeps_its_output():
+    """A rank's process ends with os._exit (the process group's threads can abort the
+    shutdown): what it printed, even unflushed into a pipe, still arrives; atexit does not run."""
+    code = (
+        "import atexit, sys\n"
+        "from xianliao.training.distributed import Dist\n"
+        "atexit.register(lambda: print('shutdown ran'))\n"
+        "print('result line')\n"
+        "print('a warning', file=sys.stderr)\n"
+        "sys.exit(Dist(rank=1, world_size=2).exit(3))\n"
+    )
+    done = _run([sys.executable, "-c", code])
+    assert done.returncode == 3
+    assert done.stdout == "result line\n" and "a warning" in done.stderr
+    alone = _run([sys.executable, "-c", code.replace("rank=1, world_size=2", "")])
+    assert alone.returncode == 3 and "shutdown ran" in alone.stdout  # alone: a normal exit
