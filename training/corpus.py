@@ -31,18 +31,28 @@ class CorpusError(Exception):
     """A corpus argument that cannot be read at all (missing file, unknown format)."""
 
 
-# ~130 everyday exchanges written for this project (greetings, feelings, plans, questions
-# about the bot): with chatterbot-corpus's ~550 mostly translated pairs, enough for a first
-# bot to answer everyday messages from its reply index. Package data, so installed copies have it.
+# ~850 everyday exchanges written for this project (greetings, feelings, daily life, plans,
+# questions about the bot, reactions), several phrasings of each: with chatterbot-corpus's ~550
+# mostly translated pairs, enough for a first bot to answer everyday messages from its reply
+# index. Package data, so installed copies have it.
 EVERYDAY_CORPUS = Path(__file__).with_name("data") / "everyday_zh.tsv"
 # Corpora shipped with the package, by a name that works wherever it is installed.
 SHIPPED = {"xianliao:everyday": EVERYDAY_CORPUS}
+# What the reply index adds to the scores of a shipped corpus's answers unless the user's
+# --offset says otherwise: they were written as answers for this bot, where a corpus's answer
+# is whatever someone said next (value chosen by blind judging, bench/RESULTS.md).
+SHIPPED_OFFSETS = {str(EVERYDAY_CORPUS): 3.0}
 
 
 def resolve(spec: str) -> str:
     """A corpus argument as a path: the file behind a shipped corpus's name, else itself.
     The commands that take corpus arguments (prepare, index) resolve them first."""
     return str(SHIPPED[spec]) if spec in SHIPPED else spec
+
+
+def shipped_offsets(paths: list[str]) -> dict[str, float]:
+    """The index's score offsets (by corpus name) of the shipped corpora among ``paths``."""
+    return {Path(p).stem: SHIPPED_OFFSETS[p] for p in paths if p in SHIPPED_OFFSETS}
 
 
 def chatterbot_dir(language: str = "chinese") -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 from xianliao.model.reply_filter import ReplyFilter, has_content
 from xianliao.model.reply_index import build_index
 from xianliao.model.text import Tokenizer, normalise
-from xianliao.training.corpus import Bad, check_specs, iter_corpus, resolve
+from xianliao.training.corpus import Bad, check_specs, iter_corpus, resolve, shipped_offsets
 from xianliao.training.prepare import held_out
 
 
@@ -86,9 +86,11 @@ def build(
     offsets: dict[str, float] | None = None,
 ) -> IndexStats:
     """Index the question/answer pairs of ``specs`` into the file ``out`` (atomically).
-    ``offsets``: corpus name (a file's stem) -> a number added to its answers' scores."""
+    ``offsets``: corpus name (a file's stem) -> a number added to its answers' scores, over
+    the shipped corpora's own (``SHIPPED_OFFSETS``)."""
     specs = [resolve(s) for s in specs]  # a shipped corpus's name -> its file
     check_specs(specs)
+    offsets = {**shipped_offsets(specs), **(offsets or {})}
     t0 = time.perf_counter()
     stats = IndexStats()
     pairs = _kept_pairs(specs, stats, ReplyFilter.default(blocklist), valid_permille)

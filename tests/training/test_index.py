@@ -85,3 +85,25 @@ def test_the_shipped_everyday_exchanges_are_a_corpus_by_name(tmp_path, capsys):
     data = tmp_path / "data"
     assert prepare_main(["xianliao:everyday", "--out", str(data), "--quiet"]) == 0
     assert (data / "vocab.txt").is_file()
+
+
+def test_the_shipped_exchanges_are_trusted_by_default_and_offset_overrides_it(tmp_path):
+    """Written as answers for the bot, the shipped exchanges get SHIPPED_OFFSETS in any index
+    that takes them (by name or by path); the user's --offset wins; other corpora get none."""
+    from xianliao.model.text import Tokenizer
+    from xianliao.training.corpus import EVERYDAY_CORPUS, SHIPPED_OFFSETS
+
+    trusted = SHIPPED_OFFSETS[str(EVERYDAY_CORPUS)]
+    assert trusted > 0
+    other = str(write_tsv(tmp_path / "people.tsv", [("你好", "你好啊朋友")]))
+    for spec, extra, want in [
+        ("xianliao:everyday", [], trusted),
+        (str(EVERYDAY_CORPUS), [], trusted),
+        ("xianliao:everyday", ["--offset", "everyday_zh=0.5"], 0.5),
+    ]:
+        out = tmp_path / f"{len(extra)}-{len(spec)}.sqlite"
+        assert index_main([spec, other, "--out", str(out), "--valid-permille", "0", *extra]) == 0
+        index = ReplyIndex.open(out)
+        hits = index.search(Tokenizer().tokenize("你好"), 20)
+        assert {h.source: h.offset for h in hits} == {"everyday_zh": want, "people": 0.0}
+        index.close()
