@@ -96,7 +96,8 @@ def main() -> int:
         "--everyday",
         default=str(EVERYDAY_FILE),
         help="everyday messages, one per line (default bench/everyday50.txt; "
-        "bench/everyday50_fresh.txt: 50 more no shipped exchange was written for)",
+        "bench/everyday50_fresh.txt and everyday50_third.txt: 50 more each, written apart "
+        "from the shipped exchanges)",
     )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=7)
