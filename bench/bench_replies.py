@@ -106,7 +106,9 @@ def main() -> int:
     p.add_argument(
         "--latency", type=int, default=0, help="time this many dev replies, one at a time"
     )
-    p.add_argument("--quantize", action="store_true", help="int8 model (MODEL_QUANTIZE)")
+    p.add_argument(
+        "--fp32", action="store_true", help="the fp32 model (MODEL_QUANTIZE=false); default int8"
+    )
     p.add_argument(
         "--compare",
         default="{}",
@@ -118,7 +120,9 @@ def main() -> int:
     if a.score:
         print(json.dumps(score(Path(a.score), out / "key.tsv"), ensure_ascii=False))
         return 0
-    bot = ChatBot.load(a.checkpoint, threads=a.threads, index_path=a.index, quantize=a.quantize)
+    bot = ChatBot.load(
+        a.checkpoint, threads=a.threads, index_path=a.index, quantize=False if a.fp32 else None
+    )
     opts = {"seed": 0, **json.loads(a.options)}
     out.mkdir(parents=True, exist_ok=True)
     msgs = everyday(a.everyday)

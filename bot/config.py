@@ -36,9 +36,9 @@ class Settings(BaseSettings):
     database_url: str = DEFAULT_DATABASE_URL
     model_path: Path = DEFAULT_MODEL_PATH
     model_device: str = "cpu"
-    # dynamic int8 for the model's Linear and GRU layers (CPU): 1.3-1.5x faster replies from a
-    # trained model, 90-94% of greedy/beam replies identical to fp32 (bench/RESULTS.md)
-    model_quantize: bool = False
+    # dynamic int8 for the model's Linear and GRU layers; unset: int8 on CPU, fp32 on a GPU
+    # (model.chatbot.served_int8). false: fp32 everywhere the model is served or judged.
+    model_quantize: bool | None = None
     # torch intra-op threads per model process (unset: 1). Decoding one reply is a chain of
     # small ops that a second thread slows down (bench/RESULTS.md); use more workers instead.
     torch_threads: int | None = None
@@ -154,6 +154,7 @@ class Settings(BaseSettings):
         "webhook_secret",
         "webhook_url",
         "torch_threads",
+        "model_quantize",
         "reply_index",
         "reply_blocklist",
         "console_public_url",

@@ -35,7 +35,7 @@ class ModelClosed(RuntimeError):
 
 
 def _load(
-    path: str, device: str, threads: int, quantize: bool = False, extras: dict | None = None
+    path: str, device: str, threads: int, quantize: bool | None = None, extras: dict | None = None
 ) -> tuple[str, dict[str, Any]]:
     """In the worker: load the checkpoint once; returns (version, decode options).
     ``extras``: more ``ChatBot.load`` arguments (the reply index, the blocklist)."""
@@ -77,7 +77,7 @@ class ModelWorkerPool:
         workers: int = 1,
         device: str = "cpu",
         threads: int = 1,
-        quantize: bool = False,
+        quantize: bool | None = None,
         index_path: str | None = None,
         blocklist: str | os.PathLike | None = None,
     ) -> None:

@@ -64,6 +64,14 @@ def open_index(path: str | os.PathLike | None, checkpoint: Path) -> ReplyIndex |
         return None
 
 
+def served_int8(device: str, quantize: bool | None) -> bool:
+    """Whether a model is served with int8 weights: as asked, else on CPU (torch's dynamic
+    int8 runs there: about half the time per reply, and blind judges found its replies as good
+    as fp32's; bench/RESULTS.md sections 27 and 29). The bot, ``xianliao chat``, ``eval`` and the
+    promotion gate all load through here, so they judge the precision that is served."""
+    return device == "cpu" if quantize is None else quantize
+
+
 def _served_options(path: Path, ckpt: dict, given: DecodeOptions | dict | None) -> DecodeOptions:
     """The decoding a checkpoint is served with: the defaults, then what the checkpoint's
     ``serving`` entry records (chosen for that model, e.g. by the quickstart), then ``given``."""
@@ -114,14 +122,15 @@ class ChatBot:
         *,
         device: str = "cpu",
         threads: int | None = None,
-        quantize: bool = False,
+        quantize: bool | None = None,
         decode_options: DecodeOptions | dict | None = None,
         index_path: str | os.PathLike | None = None,
         blocklist: str | os.PathLike | None = None,
     ) -> ChatBot:
         """Raises ``CheckpointError`` (one line) for a missing, corrupt or foreign file.
         ``index_path``: the reply index (default: ``replies.sqlite`` beside the checkpoint,
-        if there is one; "none": generation only). ``blocklist``: more blocked words."""
+        if there is one; "none": generation only). ``blocklist``: more blocked words.
+        ``quantize``: int8 weights (None: on CPU, see ``served_int8``)."""
         path = Path(path)
         if threads:
             torch.set_num_threads(threads)
@@ -132,7 +141,7 @@ class ChatBot:
         except (ValueError, TypeError) as exc:
             raise CheckpointError(f"{path}: {exc}") from None
         model = build_model(ckpt, path).to(device)
-        model.prepare_for_inference(quantize=quantize)
+        model.prepare_for_inference(quantize=served_int8(device, quantize))
         train = ckpt["train"] if isinstance(ckpt["train"], dict) else {}
         version = f"s{train.get('step', 0)}-{file_digest(path)[:8]}"
         decode_options = _served_options(path, ckpt, decode_options)

@@ -250,11 +250,17 @@ def eval_main(argv: list[str]) -> int:
     )
     p.add_argument("--samples", type=whole_number(0), default=10, help="example replies to print")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--fp32",
+        action="store_true",
+        help="judge the fp32 model (as a bot with MODEL_QUANTIZE=false); default: as served, "
+        "int8 on CPU",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object on the last line")
     a = p.parse_args(argv)
     set_threads(a.threads)
     try:
-        bot = ChatBot.load(a.checkpoint, index_path=a.index)
+        bot = ChatBot.load(a.checkpoint, index_path=a.index, quantize=False if a.fp32 else None)
         extra = json.loads(a.options)
         if not isinstance(extra, dict):
             raise ValueError("--options must be a JSON object")

@@ -75,6 +75,7 @@ class RetrainConfig:
     # compare the models on pairs the candidate has not seen
     heldout_permille: int = 100
     decode_options: dict = field(default_factory=dict)  # the served decoding (DECODE_OPTIONS)
+    quantize: bool | None = None  # the served precision (MODEL_QUANTIZE; None: int8 on CPU)
     nproc: int = 1  # training processes on this machine (DDP, as ``xianliao train --nproc``)
 
 
@@ -168,6 +169,7 @@ def compare(
     limit: int = 300,
     tolerance: float = 0.05,
     options: dict | None = None,
+    quantize: bool | None = None,
 ) -> dict:
     """Evaluate both checkpoints on the same held-out sets and probes; decide if the new one is
     not worse: perplexity within ``tolerance`` on every set, generic share up by at most 5
@@ -175,8 +177,8 @@ def compare(
     from xianliao.model.chatbot import ChatBot
 
     tsvs = {k: v for k, v in tsvs.items() if Path(v).is_file() and Path(v).stat().st_size}
-    live = _describe_model(ChatBot.load(live_path), tsvs, limit, options or {})
-    new = _describe_model(ChatBot.load(new_path), tsvs, limit, options or {})
+    live = _describe_model(ChatBot.load(live_path, quantize=quantize), tsvs, limit, options or {})
+    new = _describe_model(ChatBot.load(new_path, quantize=quantize), tsvs, limit, options or {})
     reasons = []
     for name in tsvs:
         lp, np_ = live[name]["perplexity"], new[name]["perplexity"]
@@ -355,6 +357,7 @@ def retrain(
         limit=cfg.eval_limit,
         tolerance=cfg.tolerance,
         options=cfg.decode_options,
+        quantize=cfg.quantize,
     )
     report = {
         "config": _public_config(cfg),

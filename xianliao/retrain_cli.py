@@ -167,6 +167,7 @@ def _config(a: argparse.Namespace, s: Any, run_id: int, url: str, blocklist: lis
         batch_size=a.batch_size,
         lr=a.lr,
         decode_options=dict(getattr(s, "decode_options", None) or {}),  # the served decoding
+        quantize=getattr(s, "model_quantize", None),  # ... and precision
         nproc=a.nproc,
     )
 

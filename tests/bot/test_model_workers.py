@@ -106,15 +106,20 @@ def test_the_bot_process_does_not_load_torch_when_workers_hold_the_model(tiny_ch
     assert result.stdout.split() == ["True", "True", "False"]
 
 
-def test_model_quantize_loads_an_int8_model_in_process_and_in_workers(tiny_checkpoint):
+def test_the_model_is_served_int8_on_cpu_unless_model_quantize_is_false(tiny_checkpoint):
+    """The default precision (MODEL_QUANTIZE unset) is int8 on CPU, in process and in the
+    workers alike; MODEL_QUANTIZE=false serves fp32."""
     import torch
 
     from xianliao.bot.config import Settings
     from xianliao.bot.runtime import load_model
 
-    plain = load_model(Settings(_env_file=None, model_path=tiny_checkpoint, torch_threads=1))
-    assert type(plain.model.encoder) is torch.nn.GRU
-    s = Settings(_env_file=None, model_path=tiny_checkpoint, torch_threads=1, model_quantize=True)
+    fp32 = Settings(
+        _env_file=None, model_path=tiny_checkpoint, torch_threads=1, model_quantize=False
+    )
+    assert type(load_model(fp32).model.encoder) is torch.nn.GRU
+    s = Settings(_env_file=None, model_path=tiny_checkpoint, torch_threads=1)
+    assert s.model_quantize is None
     local = load_model(s)
     assert "quantized" in type(local.model.encoder).__module__
     pool = load_model(s, workers=1)
@@ -123,6 +128,14 @@ def test_model_quantize_loads_an_int8_model_in_process_and_in_workers(tiny_check
         assert pool.reply_many(texts, **GREEDY) == local.reply_many(texts, **GREEDY)
     finally:
         pool.close()
+
+
+def test_served_int8_is_int8_on_cpu_only_unless_told():
+    from xianliao.model.chatbot import served_int8
+
+    assert served_int8("cpu", None) is True
+    assert served_int8("cuda", None) is False and served_int8("cuda:1", None) is False
+    assert served_int8("cpu", False) is False and served_int8("cuda", True) is True
 
 
 def test_workers_die_with_a_killed_parent(tiny_checkpoint, tmp_path):

@@ -121,6 +121,25 @@ def test_the_gate_compares_on_logged_pairs_the_candidate_never_trained_on(tmp_pa
     assert set(held_tsv.read_text("utf-8").splitlines()) == held
 
 
+def test_the_gate_judges_the_precision_that_is_served(live, tiny_tsv, monkeypatch):
+    """Both models are loaded as the bot serves them: int8 on CPU by default, fp32 when
+    MODEL_QUANTIZE=false reaches the retraining (RetrainConfig.quantize)."""
+    from xianliao.training.retrain import compare
+
+    real, seen = ChatBot.load, []
+
+    def spy(path, **kw):  # noqa: ANN001, ANN202 - records what each loaded model runs
+        bot = real(path, **kw)
+        seen.append("int8" if "quantized" in type(bot.model.encoder).__module__ else "fp32")
+        return bot
+
+    monkeypatch.setattr(ChatBot, "load", spy)
+    for quantize, want in [(None, "int8"), (False, "fp32")]:
+        seen.clear()
+        out = compare(str(live), str(live), {"base": str(tiny_tsv)}, limit=5, quantize=quantize)
+        assert seen == [want, want] and "base" in out["live"]
+
+
 def test_retrain_learns_the_edited_answer_then_promote_and_rollback(
     tmp_path, live, tiny_data, database_url
 ):
