@@ -64,12 +64,21 @@ def open_index(path: str | os.PathLike | None, checkpoint: Path) -> ReplyIndex |
         return None
 
 
-def served_int8(device: str, quantize: bool | None) -> bool:
-    """Whether a model is served with int8 weights: as asked, else on CPU (torch's dynamic
-    int8 runs there: about half the time per reply, and blind judges found its replies as good
-    as fp32's; bench/RESULTS.md sections 27 and 29). The bot, ``xianliao chat``, ``eval`` and the
+# The key of a checkpoint's ``serving`` entry that keeps the model in fp32 on CPU (false),
+# beside the decoding options there: a small model (the quickstart's) is fast in fp32 anyway,
+# and judges lost with int8 (bench/RESULTS.md section 29).
+SERVING_INT8 = "int8"
+
+
+def served_int8(device: str, quantize: bool | None, recorded: object = None) -> bool:
+    """Whether a model is served with int8 weights: as asked (``quantize``, MODEL_QUANTIZE),
+    else on CPU (torch's dynamic int8 runs there: about half the time per reply, and blind
+    judges found the recipe's replies as good as fp32's; bench/RESULTS.md sections 27 and 29)
+    unless the checkpoint ``recorded`` false. The bot, ``xianliao chat``, ``eval`` and the
     promotion gate all load through here, so they judge the precision that is served."""
-    return device == "cpu" if quantize is None else quantize
+    if quantize is not None:
+        return quantize
+    return device == "cpu" and recorded is not False
 
 
 def _served_options(path: Path, ckpt: dict, given: DecodeOptions | dict | None) -> DecodeOptions:
@@ -78,6 +87,7 @@ def _served_options(path: Path, ckpt: dict, given: DecodeOptions | dict | None) 
     if isinstance(given, DecodeOptions):
         return given
     served = ckpt.get("serving") if isinstance(ckpt.get("serving"), dict) else {}
+    served = {k: v for k, v in served.items() if k != SERVING_INT8}  # (a load setting)
     try:
         recorded = DecodeOptions.from_dict(served)
     except (ValueError, TypeError) as exc:
@@ -141,7 +151,10 @@ class ChatBot:
         except (ValueError, TypeError) as exc:
             raise CheckpointError(f"{path}: {exc}") from None
         model = build_model(ckpt, path).to(device)
-        model.prepare_for_inference(quantize=served_int8(device, quantize))
+        serving = ckpt.get("serving") if isinstance(ckpt.get("serving"), dict) else {}
+        model.prepare_for_inference(
+            quantize=served_int8(device, quantize, serving.get(SERVING_INT8))
+        )
         train = ckpt["train"] if isinstance(ckpt["train"], dict) else {}
         version = f"s{train.get('step', 0)}-{file_digest(path)[:8]}"
         decode_options = _served_options(path, ckpt, decode_options)

@@ -152,7 +152,8 @@ def export_for_inference(
 ) -> Path:
     """Copy a checkpoint (e.g. the resumable ``last.pt``) without its optimizer and resume
     state: what serving needs, a third of the size. Written atomically. ``serving``: decoding
-    options to record with it (``ChatBot.load`` serves it with them)."""
+    options to record with it (``ChatBot.load`` serves it with them), and ``"int8": False``
+    to keep it in fp32 on CPU (``model.chatbot.served_int8``)."""
     ckpt = load_checkpoint(src)
     for key in ("optimizer", "resume", "format_version", "weights_digest"):
         ckpt.pop(key, None)

@@ -128,3 +128,17 @@ def test_a_checkpoint_records_how_it_is_served(tmp_path, tiny_checkpoint):
     bad = export_for_inference(tiny_checkpoint, tmp_path / "b.pt", serving={"retrieve": -1})
     with pytest.raises(CheckpointError, match="serving options are invalid"):
         ChatBot.load(bad)
+
+
+def test_a_checkpoint_can_keep_fp32_on_cpu_and_the_setting_still_wins(tmp_path, tiny_checkpoint):
+    """int8 is the CPU default; a checkpoint whose serving entry says int8 false stays fp32
+    (as the quickstart's does), unless the caller (MODEL_QUANTIZE) asks for int8."""
+    from xianliao.model.checkpoint import export_for_inference
+
+    def int8(bot: ChatBot) -> bool:
+        return "quantized" in type(bot.model.encoder).__module__
+
+    kept = export_for_inference(tiny_checkpoint, tmp_path / "m.pt", serving={"int8": False})
+    assert int8(ChatBot.load(tiny_checkpoint)) and not int8(ChatBot.load(kept))
+    assert int8(ChatBot.load(kept, quantize=True))
+    assert ChatBot.load(kept).options.retrieve == 10  # (not a decoding option)

@@ -364,6 +364,9 @@ def test_quickstart_trains_and_serves_the_final_weights(tmp_path, monkeypatch):
     assert bot.index is not None and bot.index.size > 500  # the ~550 chatterbot pairs
     hits = bot.index.search(bot.tokenizer.tokenize("你是什么语言编写的"), 3)
     assert hits and hits[0].answer == "Python"
+    # served in fp32 on CPU, with its own decoding, as its checkpoint records
+    assert "quantized" not in type(bot.model.encoder).__module__
+    assert bot.options.similarity_weight == 8.0
 
 
 def test_rollback_steps_back_through_the_history_like_a_stack(tmp_path, live, database_url):
