@@ -366,7 +366,7 @@ def test_quickstart_trains_and_serves_the_final_weights(tmp_path, monkeypatch):
     assert hits and hits[0].answer == "Python"
     # served in fp32 on CPU, with its own decoding, as its checkpoint records
     assert "quantized" not in type(bot.model.encoder).__module__
-    assert bot.options.similarity_weight == 8.0
+    assert bot.options.similarity_weight == 8.0 and bot.options.mmi_weight == 0.0
 
 
 def test_rollback_steps_back_through_the_history_like_a_stack(tmp_path, live, database_url):
