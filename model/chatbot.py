@@ -78,7 +78,7 @@ def served_int8(device: str, quantize: bool | None, recorded: object = None) -> 
     promotion gate all load through here, so they judge the precision that is served."""
     if quantize is not None:
         return quantize
-    return device == "cpu" and recorded is not False
+    return torch.device(device).type == "cpu" and recorded is not False
 
 
 def _served_options(path: Path, ckpt: dict, given: DecodeOptions | dict | None) -> DecodeOptions:

@@ -6,7 +6,7 @@
 * chatterbot-corpus YAML: a ``.yml`` file, a folder of them, or ``chatterbot:chinese`` for the
   Chinese data of the installed ``chatterbot-corpus`` package. Each conversation
   ``[a, b, c]`` gives the pairs (a, b) and (b, c).
-* ``xianliao:everyday``: the ~130 everyday exchanges shipped with the package (a TSV).
+* ``xianliao:everyday``: the ~850 everyday exchanges shipped with the package (a TSV).
 
 Readers yield ``(question, answer)`` or ``Bad(reason)``; nothing is dropped without a count.
 """
@@ -41,7 +41,7 @@ SHIPPED = {"xianliao:everyday": EVERYDAY_CORPUS}
 # What the reply index adds to the scores of a shipped corpus's answers unless the user's
 # --offset says otherwise: they were written as answers for this bot, where a corpus's answer
 # is whatever someone said next (value chosen by blind judging, bench/RESULTS.md).
-SHIPPED_OFFSETS = {str(EVERYDAY_CORPUS): 3.0}
+SHIPPED_OFFSETS = {EVERYDAY_CORPUS.resolve(): 3.0}
 
 
 def resolve(spec: str) -> str:
@@ -51,8 +51,13 @@ def resolve(spec: str) -> str:
 
 
 def shipped_offsets(paths: list[str]) -> dict[str, float]:
-    """The index's score offsets (by corpus name) of the shipped corpora among ``paths``."""
-    return {Path(p).stem: SHIPPED_OFFSETS[p] for p in paths if p in SHIPPED_OFFSETS}
+    """The index's score offsets (by corpus name) of the shipped corpora among ``paths``, however
+    the path is spelt."""
+    found = {}
+    for p in paths:
+        if (offset := SHIPPED_OFFSETS.get(Path(p).resolve())) is not None:
+            found[Path(p).stem] = offset
+    return found
 
 
 def chatterbot_dir(language: str = "chinese") -> Path:

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as tdist
 
 logger = logging.getLogger(__name__)
+_JOINED = False  # this process joined a process group (Dist.start): see Dist.exit
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,10 @@ class Dist:
 
     def start(self, device: torch.device) -> None:
         """Join the process group (torchrun's MASTER_ADDR/PORT): NCCL for GPUs, gloo on CPU."""
+        global _JOINED
         if self.enabled and not tdist.is_initialized():
             tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            _JOINED = True
 
     def barrier(self) -> None:
         """Wait for every rank: a rank that tears its process group down while another still
@@ -79,9 +82,10 @@ class Dist:
         """A rank's last step: end the process at once with ``code``, after flushing what it
         wrote. The process group's C++ threads can outlive ``stop`` (DDP still holds the group)
         and abort the interpreter's shutdown ("terminate called without an active exception",
-        SIGABRT, seen in CI), which turns a finished run into a failed one. Alone (not a rank):
-        returns ``code``."""
-        if not self.enabled:
+        SIGABRT, seen in CI), which turns a finished run into a failed one. In a process that
+        never joined a group (alone, or a caller that merely inherited WORLD_SIZE): returns
+        ``code``."""
+        if not (self.enabled and _JOINED):
             return code
         logging.shutdown()
         for stream in (sys.stdout, sys.stderr):

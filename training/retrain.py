@@ -319,6 +319,9 @@ def retrain(
     export = _export_logs(cfg, out, db if db is not None else cfg.database_url)
     base_dir, logs_dir, init_from = _prepare_data(cfg, live, out)
     tcfg = _train_config(cfg, live, init_from)
+    # How the live model is served (its decoding, its precision) carries over to the candidate,
+    # so the gate judges both alike and a promotion keeps what was chosen for the model.
+    serving = live.get("serving") if isinstance(live.get("serving"), dict) else None
     del live  # only its vocabulary, sizes and training mode were needed; training loads it again
     data = [(str(base_dir), 1.0), (str(logs_dir), cfg.log_weight)]
     if cfg.nproc > 1:
@@ -346,7 +349,7 @@ def retrain(
         )
     # The logs' last step matters most to an admin who edited answers: judge the final weights.
     last_weights = out / "candidate.pt"
-    export_for_inference(out / "run" / "last.pt", last_weights)
+    export_for_inference(out / "run" / "last.pt", last_weights, serving=serving)
     comparison = compare(
         cfg.model_path,
         str(last_weights),

@@ -147,6 +147,14 @@ def _progress_writer(run_id: int, progress_file: str | None):  # noqa: ANN202 - 
     return on_progress
 
 
+def _gate_precision(s: Any) -> bool | None:
+    """MODEL_QUANTIZE for the gate, which judges on CPU: unset on a GPU bot means fp32 served."""
+    quantize = getattr(s, "model_quantize", None)
+    if quantize is None and not str(getattr(s, "model_device", "cpu")).startswith("cpu"):
+        return False
+    return quantize
+
+
 def _config(a: argparse.Namespace, s: Any, run_id: int, url: str, blocklist: list[str]):  # noqa: ANN202
     from xianliao.training.retrain import RetrainConfig
 
@@ -167,7 +175,7 @@ def _config(a: argparse.Namespace, s: Any, run_id: int, url: str, blocklist: lis
         batch_size=a.batch_size,
         lr=a.lr,
         decode_options=dict(getattr(s, "decode_options", None) or {}),  # the served decoding
-        quantize=getattr(s, "model_quantize", None),  # ... and precision
+        quantize=_gate_precision(s),  # ... and precision
         nproc=a.nproc,
     )
 

@@ -133,7 +133,7 @@ def test_the_model_is_served_int8_on_cpu_unless_model_quantize_is_false(tiny_che
 def test_served_int8_is_int8_on_cpu_only_unless_told():
     from xianliao.model.chatbot import served_int8
 
-    assert served_int8("cpu", None) is True
+    assert served_int8("cpu", None) is True and served_int8("cpu:0", None) is True
     assert served_int8("cuda", None) is False and served_int8("cuda:1", None) is False
     assert served_int8("cpu", False) is False and served_int8("cuda", True) is True
 

@@ -156,10 +156,13 @@ def test_nproc_refuses_what_cannot_run_in_one_line(tiny_data, tmp_path, capsys, 
 
 def test_a_rank_ends_without_the_interpreters_shutdown_and_keeps_its_output():
     """A rank's process ends with os._exit (the process group's threads can abort the
-    shutdown): what it printed, even unflushed into a pipe, still arrives; atexit does not run."""
+    shutdown): what it printed, even unflushed into a pipe, still arrives; atexit does not run.
+    A process that never joined a group exits normally, even with WORLD_SIZE set."""
     code = (
         "import atexit, sys\n"
+        "from xianliao.training import distributed\n"
         "from xianliao.training.distributed import Dist\n"
+        "distributed._JOINED = True  # (as Dist.start sets it)\n"
         "atexit.register(lambda: print('shutdown ran'))\n"
         "print('result line')\n"
         "print('a warning', file=sys.stderr)\n"
@@ -168,5 +171,6 @@ def test_a_rank_ends_without_the_interpreters_shutdown_and_keeps_its_output():
     done = _run([sys.executable, "-c", code])
     assert done.returncode == 3
     assert done.stdout == "result line\n" and "a warning" in done.stderr
-    alone = _run([sys.executable, "-c", code.replace("rank=1, world_size=2", "")])
-    assert alone.returncode == 3 and "shutdown ran" in alone.stdout  # alone: a normal exit
+    for other in (code.replace("rank=1, world_size=2", ""), code.replace("= True", "= False")):
+        done = _run([sys.executable, "-c", other])
+        assert done.returncode == 3 and "shutdown ran" in done.stdout  # a normal exit

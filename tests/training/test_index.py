@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from conftest import TINY_PAIRS, write_tsv
@@ -87,18 +88,23 @@ def test_the_shipped_everyday_exchanges_are_a_corpus_by_name(tmp_path, capsys):
     assert (data / "vocab.txt").is_file()
 
 
-def test_the_shipped_exchanges_are_trusted_by_default_and_offset_overrides_it(tmp_path):
+def test_the_shipped_exchanges_are_trusted_by_default_and_offset_overrides_it(
+    tmp_path, monkeypatch
+):
     """Written as answers for the bot, the shipped exchanges get SHIPPED_OFFSETS in any index
     that takes them (by name or by path); the user's --offset wins; other corpora get none."""
     from xianliao.model.text import Tokenizer
     from xianliao.training.corpus import EVERYDAY_CORPUS, SHIPPED_OFFSETS
 
-    trusted = SHIPPED_OFFSETS[str(EVERYDAY_CORPUS)]
+    trusted = SHIPPED_OFFSETS[EVERYDAY_CORPUS.resolve()]
     assert trusted > 0
     other = str(write_tsv(tmp_path / "people.tsv", [("你好", "你好啊朋友")]))
+    monkeypatch.chdir(tmp_path)
+    relative = os.path.relpath(EVERYDAY_CORPUS, tmp_path)  # (another spelling of the path)
     for spec, extra, want in [
         ("xianliao:everyday", [], trusted),
         (str(EVERYDAY_CORPUS), [], trusted),
+        (relative, [], trusted),
         ("xianliao:everyday", ["--offset", "everyday_zh=0.5"], 0.5),
     ]:
         out = tmp_path / f"{len(extra)}-{len(spec)}.sqlite"

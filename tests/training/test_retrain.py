@@ -140,6 +140,21 @@ def test_the_gate_judges_the_precision_that_is_served(live, tiny_tsv, monkeypatc
         assert seen == [want, want] and "base" in out["live"]
 
 
+def test_the_gates_precision_follows_the_bots_settings():
+    """The gate judges on CPU: MODEL_QUANTIZE unset means int8 there (as the bot on CPU), but
+    fp32 for a bot that serves on a GPU; a set MODEL_QUANTIZE is passed on as it is."""
+    from xianliao.bot.config import Settings
+    from xianliao.retrain_cli import _gate_precision
+
+    for env, want in [
+        ({}, None),
+        ({"model_device": "cuda"}, False),
+        ({"model_quantize": False}, False),
+        ({"model_device": "cuda:1", "model_quantize": True}, True),
+    ]:
+        assert _gate_precision(Settings(_env_file=None, **env)) is want, env
+
+
 def test_retrain_learns_the_edited_answer_then_promote_and_rollback(
     tmp_path, live, tiny_data, database_url
 ):
@@ -180,12 +195,17 @@ def test_retrain_learns_the_edited_answer_then_promote_and_rollback(
     engine.dispose()
 
 
-def test_retrain_keeps_training_both_ways(tmp_path, live, tiny_data, database_url):
+def test_retrain_keeps_training_both_ways_and_serving_alike(
+    tmp_path, live, tiny_data, database_url
+):
     """A live model trained with --both-directions is retrained the same way, so it can still
-    rerank replies read backwards (decoding option bidi_weight)."""
+    rerank replies read backwards (decoding option bidi_weight); the candidate is served as the
+    live model is (its checkpoint's serving entry: decoding and precision), so the gate judges
+    both alike and a promotion keeps them (the quickstart's model records its own)."""
     from xianliao.model.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(live)
+    ckpt["serving"] = {"similarity_weight": 8.0, "mmi_weight": 0.0, "int8": False}
     ckpt["train"]["config"]["both_directions"] = True
     del ckpt["format_version"]
     save_checkpoint(live, ckpt)
@@ -200,7 +220,9 @@ def test_retrain_keeps_training_both_ways(tmp_path, live, tiny_data, database_ur
         batch_size=8,
     )
     report = retrain(cfg)
-    assert load_checkpoint(report["candidate"])["train"]["config"]["both_directions"] is True
+    candidate = load_checkpoint(report["candidate"])
+    assert candidate["train"]["config"]["both_directions"] is True
+    assert candidate["serving"] == ckpt["serving"]
 
 
 def test_corrupt_candidate_is_never_promoted(tmp_path, live, database_url):
