@@ -219,4 +219,7 @@ def launch(
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
-    return max(proc.returncode for proc in procs)
+    # The first failure; a rank ended by a signal (a negative returncode) reads as a shell
+    # would show it, 128 + the signal, not as 0 beside a rank that exited cleanly.
+    codes = [proc.returncode if proc.returncode >= 0 else 128 - proc.returncode for proc in procs]
+    return next((c for c in codes if c != 0), 0)

@@ -174,3 +174,19 @@ def test_a_rank_ends_without_the_interpreters_shutdown_and_keeps_its_output():
     for other in (code.replace("rank=1, world_size=2", ""), code.replace("= True", "= False")):
         done = _run([sys.executable, "-c", other])
         assert done.returncode == 3 and "shutdown ran" in done.stdout  # a normal exit
+
+
+def test_launch_reports_a_rank_killed_by_a_signal(tmp_path, monkeypatch):
+    """A rank that dies of a signal fails the launch even when the others exit 0."""
+    from xianliao.training.distributed import launch
+
+    (tmp_path / "xl_fake_rank.py").write_text(
+        "import os, signal\n"
+        "if os.environ['RANK'] == '1':\n"
+        "    os.kill(os.getpid(), signal.SIGABRT)\n",
+        "utf-8",
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    assert launch(2, [], grace_s=5, command=("xl_fake_rank",)) == 128 + signal.SIGABRT
+    (tmp_path / "xl_fine_rank.py").write_text("pass\n", "utf-8")
+    assert launch(2, [], grace_s=5, command=("xl_fine_rank",)) == 0
