@@ -177,8 +177,13 @@ def compare(
     from xianliao.model.chatbot import ChatBot
 
     tsvs = {k: v for k, v in tsvs.items() if Path(v).is_file() and Path(v).stat().st_size}
-    live = _describe_model(ChatBot.load(live_path, quantize=quantize), tsvs, limit, options or {})
-    new = _describe_model(ChatBot.load(new_path, quantize=quantize), tsvs, limit, options or {})
+    live_bot = ChatBot.load(live_path, quantize=quantize)
+    # The candidate is served with the live model's reply index once promoted: judge it so.
+    index = live_bot.index.path if live_bot.index is not None else "none"
+    live = _describe_model(live_bot, tsvs, limit, options or {})
+    del live_bot
+    new_bot = ChatBot.load(new_path, quantize=quantize, index_path=index)
+    new = _describe_model(new_bot, tsvs, limit, options or {})
     reasons = []
     for name in tsvs:
         lp, np_ = live[name]["perplexity"], new[name]["perplexity"]

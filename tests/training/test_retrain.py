@@ -140,6 +140,36 @@ def test_the_gate_judges_the_precision_that_is_served(live, tiny_tsv, monkeypatc
         assert seen == [want, want] and "base" in out["live"]
 
 
+def test_the_gate_judges_the_candidate_with_the_live_models_reply_index(
+    live, tiny_tsv, tmp_path, monkeypatch
+):
+    """Promoted, the candidate is served with the index beside MODEL_PATH: the gate judges it
+    with that index too (none beside the candidate's own file), and without one when the live
+    model has none."""
+    from xianliao.model.reply_index import default_index_path
+    from xianliao.training.cli import index_main
+    from xianliao.training.retrain import compare
+
+    candidate = tmp_path / "elsewhere" / "candidate.pt"
+    candidate.parent.mkdir()
+    candidate.write_bytes(live.read_bytes())
+    real, seen = ChatBot.load, []
+
+    def spy(path, **kw):  # noqa: ANN001, ANN202 - records the index each model is judged with
+        bot = real(path, **kw)
+        seen.append(bot.index.path if bot.index is not None else None)
+        return bot
+
+    monkeypatch.setattr(ChatBot, "load", spy)
+    compare(str(live), str(candidate), {"base": str(tiny_tsv)}, limit=5)
+    assert seen == [None, None]
+    index = default_index_path(live)
+    assert index_main([str(tiny_tsv), "--out", str(index), "--valid-permille", "0"]) == 0
+    seen.clear()
+    compare(str(live), str(candidate), {"base": str(tiny_tsv)}, limit=5)
+    assert seen == [str(index), str(index)]
+
+
 def test_the_gates_precision_follows_the_bots_settings():
     """The gate judges on CPU: MODEL_QUANTIZE unset means int8 there (as the bot on CPU), but
     fp32 for a bot that serves on a GPU; a set MODEL_QUANTIZE is passed on as it is."""
