@@ -81,13 +81,17 @@ def served_int8(device: str, quantize: bool | None, recorded: object = None) -> 
     return torch.device(device).type == "cpu" and recorded is not False
 
 
+def _serving(ckpt: dict) -> dict:
+    """A checkpoint's ``serving`` entry (see ``export_for_inference``), or nothing."""
+    return ckpt["serving"] if isinstance(ckpt.get("serving"), dict) else {}
+
+
 def _served_options(path: Path, ckpt: dict, given: DecodeOptions | dict | None) -> DecodeOptions:
     """The decoding a checkpoint is served with: the defaults, then what the checkpoint's
     ``serving`` entry records (chosen for that model, e.g. by the quickstart), then ``given``."""
     if isinstance(given, DecodeOptions):
         return given
-    served = ckpt.get("serving") if isinstance(ckpt.get("serving"), dict) else {}
-    served = {k: v for k, v in served.items() if k != SERVING_INT8}  # (a load setting)
+    served = {k: v for k, v in _serving(ckpt).items() if k != SERVING_INT8}  # (a load setting)
     try:
         recorded = DecodeOptions.from_dict(served)
     except (ValueError, TypeError) as exc:
@@ -151,9 +155,8 @@ class ChatBot:
         except (ValueError, TypeError) as exc:
             raise CheckpointError(f"{path}: {exc}") from None
         model = build_model(ckpt, path).to(device)
-        serving = ckpt.get("serving") if isinstance(ckpt.get("serving"), dict) else {}
         model.prepare_for_inference(
-            quantize=served_int8(device, quantize, serving.get(SERVING_INT8))
+            quantize=served_int8(device, quantize, _serving(ckpt).get(SERVING_INT8))
         )
         train = ckpt["train"] if isinstance(ckpt["train"], dict) else {}
         version = f"s{train.get('step', 0)}-{file_digest(path)[:8]}"

@@ -148,9 +148,12 @@ def _progress_writer(run_id: int, progress_file: str | None):  # noqa: ANN202 - 
 
 
 def _gate_precision(s: Any) -> bool | None:
-    """MODEL_QUANTIZE for the gate, which judges on CPU: unset on a GPU bot means fp32 served."""
+    """MODEL_QUANTIZE for the gate, which judges on CPU: unset on a GPU bot means fp32 served
+    (``served_int8`` decides for the bot's device)."""
+    from xianliao.model.chatbot import served_int8
+
     quantize = getattr(s, "model_quantize", None)
-    if quantize is None and not str(getattr(s, "model_device", "cpu")).startswith("cpu"):
+    if quantize is None and not served_int8(str(getattr(s, "model_device", "cpu")), None):
         return False
     return quantize
 
