@@ -26,7 +26,14 @@ from xianliao.storage.repositories import (
     UserRepository,
 )
 
-ENV_NAMES = ("DATABASE_URL", "MODEL_PATH", "MODEL_DEVICE", "BASE_DATA_DIR", "DECODE_OPTIONS")
+ENV_NAMES = (
+    "DATABASE_URL",
+    "MODEL_PATH",
+    "MODEL_DEVICE",
+    "MODEL_QUANTIZE",
+    "BASE_DATA_DIR",
+    "DECODE_OPTIONS",
+)
 PASSWD = "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
 # What a stranger can log: a screen clear, a window-title change, a bell, a NUL.
 HOSTILE_QUESTION = "hi\x1b[2J\x07\x00there"
@@ -248,6 +255,12 @@ ERROR_ROWS = [
         "setting MODEL_DEVICE: 'cuda'",
         {"MODEL_DEVICE": "cuda"},
         marks=NO_CUDA,
+    ),
+    row(
+        "6-quantize-maybe",
+        ["chat", "{ck}", "--no-log"],
+        "setting MODEL_QUANTIZE: Input should be a valid boolean",
+        {"MODEL_QUANTIZE": "maybe"},
     ),
     row(
         "6-train-device-banana",
