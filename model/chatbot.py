@@ -295,14 +295,32 @@ class ChatBot:
         return [max(cs, key=lambda c: c.score).text if cs else None for cs in cands]
 
 
+def trusted_offset(offset: float, similarity: float, opts: DecodeOptions) -> float:
+    """How much of its corpus's offset an answer gets. A distrusted corpus's (< 0) in full;
+    a trusted corpus's (> 0) only as far as its question is the message's: none up to
+    ``trust_from`` similarity, all from ``trust_full``. A trusted answer to a question that
+    merely shares words with the message (我家猫生病了, 我家猫跑丢了) is no likelier to fit
+    than any other, and a specific one is visibly wrong (bench/RESULTS.md section 30)."""
+    if offset <= 0 or similarity >= opts.trust_full:
+        return offset
+    if similarity <= opts.trust_from:
+        return 0.0
+    return offset * (similarity - opts.trust_from) / (opts.trust_full - opts.trust_from)
+
+
 def candidate_score(c: Candidate, model_score: float, opts: DecodeOptions) -> float:
     """The model's judgement of the reply for this message (``candidate_scores``), plus how
     alike the indexed question is to the message, more so for an admin's approved answer,
     less a share of unknown words (the model cannot judge those), plus the offset of the
-    answer's corpus. An approved answer to the
-    very same words is what an admin said the bot should reply: it is sent."""
+    answer's corpus (``trusted_offset``). An approved answer to the very same words is what
+    an admin said the bot should reply: it is sent."""
     if c.source == "approved" and c.similarity >= SAME_QUESTION:
         return float("inf")
     weight = opts.similarity_weight + (opts.approved_weight if c.source == "approved" else 0.0)
     unknown = sum(1 for i in c.ids if i == UNK_ID) / max(len(c.ids), 1)
-    return model_score + weight * c.similarity - 2.0 * unknown + c.offset
+    return (
+        model_score
+        + weight * c.similarity
+        - 2.0 * unknown
+        + trusted_offset(c.offset, c.similarity, opts)
+    )

@@ -41,6 +41,10 @@ class DecodeOptions:
     similarity_weight: float = 2.0  # added to a retrieved answer's score per unit of question
     # similarity (0..1: 1 for the same words), so answers to the same question come first
     approved_weight: float = 4.0  # more of the same for answers an admin approved or edited
+    trust_from: float = 0.5  # a trusted corpus's offset (xianliao index --offset) counts from
+    # this question similarity (0..1) on ...
+    trust_full: float = 0.8  # ... in full from this one, in between in proportion (both 0:
+    # always in full)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,6 +89,14 @@ class DecodeOptions:
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0, not {value!r}")
+        for name in ("trust_from", "trust_full"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
+                raise ValueError(f"{name} must be a number in [0, 1], not {value!r}")
+        if self.trust_from > self.trust_full:
+            raise ValueError(
+                f"trust_from ({self.trust_from}) must not exceed trust_full ({self.trust_full})"
+            )
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], not {self.top_p!r}")
         if self.guidance < 1.0:

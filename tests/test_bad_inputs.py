@@ -308,6 +308,12 @@ ERROR_ROWS = [
         "argument --source: invalid choice: 'fax'",
     ),
     row(
+        "7-chat-trust-upside-down",
+        ["chat", "{ck}", "--no-log"],
+        "trust_from (0.9) must not exceed trust_full (0.5)",
+        {"DECODE_OPTIONS": '{{"trust_from": 0.9, "trust_full": 0.5}}'},  # {{ is { (str.format)
+    ),
+    row(
         "7-prepare-nothing",
         ["prepare", "{tmp}/empty.tsv", "--out", "{tmp}/d", "--workers", "1", "--quiet"],
         "no pairs written",

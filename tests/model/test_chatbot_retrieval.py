@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from xianliao.model.chatbot import FALLBACK_REPLY, ChatBot
+from xianliao.model.chatbot import FALLBACK_REPLY, ChatBot, trusted_offset
+from xianliao.model.decode_options import DecodeOptions
 from xianliao.model.reply_filter import ReplyFilter
 from xianliao.model.reply_index import Hit, ReplyIndex
 from xianliao.model.text import Tokenizer
@@ -88,6 +89,8 @@ def test_bidi_weight_on_a_one_way_model_is_an_error(bot):
         ({"guidance": 3, "strategy": "greedy"}, "guidance does nothing with strategy greedy"),
         ({"colour": "red"}, "unknown decoding options: colour"),
         ({"num_samples": "8"}, "num_samples must be a whole number"),
+        ({"trust_from": 1.5}, "trust_from must be a number in [0, 1]"),
+        ({"trust_from": 0.9, "trust_full": 0.5}, "trust_from (0.9) must not exceed trust_full"),
     ],
 )
 def test_invalid_decoding_options_are_one_line_errors(bot, options, says):
@@ -123,3 +126,36 @@ def test_answers_too_long_to_send_do_not_use_up_the_retrieved_places(bot):
     hits = bot.index.search(TOK.tokenize("今天星期几"), 6)
     cands = bot.candidates([], hits, max_len=8, retrieve=1)
     assert [c.text for c in cands] == ["下次再聊"]
+
+
+def test_a_trusted_corpus_counts_only_where_its_question_is_the_message(bot):
+    """+100 for the "good" corpus decides for the same question, not for a message that only
+    shares a word with it (similarity up to trust_from): there the model's own reply wins."""
+    bot.index = ReplyIndex.memory([(TOK.tokenize("今天星期几"), "我只会煮面", "good")])
+    bot.index.offsets = {"good": 100.0}
+    assert bot.reply("今天星期几", **GREEDY, similarity_weight=0) == "我只会煮面"
+    hit = bot.index.search(TOK.tokenize("今天我好累"))[0]
+    assert 0 < hit.similarity < bot.options.trust_from
+    assert bot.reply("今天我好累", **GREEDY, similarity_weight=0) != "我只会煮面"
+    # trusted whatever the match (both 0: as a checkpoint may record): it wins
+    flat = {"trust_from": 0.0, "trust_full": 0.0}
+    assert bot.reply("今天我好累", **GREEDY, similarity_weight=0, **flat) == "我只会煮面"
+
+
+@pytest.mark.parametrize(
+    ("offset", "similarity", "ramp", "want"),
+    [
+        (-5.0, 0.1, (0.5, 0.8), -5.0),  # distrust counts in full
+        (3.0, 0.3, (0.5, 0.8), 0.0),
+        (3.0, 0.5, (0.5, 0.8), 0.0),
+        (3.0, 0.65, (0.5, 0.8), 1.5),
+        (3.0, 0.8, (0.5, 0.8), 3.0),
+        (3.0, 1.0, (0.5, 0.8), 3.0),
+        (3.0, 0.0, (0.0, 0.0), 3.0),  # both 0: always in full
+        (3.0, 0.59, (0.6, 0.6), 0.0),  # a step
+        (3.0, 0.6, (0.6, 0.6), 3.0),
+    ],
+)
+def test_trusted_offset_grows_with_the_question_similarity(offset, similarity, ramp, want):
+    opts = DecodeOptions(trust_from=ramp[0], trust_full=ramp[1])
+    assert trusted_offset(offset, similarity, opts) == pytest.approx(want)
