@@ -235,7 +235,12 @@ def test_retrain_keeps_training_both_ways_and_serving_alike(
     from xianliao.model.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(live)
-    ckpt["serving"] = {"similarity_weight": 8.0, "mmi_weight": 0.0, "int8": False}
+    ckpt["serving"] = {
+        "similarity_weight": 8.0,
+        "mmi_weight": 0.0,
+        "trust_from": 0.0,
+        "int8": False,
+    }
     ckpt["train"]["config"]["both_directions"] = True
     del ckpt["format_version"]
     save_checkpoint(live, ckpt)
@@ -419,6 +424,7 @@ def test_quickstart_trains_and_serves_the_final_weights(tmp_path, monkeypatch):
     # served in fp32 on CPU, with its own decoding, as its checkpoint records
     assert "quantized" not in type(bot.model.encoder).__module__
     assert bot.options.similarity_weight == 8.0 and bot.options.mmi_weight == 0.0
+    assert bot.options.trust_from == bot.options.trust_full == 0.0  # the offset in full
 
 
 def test_rollback_steps_back_through_the_history_like_a_stack(tmp_path, live, database_url):
