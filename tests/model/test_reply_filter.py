@@ -12,6 +12,7 @@ from xianliao.model.reply_filter import ReplyFilter, has_content, read_blocklist
     [
         ("你是个白痴", None, "blocklisted word '白痴'"),
         ("ＳＢ吧你", None, "blocklisted word 'sb'"),  # full-width and upper case normalised
+        ("你有病", None, "blocklisted word '你有病'"),  # the recipe's model once said this
         ("", None, "empty"),
         ("   ", None, "empty"),
         ("=。=", None, "empty"),
