@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,13 @@ logger = logging.getLogger(__name__)
 
 MAX_INPUT_TOKENS = 40  # the model sees at most the last 40 tokens of a message
 FALLBACK_REPLY = "嗯?"  # when there is nothing to answer (empty input) or nothing decoded
+# What a bot that does not generate (decoding option generate false) says when no indexed
+# question is close enough: honest, where a small model's own attempt is word salad.
+UNKNOWN_REPLIES = (
+    "这个我还不太会聊，换个话题好吗？",
+    "我还在学习，这个暂时答不上来",
+    "这个有点难倒我了，我们聊点别的吧？",
+)
 RETRIEVE_SPARE = 3  # index answers fetched per one kept (some are too long or filtered)
 SAME_QUESTION = 0.999  # question similarity of the same words (model.reply_index.similarity)
 
@@ -92,6 +100,10 @@ def _served_options(path: Path, ckpt: dict, given: DecodeOptions | dict | None) 
     if isinstance(given, DecodeOptions):
         return given
     served = {k: v for k, v in _serving(ckpt).items() if k != SERVING_INT8}  # (a load setting)
+    unknown = sorted(set(served) - set(DecodeOptions.__dataclass_fields__))
+    if unknown:  # written by a later release: serve what this one knows, say what it left out
+        logger.warning("%s: serving options unknown here, left out: %s", path, ", ".join(unknown))
+        served = {k: v for k, v in served.items() if k not in unknown}
     try:
         recorded = DecodeOptions.from_dict(served)
     except (ValueError, TypeError) as exc:
@@ -199,14 +211,17 @@ class ChatBot:
         replies = [FALLBACK_REPLY] * len(texts)
         if not todo:
             return replies
+        generating = opts.generate or self.index is None  # (no index: generate, as ever)
         with self._lock, torch.inference_mode():  # (the index, too, is one thread's at a time)
             hits = [self._retrieve(tokens[i], opts, extra[i] if extra else []) for i in todo]
             if any(hits):
-                chosen = self._rerank([ids[i] for i in todo], hits, opts)
-            else:
+                chosen = self._rerank([ids[i] for i in todo], hits, opts, generating)
+            elif generating:
                 chosen = self._generated([ids[i] for i in todo], opts)
+            else:
+                chosen = [None] * len(todo)
         for i, text in zip(todo, chosen, strict=True):
-            replies[i] = text or FALLBACK_REPLY
+            replies[i] = text or (FALLBACK_REPLY if generating else unknown_reply(texts[i]))
         return replies
 
     def _retrieve(self, tokens: list[str], opts: DecodeOptions, extra: list[Hit]) -> list[Hit]:
@@ -216,7 +231,7 @@ class ChatBot:
         # use up the places of usable ones (``candidates`` keeps ``retrieve`` of them).
         wanted = opts.retrieve * RETRIEVE_SPARE
         found = self.index.search(tokens, wanted) if self.index is not None else []
-        return [*extra, *found]
+        return [h for h in (*extra, *found) if h.similarity >= opts.min_similarity]
 
     def _allowed(self, ids: list[int]) -> str | None:
         """The text of generated ``ids`` when it may be sent, else None."""
@@ -266,13 +281,20 @@ class ChatBot:
         return list(out.values())
 
     def _rerank(
-        self, id_lists: list[list[int]], hits: list[list[Hit]], opts: DecodeOptions
+        self,
+        id_lists: list[list[int]],
+        hits: list[list[Hit]],
+        opts: DecodeOptions,
+        generating: bool = True,
     ) -> list[str | None]:
-        """Score the generated and retrieved candidates of every message in one batch and pick
-        the best of each (see ``candidate_score``)."""
+        """Score the generated (if ``generating``) and retrieved candidates of every message
+        in one batch and pick the best of each (see ``candidate_score``)."""
         src, src_len = batch_inputs(id_lists, self.model.embedding.weight.device)
         encoded = self.model.encode(src, src_len)  # once, for proposing and for judging
-        gen = generate(self.model, src, src_len, opts, encoded=encoded)
+        if generating:
+            gen = generate(self.model, src, src_len, opts, encoded=encoded)
+        else:
+            gen = [[] for _ in id_lists]
         cands = [
             self.candidates(g, h, opts.max_len, opts.retrieve)
             for g, h in zip(gen, hits, strict=True)
@@ -293,6 +315,11 @@ class ChatBot:
         for (_, c), model_score in zip(flat, scores, strict=True):
             c.score = candidate_score(c, model_score, opts)
         return [max(cs, key=lambda c: c.score).text if cs else None for cs in cands]
+
+
+def unknown_reply(text: str) -> str:
+    """One of ``UNKNOWN_REPLIES``, the same for the same message (varied, and testable)."""
+    return UNKNOWN_REPLIES[zlib.crc32(text.encode("utf-8")) % len(UNKNOWN_REPLIES)]
 
 
 def trusted_offset(offset: float, similarity: float, opts: DecodeOptions) -> float:

@@ -41,6 +41,11 @@ class DecodeOptions:
     similarity_weight: float = 2.0  # added to a retrieved answer's score per unit of question
     # similarity (0..1: 1 for the same words), so answers to the same question come first
     approved_weight: float = 4.0  # more of the same for answers an admin approved or edited
+    generate: bool = True  # the model proposes replies of its own beside the index's (false:
+    # it only judges the index's answers; for a model too small to write sensible replies.
+    # Without a reply index the model generates anyway)
+    min_similarity: float = 0.0  # answers to indexed questions less alike than this (0..1) are
+    # not candidates; with generate false and none left, the bot says it cannot answer yet
     trust_from: float = 0.5  # a trusted corpus's offset (xianliao index --offset) counts from
     # this question similarity (0..1) on ...
     trust_full: float = 0.8  # ... in full from this one, in between in proportion (both 0:
@@ -89,13 +94,18 @@ class DecodeOptions:
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0, not {value!r}")
-        for name in ("trust_from", "trust_full"):
+        if not isinstance(self.generate, bool):
+            raise ValueError(f"generate must be true or false, not {self.generate!r}")
+        if not self.generate and self.retrieve == 0:
+            raise ValueError("generate false needs retrieve >= 1: there would be nothing to say")
+        for name in ("min_similarity", "trust_from", "trust_full"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
                 raise ValueError(f"{name} must be a number in [0, 1], not {value!r}")
         if self.trust_from > self.trust_full:
             raise ValueError(
-                f"trust_from ({self.trust_from}) must not exceed trust_full ({self.trust_full})"
+                f"trust_from ({self.trust_from}) must not exceed trust_full ({self.trust_full}); "
+                "one may come from the checkpoint's serving entry: set both"
             )
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], not {self.top_p!r}")

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from xianliao.model.chatbot import FALLBACK_REPLY, ChatBot, trusted_offset
+from xianliao.model.chatbot import (
+    FALLBACK_REPLY,
+    UNKNOWN_REPLIES,
+    ChatBot,
+    trusted_offset,
+    unknown_reply,
+)
 from xianliao.model.decode_options import DecodeOptions
 from xianliao.model.reply_filter import ReplyFilter
 from xianliao.model.reply_index import Hit, ReplyIndex
@@ -90,6 +96,9 @@ def test_bidi_weight_on_a_one_way_model_is_an_error(bot):
         ({"colour": "red"}, "unknown decoding options: colour"),
         ({"num_samples": "8"}, "num_samples must be a whole number"),
         ({"trust_from": 1.5}, "trust_from must be a number in [0, 1]"),
+        ({"min_similarity": -0.1}, "min_similarity must be a number in [0, 1]"),
+        ({"generate": "no"}, "generate must be true or false"),
+        ({"generate": False, "retrieve": 0}, "generate false needs retrieve >= 1"),
         ({"trust_from": 0.9, "trust_full": 0.5}, "trust_from (0.9) must not exceed trust_full"),
     ],
 )
@@ -159,3 +168,34 @@ def test_a_trusted_corpus_counts_only_where_its_question_is_the_message(bot):
 def test_trusted_offset_grows_with_the_question_similarity(offset, similarity, ramp, want):
     opts = DecodeOptions(trust_from=ramp[0], trust_full=ramp[1])
     assert trusted_offset(offset, similarity, opts) == pytest.approx(want)
+
+
+def test_without_generating_the_index_answers_or_the_bot_says_it_cannot_yet(bot):
+    """generate false: the model only judges the index's answers (its own, preferred for 你好
+    with similarity_weight 0, is not a candidate); min_similarity leaves out answers to
+    questions too unlike the message, and with none left the reply is an honest line."""
+    bot.index = _index([("你好", "下次再聊"), ("今天星期几", "我只会煮面")])
+    assert bot.reply("你好", **GREEDY, similarity_weight=0) == "你好,很高兴认识你"
+    quiet = {**GREEDY, "similarity_weight": 0, "generate": False}
+    assert bot.reply("你好", **quiet) == "下次再聊"
+    hit = bot.index.search(TOK.tokenize("今天我好累"))[0]
+    assert 0 < hit.similarity < 0.5
+    assert bot.reply("今天我好累", **quiet) == "我只会煮面"  # the only candidate
+    floor = {**quiet, "min_similarity": 0.5}
+    assert bot.reply("今天我好累", **floor) == unknown_reply("今天我好累") in UNKNOWN_REPLIES
+    assert bot.reply("今天星期几", **floor) == "我只会煮面"  # the same words: similarity 1
+    # an approved answer is held to the same floor, unless it is for the very same words
+    like = [[Hit("今天 好累", "我只会煮面", 0.0, "approved", similarity=0.3)]]
+    assert bot.reply_many(["今天我好累"], extra=like, **floor)[0] in UNKNOWN_REPLIES
+
+
+def test_without_an_index_the_model_generates_whatever_generate_says(bot):
+    assert bot.index is None
+    generated = bot.reply("我好累", **GREEDY)
+    assert bot.reply("我好累", **GREEDY, generate=False, min_similarity=0.9) == generated
+
+
+def test_the_unknown_reply_is_the_same_for_the_same_message():
+    replies = {unknown_reply(f"消息{i}") for i in range(30)}
+    assert replies == set(UNKNOWN_REPLIES)  # varied over messages ...
+    assert unknown_reply("你好") == unknown_reply("你好")  # ... the same for one

@@ -130,6 +130,18 @@ def test_a_checkpoint_records_how_it_is_served(tmp_path, tiny_checkpoint):
         ChatBot.load(bad)
 
 
+def test_serving_options_of_a_later_release_are_left_out_with_a_warning(
+    tmp_path, tiny_checkpoint, caplog
+):
+    from xianliao.model.checkpoint import export_for_inference
+
+    later = {"retrieve": 7, "warp_drive": 9}
+    path = export_for_inference(tiny_checkpoint, tmp_path / "m.pt", serving=later)
+    bot = ChatBot.load(path)
+    assert bot.options.retrieve == 7 and bot.reply("你好")
+    assert "serving options unknown here, left out: warp_drive" in caplog.text
+
+
 def test_a_checkpoint_can_keep_fp32_on_cpu_and_the_setting_still_wins(tmp_path, tiny_checkpoint):
     """int8 is the CPU default; a checkpoint whose serving entry says int8 false stays fp32
     (as the quickstart's does), unless the caller (MODEL_QUANTIZE) asks for int8."""
