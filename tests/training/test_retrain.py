@@ -11,10 +11,11 @@ import time
 import pytest
 from conftest import TINY_PAIRS
 
-from xianliao.model.chatbot import ChatBot
+from xianliao.model.chatbot import UNKNOWN_REPLIES, ChatBot
 from xianliao.model.checkpoint import file_digest
 from xianliao.ops import models
 from xianliao.ops.models import PromotionError
+from xianliao.quickstart import QUICKSTART_SERVING
 from xianliao.storage.database import Database
 from xianliao.storage.db import init_schema, make_engine, session_factory
 from xianliao.storage.repositories import (
@@ -235,12 +236,7 @@ def test_retrain_keeps_training_both_ways_and_serving_alike(
     from xianliao.model.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(live)
-    ckpt["serving"] = {
-        "similarity_weight": 8.0,
-        "mmi_weight": 0.0,
-        "trust_from": 0.0,
-        "int8": False,
-    }
+    ckpt["serving"] = dict(QUICKSTART_SERVING)
     ckpt["train"]["config"]["both_directions"] = True
     del ckpt["format_version"]
     save_checkpoint(live, ckpt)
@@ -425,6 +421,8 @@ def test_quickstart_trains_and_serves_the_final_weights(tmp_path, monkeypatch):
     assert "quantized" not in type(bot.model.encoder).__module__
     assert bot.options.similarity_weight == 8.0 and bot.options.mmi_weight == 0.0
     assert bot.options.trust_from == bot.options.trust_full == 0.0  # the offset in full
+    assert not bot.options.generate and bot.options.min_similarity == 0.3  # judges the index's
+    assert bot.reply("量子纠缠的贝尔不等式实验") in UNKNOWN_REPLIES  # nothing close
 
 
 def test_rollback_steps_back_through_the_history_like_a_stack(tmp_path, live, database_url):
