@@ -197,8 +197,10 @@ def index_main(argv: list[str]) -> int:
         default=[],
         metavar="NAME=VALUE",
         help="add VALUE to the scores of the answers of corpus NAME (its file name without "
-        "the extension), e.g. dgk_subtitle=-1 for a corpus whose answers fit less often; "
-        "the shipped everyday exchanges get everyday_zh=3 unless given",
+        "the extension), e.g. dgk_subtitle=-1 for a corpus whose answers fit less often; a "
+        "positive VALUE counts in full only where the indexed question is close to the "
+        "message (decoding options trust_from/trust_full); the shipped everyday exchanges "
+        "get everyday_zh=3 unless given",
     )
     a = p.parse_args(argv)
     if not 0 <= a.valid_permille <= 1000:

@@ -13,6 +13,9 @@ from xianliao.model.reply_filter import ReplyFilter, has_content, read_blocklist
         ("你是个白痴", None, "blocklisted word '白痴'"),
         ("ＳＢ吧你", None, "blocklisted word 'sb'"),  # full-width and upper case normalised
         ("你有病", None, "blocklisted word '你有病'"),  # the recipe's model once said this
+        ("你是神经病吗", None, "blocklisted word '神经病'"),
+        ("闭嘴吧", None, "blocklisted word '闭嘴'"),
+        ("你家猫没有病吧？", None, None),  # caring, not an insult
         ("", None, "empty"),
         ("   ", None, "empty"),
         ("=。=", None, "empty"),
