@@ -211,7 +211,7 @@ class ChatBot:
         replies = [FALLBACK_REPLY] * len(texts)
         if not todo:
             return replies
-        generating = opts.generate or self.index is None  # (no index: generate, as ever)
+        generating = self.generates(opts)
         with self._lock, torch.inference_mode():  # (the index, too, is one thread's at a time)
             hits = [self._retrieve(tokens[i], opts, extra[i] if extra else []) for i in todo]
             if any(hits):
@@ -224,13 +224,17 @@ class ChatBot:
             replies[i] = text or (FALLBACK_REPLY if generating else unknown_reply(texts[i]))
         return replies
 
+    def generates(self, opts: DecodeOptions) -> bool:
+        """Whether the model proposes replies of its own: unless ``generate`` is false and
+        there are index answers to judge instead (an index served, ``retrieve`` > 0)."""
+        return opts.generate or self.index is None or opts.retrieve == 0
+
     def _retrieve(self, tokens: list[str], opts: DecodeOptions, extra: list[Hit]) -> list[Hit]:
-        if opts.retrieve <= 0:
-            return list(extra)
-        # More than ``retrieve``: answers the filter or the length limit leaves out must not
-        # use up the places of usable ones (``candidates`` keeps ``retrieve`` of them).
-        wanted = opts.retrieve * RETRIEVE_SPARE
-        found = self.index.search(tokens, wanted) if self.index is not None else []
+        found: list[Hit] = []
+        if opts.retrieve > 0 and self.index is not None:
+            # More than ``retrieve``: answers the filter or the length limit leaves out must
+            # not use up the places of usable ones (``candidates`` keeps ``retrieve``).
+            found = self.index.search(tokens, opts.retrieve * RETRIEVE_SPARE)
         return [h for h in (*extra, *found) if h.similarity >= opts.min_similarity]
 
     def _allowed(self, ids: list[int]) -> str | None:

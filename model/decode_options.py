@@ -43,7 +43,7 @@ class DecodeOptions:
     approved_weight: float = 4.0  # more of the same for answers an admin approved or edited
     generate: bool = True  # the model proposes replies of its own beside the index's (false:
     # it only judges the index's answers; for a model too small to write sensible replies.
-    # Without a reply index the model generates anyway)
+    # Without a reply index, or with retrieve 0, the model generates anyway)
     min_similarity: float = 0.0  # answers to indexed questions less alike than this (0..1) are
     # not candidates; with generate false and none left, the bot says it cannot answer yet
     trust_from: float = 0.5  # a trusted corpus's offset (xianliao index --offset) counts from
@@ -96,8 +96,6 @@ class DecodeOptions:
                 raise ValueError(f"{name} must be a number >= 0, not {value!r}")
         if not isinstance(self.generate, bool):
             raise ValueError(f"generate must be true or false, not {self.generate!r}")
-        if not self.generate and self.retrieve == 0:
-            raise ValueError("generate false needs retrieve >= 1: there would be nothing to say")
         for name in ("min_similarity", "trust_from", "trust_full"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:

@@ -236,7 +236,8 @@ def eval_main(argv: list[str]) -> int:
         choices=["greedy", "beam", "sample", "sample_rank"],
         default=None,
         help="decoding for the reply metrics (default: the one the bot serves, with the reply "
-        "index beside the checkpoint); sample_rank draws 16 replies and keeps the best one",
+        "index beside the checkpoint); sample_rank draws 16 replies and keeps the best one; "
+        "given, the model generates even if its checkpoint is served without generating",
     )
     p.add_argument("--beam-size", type=int, default=None)
     p.add_argument(
@@ -265,6 +266,8 @@ def eval_main(argv: list[str]) -> int:
         if not isinstance(extra, dict):
             raise ValueError("--options must be a JSON object")
         given = {"strategy": a.strategy, "beam_size": a.beam_size}
+        if a.strategy is not None:  # a decoding to judge: the model generates, whatever the
+            given["generate"] = True  # checkpoint says
         opts = DecodeOptions.from_dict(
             {
                 **bot.options.to_dict(),

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from xianliao.model.chatbot import ChatBot
+from xianliao.model.chatbot import UNKNOWN_REPLIES, ChatBot
 from xianliao.model.decode import DecodeOptions
 from xianliao.model.vocab import UNK_ID
 from xianliao.training.corpus import Bad, iter_corpus
@@ -104,7 +104,9 @@ _PUNCT = re.compile(r"[\s\W_]+", re.UNICODE)
 
 
 def is_generic(reply: str) -> bool:
-    return _PUNCT.sub("", reply) in GENERIC_REPLIES
+    """A reply that would do for any message: one of ``GENERIC_REPLIES``, or a line saying
+    the bot cannot answer yet (``UNKNOWN_REPLIES``, of a bot that does not generate)."""
+    return _PUNCT.sub("", reply) in GENERIC_REPLIES or reply in UNKNOWN_REPLIES
 
 
 def distinct_n(seqs: Iterable[list[str]], n: int) -> float:
@@ -183,7 +185,7 @@ def evaluate(
         unk_rate=round(unk / max(words, 1), 4),
         replies_with_unk=round(sum("<unk>" in r for r in replies) / len(replies), 4),
         mean_reply_chars=round(sum(map(len, replies)) / len(replies), 2),
-        strategy=opts.strategy,
+        strategy=opts.strategy if bot.generates(opts) else "index only (generate false)",
         bad_lines=bad,
     )
     triples = [(p[0][0], p[0][1], r) for p, r in zip(pairs[:samples], replies, strict=False)]

@@ -98,7 +98,6 @@ def test_bidi_weight_on_a_one_way_model_is_an_error(bot):
         ({"trust_from": 1.5}, "trust_from must be a number in [0, 1]"),
         ({"min_similarity": -0.1}, "min_similarity must be a number in [0, 1]"),
         ({"generate": "no"}, "generate must be true or false"),
-        ({"generate": False, "retrieve": 0}, "generate false needs retrieve >= 1"),
         ({"trust_from": 0.9, "trust_full": 0.5}, "trust_from (0.9) must not exceed trust_full"),
     ],
 )
@@ -187,12 +186,22 @@ def test_without_generating_the_index_answers_or_the_bot_says_it_cannot_yet(bot)
     # an approved answer is held to the same floor, unless it is for the very same words
     like = [[Hit("今天 好累", "我只会煮面", 0.0, "approved", similarity=0.3)]]
     assert bot.reply_many(["今天我好累"], extra=like, **floor)[0] in UNKNOWN_REPLIES
+    assert bot.reply_many(["今天我好累"], extra=like, **floor, retrieve=0)[0] != "我只会煮面"
+    same = [[Hit("今天 我 好累", "下次再聊", 0.0, "approved", similarity=1.0)]]
+    assert bot.reply_many(["今天我好累"], extra=same, **floor)[0] == "下次再聊"
+    # one batch: a message with a close question, one without, one without words
+    batch = bot.reply_many(["今天星期几", "今天我好累", ""], **floor)
+    assert batch == ["我只会煮面", unknown_reply("今天我好累"), FALLBACK_REPLY]
 
 
-def test_without_an_index_the_model_generates_whatever_generate_says(bot):
+def test_without_index_answers_the_model_generates_whatever_generate_says(bot):
+    """No index served, or retrieve 0 (e.g. DECODE_OPTIONS over a checkpoint that records
+    generate false): the model's own reply, not a refusal."""
     assert bot.index is None
     generated = bot.reply("我好累", **GREEDY)
     assert bot.reply("我好累", **GREEDY, generate=False, min_similarity=0.9) == generated
+    bot.index = _index([("量子力学难吗", "很难")])
+    assert bot.reply("我好累", **GREEDY, generate=False, retrieve=0) == generated
 
 
 def test_the_unknown_reply_is_the_same_for_the_same_message():

@@ -140,6 +140,8 @@ def test_serving_options_of_a_later_release_are_left_out_with_a_warning(
     bot = ChatBot.load(path)
     assert bot.options.retrieve == 7 and bot.reply("你好")
     assert "serving options unknown here, left out: warp_drive" in caplog.text
+    with pytest.raises(ValueError, match="unknown decoding options: warp_speed"):
+        ChatBot.load(path, decode_options={"warp_speed": 1})  # a user's typo is still refused
 
 
 def test_a_checkpoint_can_keep_fp32_on_cpu_and_the_setting_still_wins(tmp_path, tiny_checkpoint):

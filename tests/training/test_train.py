@@ -223,6 +223,17 @@ def test_eval_metrics(tiny_checkpoint, tiny_tsv):
     assert report.perplexity < 2.0  # it learned these pairs by heart
     assert report.generic_share == 0.0 and report.unk_rate == 0.0
     assert len(triples) == 3 and triples[0][1] == triples[0][2]
+    # a bot that does not generate: its "cannot answer yet" lines count as generic, and the
+    # report says it judged the index's answers only
+    from xianliao.model.chatbot import UNKNOWN_REPLIES
+    from xianliao.model.reply_index import ReplyIndex
+
+    assert all(is_generic(line) for line in UNKNOWN_REPLIES)
+    bot = ChatBot.load(tiny_checkpoint)
+    bot.index = ReplyIndex.memory([(["量子", "力学"], "很难", "corpus")])
+    opts = bot.options.from_dict({**bot.options.to_dict(), "generate": False})
+    report, _ = evaluate(bot, str(tiny_tsv), options=opts)
+    assert report.generic_share == 1.0 and report.strategy == "index only (generate false)"
 
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])  # Ctrl+C; what service managers send
