@@ -76,6 +76,8 @@ class RetrainConfig:
     heldout_permille: int = 100
     decode_options: dict = field(default_factory=dict)  # the served decoding (DECODE_OPTIONS)
     quantize: bool | None = None  # the served precision (MODEL_QUANTIZE; None: int8 on CPU)
+    reply_index: str | None = None  # the served reply index (REPLY_INDEX; None: beside the model)
+    reply_blocklist: str | None = None  # the served extra blocklist file (REPLY_BLOCKLIST)
     nproc: int = 1  # training processes on this machine (DDP, as ``xianliao train --nproc``)
 
 
@@ -170,19 +172,24 @@ def compare(
     tolerance: float = 0.05,
     options: dict | None = None,
     quantize: bool | None = None,
+    index_path: str | None = None,
+    blocklist: str | None = None,
 ) -> dict:
     """Evaluate both checkpoints on the same held-out sets and probes; decide if the new one is
     not worse: perplexity within ``tolerance`` on every set, generic share up by at most 5
-    points and distinct-2 down by at most 5 points on the base set."""
+    points and distinct-2 down by at most 5 points on the base set. Both are loaded as the bot
+    serves them: ``options``, ``quantize``, the reply index ``index_path`` (None: the one
+    beside the live model) and the extra ``blocklist`` file."""
     from xianliao.model.chatbot import ChatBot
 
     tsvs = {k: v for k, v in tsvs.items() if Path(v).is_file() and Path(v).stat().st_size}
-    live_bot = ChatBot.load(live_path, quantize=quantize)
+    served = {"quantize": quantize, "blocklist": blocklist}
+    live_bot = ChatBot.load(live_path, index_path=index_path, **served)
     # The candidate is served with the live model's reply index once promoted: judge it so.
     index = live_bot.index.path if live_bot.index is not None else "none"
     live = _describe_model(live_bot, tsvs, limit, options or {})
     del live_bot
-    new_bot = ChatBot.load(new_path, quantize=quantize, index_path=index)
+    new_bot = ChatBot.load(new_path, index_path=index, **served)
     new = _describe_model(new_bot, tsvs, limit, options or {})
     reasons = []
     for name in tsvs:
@@ -366,6 +373,8 @@ def retrain(
         tolerance=cfg.tolerance,
         options=cfg.decode_options,
         quantize=cfg.quantize,
+        index_path=cfg.reply_index,
+        blocklist=cfg.reply_blocklist,
     )
     report = {
         "config": _public_config(cfg),

@@ -158,6 +158,15 @@ def _gate_precision(s: Any) -> bool | None:
     return quantize
 
 
+def _gate_reply_settings(s: Any) -> dict:
+    """REPLY_INDEX and REPLY_BLOCKLIST for the gate, which judges the models as served."""
+    index, blocklist = getattr(s, "reply_index", None), getattr(s, "reply_blocklist", None)
+    return {
+        "reply_index": str(index) if index else None,
+        "reply_blocklist": str(blocklist) if blocklist else None,
+    }
+
+
 def _config(a: argparse.Namespace, s: Any, run_id: int, url: str, blocklist: list[str]):  # noqa: ANN202
     from xianliao.training.retrain import RetrainConfig
 
@@ -179,6 +188,7 @@ def _config(a: argparse.Namespace, s: Any, run_id: int, url: str, blocklist: lis
         lr=a.lr,
         decode_options=dict(getattr(s, "decode_options", None) or {}),  # the served decoding
         quantize=_gate_precision(s),  # ... and precision
+        **_gate_reply_settings(s),  # ... and reply index and blocklist
         nproc=a.nproc,
     )
 

@@ -169,6 +169,38 @@ def test_the_gate_judges_the_candidate_with_the_live_models_reply_index(
     seen.clear()
     compare(str(live), str(candidate), {"base": str(tiny_tsv)}, limit=5)
     assert seen == [str(index), str(index)]
+    # a bot served with REPLY_INDEX=none or another file: both are judged so
+    for served, want in [("none", None), (str(index), str(index))]:
+        seen.clear()
+        compare(str(live), str(candidate), {"base": str(tiny_tsv)}, limit=5, index_path=served)
+        assert seen == [want, want]
+
+
+def test_the_gate_judges_with_the_served_blocklist(live, tiny_tsv, tmp_path, monkeypatch):
+    """REPLY_BLOCKLIST reaches the gate: both models are judged with the words the bot never
+    sends (RetrainConfig.reply_blocklist, from the bot's settings)."""
+    from xianliao.bot.config import Settings
+    from xianliao.retrain_cli import _gate_reply_settings
+    from xianliao.training.retrain import compare
+
+    words = tmp_path / "more.txt"
+    words.write_text("煮面\n", encoding="utf-8")
+    real, seen = ChatBot.load, []
+
+    def spy(path, **kw):  # noqa: ANN001, ANN202
+        bot = real(path, **kw)
+        seen.append(bot.filter.blocked_word("我只会煮面"))
+        return bot
+
+    monkeypatch.setattr(ChatBot, "load", spy)
+    compare(str(live), str(live), {"base": str(tiny_tsv)}, limit=5, blocklist=str(words))
+    assert seen == ["煮面", "煮面"]
+    s = Settings(_env_file=None, reply_blocklist=words, reply_index="none")
+    assert _gate_reply_settings(s) == {"reply_index": "none", "reply_blocklist": str(words)}
+    assert _gate_reply_settings(Settings(_env_file=None)) == {
+        "reply_index": None,
+        "reply_blocklist": None,
+    }
 
 
 def test_the_gates_precision_follows_the_bots_settings():
