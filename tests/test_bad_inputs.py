@@ -224,6 +224,13 @@ ERROR_ROWS = [
         "--blocklist /nonexist: No such file or directory",
         then=_run_failed,
     ),
+    row(
+        "4-retrain-reply-blocklist",
+        [*RETRAIN, "--model", "{ck}", "--database-url", "{new_db}"],
+        "setting REPLY_BLOCKLIST: No such file or directory",
+        {"REPLY_BLOCKLIST": "/nonexist"},
+        then=_run_failed,
+    ),
     # processes that cannot share the batch: refused before the database is opened
     row(
         "retrain-nproc",

@@ -159,8 +159,14 @@ def _gate_precision(s: Any) -> bool | None:
 
 
 def _gate_reply_settings(s: Any) -> dict:
-    """REPLY_INDEX and REPLY_BLOCKLIST for the gate, which judges the models as served."""
+    """REPLY_INDEX and REPLY_BLOCKLIST for the gate, which judges the models as served.
+    ``ValueError`` (one line) for a blocklist file that cannot be read, before any training."""
     index, blocklist = getattr(s, "reply_index", None), getattr(s, "reply_blocklist", None)
+    if blocklist:
+        try:
+            _read_blocklist(str(blocklist))
+        except ValueError as exc:
+            raise ValueError(f"setting REPLY_BLOCKLIST: {str(exc).split(': ', 1)[1]}") from None
     return {
         "reply_index": str(index) if index else None,
         "reply_blocklist": str(blocklist) if blocklist else None,
@@ -349,10 +355,10 @@ def _run(a: argparse.Namespace, s: Any, db: Any, url: str) -> int:
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         try:
             blocklist = _read_blocklist(a.blocklist) if a.blocklist else []
+            cfg = _config(a, s, run_id, url, blocklist)
         except ValueError as exc:
             finish_run(db, run_id, "failed", owner=owner, log=str(exc))
             return _fail(prog, str(exc))
-        cfg = _config(a, s, run_id, url, blocklist)
         # Its folder and progress file, for the console's curves wherever --out put them.
         progress = os.path.abspath(a.progress_jsonl) if a.progress_jsonl else None
         record_params(db, run_id, out=os.path.abspath(cfg.out_dir), progress=progress)
