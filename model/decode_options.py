@@ -46,9 +46,9 @@ class DecodeOptions:
     # Without a reply index, or with retrieve 0, the model generates anyway)
     min_similarity: float = 0.0  # answers to indexed questions less alike than this (0..1) are
     # not candidates; with generate false and none left, the bot says it cannot answer yet
-    trust_from: float = 0.5  # a trusted corpus's offset (xianliao index --offset) counts from
+    trust_from: float = 0.3  # a trusted corpus's offset (xianliao index --offset) counts from
     # this question similarity (0..1) on ...
-    trust_full: float = 0.8  # ... in full from this one, in between in proportion (both 0:
+    trust_full: float = 0.6  # ... in full from this one, in between in proportion (both 0:
     # always in full)
 
     def to_dict(self) -> dict:
