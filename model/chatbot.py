@@ -89,7 +89,7 @@ def served_int8(device: str, quantize: bool | None, recorded: object = None) -> 
     return torch.device(device).type == "cpu" and recorded is not False
 
 
-def _serving(ckpt: dict) -> dict:
+def serving_entry(ckpt: dict) -> dict:
     """A checkpoint's ``serving`` entry (see ``export_for_inference``), or nothing."""
     return ckpt["serving"] if isinstance(ckpt.get("serving"), dict) else {}
 
@@ -99,7 +99,7 @@ def _served_options(path: Path, ckpt: dict, given: DecodeOptions | dict | None) 
     ``serving`` entry records (chosen for that model, e.g. by the quickstart), then ``given``."""
     if isinstance(given, DecodeOptions):
         return given
-    served = {k: v for k, v in _serving(ckpt).items() if k != SERVING_INT8}  # (a load setting)
+    served = {k: v for k, v in serving_entry(ckpt).items() if k != SERVING_INT8}  # (a load setting)
     unknown = sorted(set(served) - set(DecodeOptions.__dataclass_fields__))
     if unknown:  # written by a later release: serve what this one knows, say what it left out
         logger.warning("%s: serving options unknown here, left out: %s", path, ", ".join(unknown))
@@ -168,7 +168,7 @@ class ChatBot:
             raise CheckpointError(f"{path}: {exc}") from None
         model = build_model(ckpt, path).to(device)
         model.prepare_for_inference(
-            quantize=served_int8(device, quantize, _serving(ckpt).get(SERVING_INT8))
+            quantize=served_int8(device, quantize, serving_entry(ckpt).get(SERVING_INT8))
         )
         train = ckpt["train"] if isinstance(ckpt["train"], dict) else {}
         version = f"s{train.get('step', 0)}-{file_digest(path)[:8]}"

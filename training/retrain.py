@@ -321,6 +321,7 @@ def retrain(
     ``db``: the process's database (default: opened from ``cfg.database_url``).
     ``should_stop``: polled after every training step; True ends training early (the report
     then says ``interrupted``)."""
+    from xianliao.model.chatbot import serving_entry
     from xianliao.model.checkpoint import export_for_inference
     from xianliao.training.train import train
 
@@ -333,7 +334,7 @@ def retrain(
     tcfg = _train_config(cfg, live, init_from)
     # How the live model is served (its decoding, its precision) carries over to the candidate,
     # so the gate judges both alike and a promotion keeps what was chosen for the model.
-    serving = live.get("serving") if isinstance(live.get("serving"), dict) else None
+    serving = serving_entry(live) or None
     del live  # only its vocabulary, sizes and training mode were needed; training loads it again
     data = [(str(base_dir), 1.0), (str(logs_dir), cfg.log_weight)]
     if cfg.nproc > 1:

@@ -53,15 +53,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--by", type=int, default=0, help="user id recorded as the actor (0 = CLI)")
 
 
-def _read_blocklist(path: str) -> list[str]:
-    """The words of a blocklist file, one per line; ``ValueError`` with one line if unreadable."""
+def _read_blocklist(path: str, label: str | None = None) -> list[str]:
+    """The words of a blocklist file, one per line; ``ValueError`` with one line if unreadable,
+    starting with ``label`` (default: ``--blocklist PATH``)."""
+    label = label or f"--blocklist {path}"
     try:
         with open(path, encoding="utf-8") as f:
             return [w.strip() for w in f if w.strip()]
     except OSError as exc:
-        raise ValueError(f"--blocklist {path}: {exc.strerror or exc}") from None
+        raise ValueError(f"{label}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise ValueError(f"--blocklist {path}: not UTF-8 text") from None
+        raise ValueError(f"{label}: not UTF-8 text") from None
 
 
 # ----- xianliao retrain -------------------------------------------------------------------------
@@ -163,10 +165,7 @@ def _gate_reply_settings(s: Any) -> dict:
     ``ValueError`` (one line) for a blocklist file that cannot be read, before any training."""
     index, blocklist = getattr(s, "reply_index", None), getattr(s, "reply_blocklist", None)
     if blocklist:
-        try:
-            _read_blocklist(str(blocklist))
-        except ValueError as exc:
-            raise ValueError(f"setting REPLY_BLOCKLIST: {str(exc).split(': ', 1)[1]}") from None
+        _read_blocklist(str(blocklist), label="setting REPLY_BLOCKLIST")
     return {
         "reply_index": str(index) if index else None,
         "reply_blocklist": str(blocklist) if blocklist else None,
