@@ -38,8 +38,10 @@ class DecodeOptions:
     retrieve: int = 10  # answers taken from the reply index (when one is served) for the
     # indexed questions most like the message; they and the model's own candidates are all
     # scored as in sample_rank, and the best is sent (0 = generation only)
-    similarity_weight: float = 2.0  # added to a retrieved answer's score per unit of question
-    # similarity (0..1: 1 for the same words), so answers to the same question come first
+    similarity_weight: float = 24.0  # added to a retrieved answer's score per unit of question
+    # similarity (0..1: 1 for the same words): the model mostly judges between answers to
+    # equally close questions, since across questions it favoured short, far corpus answers
+    # (judged blind, bench/RESULTS.md section 31)
     approved_weight: float = 4.0  # more of the same for answers an admin approved or edited
     generate: bool = True  # the model proposes replies of its own beside the index's (false:
     # it only judges the index's answers; for a model too small to write sensible replies.
