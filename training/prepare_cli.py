@@ -200,7 +200,7 @@ def index_main(argv: list[str]) -> int:
         "the extension), e.g. dgk_subtitle=-1 for a corpus whose answers fit less often; a "
         "positive VALUE counts in full only where the indexed question is close to the "
         "message (decoding options trust_from/trust_full); the shipped everyday exchanges "
-        "get everyday_zh=3 unless given",
+        "get everyday_zh=12 unless given",
     )
     a = p.parse_args(argv)
     if not 0 <= a.valid_permille <= 1000:
