@@ -171,7 +171,7 @@ def index_main(argv: list[str]) -> int:
     import sqlite3
     from pathlib import Path
 
-    from xianliao.training.corpus import CorpusError
+    from xianliao.training.corpus import EVERYDAY_CORPUS, SHIPPED_OFFSETS, CorpusError
     from xianliao.training.index import build
 
     p = OneLineParser(
@@ -200,7 +200,7 @@ def index_main(argv: list[str]) -> int:
         "the extension), e.g. dgk_subtitle=-1 for a corpus whose answers fit less often; a "
         "positive VALUE counts in full only where the indexed question is close to the "
         "message (decoding options trust_from/trust_full); the shipped everyday exchanges "
-        "get everyday_zh=12 unless given",
+        f"get {EVERYDAY_CORPUS.stem}={SHIPPED_OFFSETS[EVERYDAY_CORPUS.resolve()]:g} unless given",
     )
     a = p.parse_args(argv)
     if not 0 <= a.valid_permille <= 1000:
