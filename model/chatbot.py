@@ -15,7 +15,7 @@ from xianliao.model.checkpoint import CheckpointError, file_digest, load_checkpo
 from xianliao.model.decode import DecodeOptions, batch_inputs, candidate_scores, decode, generate
 from xianliao.model.reply_filter import ReplyFilter
 from xianliao.model.reply_index import Hit, ReplyIndex, ReplyIndexError, default_index_path
-from xianliao.model.seq2seq import Seq2Seq, Seq2SeqConfig
+from xianliao.model.seq2seq import Encoded, Seq2Seq, Seq2SeqConfig
 from xianliao.model.text import Tokenizer, detokenize, normalise
 from xianliao.model.vocab import UNK_ID, Vocab
 
@@ -291,18 +291,20 @@ class ChatBot:
         opts: DecodeOptions,
         generating: bool = True,
     ) -> list[str | None]:
-        """Score the generated (if ``generating``) and retrieved candidates of every message
-        in one batch and pick the best of each (see ``candidate_score``)."""
+        """Score the retrieved and (if ``generating``) generated candidates of every message
+        in one batch and pick the best of each (see ``candidate_score``). The model proposes
+        a reply of its own only for the messages where no retrieved answer leads by
+        ``generate_until`` already (``needs_generation``)."""
         src, src_len = batch_inputs(id_lists, self.model.embedding.weight.device)
         encoded = self.model.encode(src, src_len)  # once, for proposing and for judging
-        if generating:
-            gen = generate(self.model, src, src_len, opts, encoded=encoded)
-        else:
-            gen = [[] for _ in id_lists]
-        cands = [
-            self.candidates(g, h, opts.max_len, opts.retrieve)
-            for g, h in zip(gen, hits, strict=True)
-        ]
+        cands = [self.candidates([], h, opts.max_len, opts.retrieve) for h in hits]
+        todo = [b for b, cs in enumerate(cands) if generating and needs_generation(cs, opts)]
+        if todo:
+            rows = torch.tensor(todo, device=src.device)
+            part = Encoded(*(t[rows] for t in encoded[:3]), encoded.hidden[:, rows])
+            gen = generate(self.model, src[rows], src_len[rows], opts, encoded=part)
+            for b, g in zip(todo, gen, strict=True):
+                cands[b] = self.candidates(g, hits[b], opts.max_len, opts.retrieve)
         flat = [(b, c) for b, cs in enumerate(cands) for c in cs]
         if not flat:
             return [None] * len(id_lists)
@@ -339,19 +341,31 @@ def trusted_offset(offset: float, similarity: float, opts: DecodeOptions) -> flo
     return offset * (similarity - opts.trust_from) / (opts.trust_full - opts.trust_from)
 
 
-def candidate_score(c: Candidate, model_score: float, opts: DecodeOptions) -> float:
-    """The model's judgement of the reply for this message (``candidate_scores``), plus how
-    alike the indexed question is to the message, more so for an admin's approved answer,
-    less a share of unknown words (the model cannot judge those), plus the offset of the
-    answer's corpus (``trusted_offset``). An approved answer to the very same words is what
-    an admin said the bot should reply: it is sent."""
+def question_lead(c: Candidate, opts: DecodeOptions) -> float:
+    """What a candidate's score gets for its question alone, beside the model's judgement:
+    how alike the indexed question is to the message (more so for an admin's approved
+    answer) plus the offset of the answer's corpus (``trusted_offset``). 0 for the model's
+    own replies; infinite for an approved answer to the very same words, which is what an
+    admin said the bot should reply."""
     if c.source == "approved" and c.similarity >= SAME_QUESTION:
         return float("inf")
     weight = opts.similarity_weight + (opts.approved_weight if c.source == "approved" else 0.0)
+    return weight * c.similarity + trusted_offset(c.offset, c.similarity, opts)
+
+
+def needs_generation(retrieved: list[Candidate], opts: DecodeOptions) -> bool:
+    """Whether the model should propose a reply of its own beside ``retrieved``: unless one
+    of them leads by ``generate_until`` on its question alone (0: always). Past such a lead
+    the model's own reply never won (bench/RESULTS.md section 32), and generating is the
+    slowest part of a reply."""
+    if opts.generate_until <= 0:
+        return True
+    return max((question_lead(c, opts) for c in retrieved), default=0.0) < opts.generate_until
+
+
+def candidate_score(c: Candidate, model_score: float, opts: DecodeOptions) -> float:
+    """The model's judgement of the reply for this message (``candidate_scores``), plus the
+    lead its question gives it (``question_lead``), less a share of unknown words (the model
+    cannot judge those)."""
     unknown = sum(1 for i in c.ids if i == UNK_ID) / max(len(c.ids), 1)
-    return (
-        model_score
-        + weight * c.similarity
-        - 2.0 * unknown
-        + trusted_offset(c.offset, c.similarity, opts)
-    )
+    return model_score + question_lead(c, opts) - 2.0 * unknown

@@ -46,6 +46,10 @@ class DecodeOptions:
     generate: bool = True  # the model proposes replies of its own beside the index's (false:
     # it only judges the index's answers; for a model too small to write sensible replies.
     # Without a reply index, or with retrieve 0, the model generates anyway)
+    generate_until: float = 12.0  # ... but not once a retrieved answer leads by this much on
+    # its question alone (similarity_weight x similarity + its corpus's trusted offset): the
+    # model's own reply never won past a lead of 8 (bench/RESULTS.md section 32), and
+    # generating is the slowest part of a reply. 0 = always generate
     min_similarity: float = 0.0  # answers to indexed questions less alike than this (0..1) are
     # not candidates; with generate false and none left, the bot says it cannot answer yet
     trust_from: float = 0.3  # a trusted corpus's offset (xianliao index --offset) counts from
@@ -91,6 +95,7 @@ class DecodeOptions:
             "bidi_weight",
             "similarity_weight",
             "approved_weight",
+            "generate_until",
             "length_penalty",
         ):
             value = getattr(self, name)

@@ -1,4 +1,5 @@
-"""What the bot never sends: blocklisted words, empty replies, and replies that stutter.
+"""What the bot never sends: blocklisted words, empty replies, replies that stutter, and
+broken text.
 
 One filter serves every path (generated and retrieved replies, the bot, the terminal chat,
 evaluation) and ``prepare``, which drops training answers it would block, so the model does not
@@ -73,6 +74,8 @@ class ReplyFilter:
             return "empty"
         if (word := self.blocked_word(text)) is not None:
             return f"blocklisted word {word!r}"
+        if "\ufffd" in text:  # a corpus line decoded from broken bytes (some in xiaohuangji)
+            return "broken text"
         if tokens is not None and repeats_run(list(tokens)):
             return "repeats itself"
         return None

@@ -46,6 +46,29 @@ def test_without_a_matching_question_the_reply_is_generated(bot):
     assert bot.reply("我好累", **GREEDY, retrieve=0, similarity_weight=50) == generated
 
 
+def test_the_model_generates_only_while_no_retrieved_answer_leads_by_generate_until(
+    bot, monkeypatch
+):
+    """A retrieved answer whose question alone gives it a lead of generate_until (weight x
+    similarity + trusted offset) spares the model's own reply: it is never generated, for that
+    message only. 0 = always generate."""
+    from xianliao.model import chatbot
+
+    asked: list[int] = []  # how many messages each generate() call proposed for
+    real = chatbot.generate
+    monkeypatch.setattr(
+        chatbot, "generate", lambda m, src, *a, **k: asked.append(len(src)) or real(m, src, *a, **k)
+    )
+    bot.index = _index([("今天星期几", "我只会煮面")])
+    weight = {**GREEDY, "similarity_weight": 50}  # same words: a lead of 50
+    assert bot.reply("今天星期几", **weight, generate_until=40) == "我只会煮面" and asked == []
+    assert bot.reply("今天星期几", **weight, generate_until=60) == "我只会煮面" and asked == [1]
+    assert bot.reply("今天星期几", **weight, generate_until=0) == "我只会煮面" and asked == [1, 1]
+    # one batch: only the message without a close question is generated for
+    batch = bot.reply_many(["今天星期几", "我好累"], **weight, generate_until=40)
+    assert asked == [1, 1, 1] and batch[0] == "我只会煮面" and batch[1] == "早点休息吧"
+
+
 def test_approved_answers_to_the_same_words_are_sent_others_weighed(bot):
     same = [[Hit("你 好", "我只会煮面", 0.0, "approved", similarity=1.0)]]
     assert bot.reply_many(["你好!"], extra=same, **GREEDY)[0] == "我只会煮面"
@@ -98,6 +121,7 @@ def test_bidi_weight_on_a_one_way_model_is_an_error(bot):
         ({"trust_from": 1.5}, "trust_from must be a number in [0, 1]"),
         ({"min_similarity": -0.1}, "min_similarity must be a number in [0, 1]"),
         ({"generate": "no"}, "generate must be true or false"),
+        ({"generate_until": -1}, "generate_until must be a number >= 0"),
         ({"trust_from": 0.9, "trust_full": 0.5}, "trust_from (0.9) must not exceed trust_full"),
     ],
 )
