@@ -33,14 +33,15 @@ def has_content(text: str) -> bool:
 
 
 def repeats_run(tokens: Sequence[str], times: int = 3, max_run: int = 4) -> bool:
-    """Whether some run of 1..max_run tokens occurs ``times`` times in a row ("吃了吃了吃了")."""
+    """Whether some run of 1..max_run tokens with a word in it occurs ``times`` times in a row
+    ("吃了吃了吃了"; not an ellipsis, which normalises to a row of dots)."""
     n = len(tokens)
     for size in range(1, max_run + 1):
         for start in range(n - size * times + 1):
             run = tokens[start : start + size]
             if all(
                 tokens[start + k * size : start + (k + 1) * size] == run for k in range(1, times)
-            ):
+            ) and any(has_content(t) for t in run):
                 return True
     return False
 
