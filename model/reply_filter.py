@@ -46,14 +46,24 @@ def repeats_run(tokens: Sequence[str], times: int = 3, max_run: int = 4) -> bool
     return False
 
 
+def _alternation(phrases: Sequence[str]) -> re.Pattern | None:
+    """One regex matching any of ``phrases``, longest first; None for none."""
+    alts = sorted(phrases, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, alts))) if alts else None
+
+
 class ReplyFilter:
     """Decides whether a reply may be sent. ``blocked`` returns the reason, or None."""
 
     def __init__(self, blocklist: Iterable[str] = ()) -> None:
-        self.blocklist = tuple(dict.fromkeys(normalise(w) for w in blocklist if normalise(w)))
+        entries = [normalise(w) for w in blocklist]
+        # "!phrase": an innocent phrase that holds a blocked word (妈妈的 holds 妈的); it is
+        # blanked out before the scan, so only the word's other uses are blocked.
+        self.allowed = tuple(dict.fromkeys(e[1:] for e in entries if e.startswith("!") and e[1:]))
+        self.blocklist = tuple(dict.fromkeys(e for e in entries if e and not e.startswith("!")))
         # One alternation: a single regex scan per reply, whatever the list's length.
-        alts = sorted(self.blocklist, key=len, reverse=True)
-        self._pattern = re.compile("|".join(map(re.escape, alts))) if alts else None
+        self._pattern = _alternation(self.blocklist)
+        self._allowed = _alternation(self.allowed)
 
     @classmethod
     def default(cls, extra_path: str | Path | None = None) -> ReplyFilter:
@@ -66,7 +76,10 @@ class ReplyFilter:
     def blocked_word(self, text: str) -> str | None:
         if self._pattern is None:
             return None
-        m = self._pattern.search(normalise(text))
+        text = normalise(text)
+        if self._allowed is not None:
+            text = self._allowed.sub(" ", text)
+        m = self._pattern.search(text)
         return m.group(0) if m else None
 
     def blocked(self, text: str, tokens: Sequence[str] | None = None) -> str | None:

@@ -26,12 +26,11 @@ from xianliao.model.reply_filter import ReplyFilter, has_content, read_blocklist
         ("吃了吃了", ["吃", "了", "吃", "了"], None),  # twice is fine
         ("祝你生日快乐", ["祝", "你", "生日", "快乐"], None),
         ("我要上床睡觉了", None, None),
-        ("\ufffd怎么办", None, "broken text"),
-        (
-            "让我猜猜……",
-            ["让", "我", "猜猜", ".", ".", ".", ".", ".", "."],
-            None,
-        ),  # an ellipsis  # a corpus answer decoded from broken bytes
+        ("\ufffd怎么办", None, "broken text"),  # a corpus answer decoded from broken bytes
+        ("让我猜猜……", ["让", "我", "猜猜", *"......"], None),  # an ellipsis, normalised
+        ("妈的，烦死了", None, "blocklisted word '妈的'"),
+        ("这就是妈妈的爱", None, None),  # "!妈妈的": the phrase is allowed, the curse is not
+        ("爸妈的心意，他妈的谁懂", None, "blocklisted word '他妈的'"),
     ],
 )
 def test_default_filter(text, tokens, reason):
