@@ -11,22 +11,18 @@ import argparse
 import sys
 from pathlib import Path
 
-# How the quickstart model is served (recorded in its checkpoint): a model that learnt a few
-# hundred pairs by heart is a poor judge of other answers, so the question similarity of the
-# retrieved ones weighs more than by default (bench/RESULTS.md section 22), and its judgement
-# leaves out the neutral-question term (mmi_weight 0), which here favours nonsense its sampling
-# made up over the answers it learnt; fp32 on CPU too (small enough to be fast, and int8 lost
-# in blind judging). Both chosen by blind judging: section 29. The shipped exchanges' offset
-# counts in full whatever the question similarity (trust_from/trust_full 0), and the model
-# does not propose replies of its own (generate false: after 3 minutes they are word salad)
-# but judges the index's answers, those to questions at least 0.3 alike (min_similarity);
-# where none is, it says it cannot answer yet. Judges found more sensible replies so, on
-# every list (section 30).
+# How the quickstart model is served (recorded in its checkpoint; the other options are the
+# release's defaults). Its judgement leaves out the neutral-question term (mmi_weight 0), which
+# for a model that learnt a few thousand pairs by heart favours nonsense its sampling made up
+# over the answers it learnt; fp32 on CPU (small enough to be fast, and int8 lost in blind
+# judging): section 29. It does not propose replies of its own (generate false: after 3
+# minutes they are word salad) but judges the index's answers, those to questions at least 0.3
+# alike (min_similarity); where none is, it says it cannot answer yet (section 30). Since
+# session 14 it weighs the question similarity and trusts the shipped exchanges as the default
+# does (24, from similarity 0.3 to 0.6; it had 8 and full trust): with ~3,600 exchanges its
+# weak judgement picked far exchanges too often (bench/RESULTS.md section 32).
 QUICKSTART_SERVING = {
-    "similarity_weight": 8.0,
     "mmi_weight": 0.0,
-    "trust_from": 0.0,
-    "trust_full": 0.0,
     "generate": False,
     "min_similarity": 0.3,
     "int8": False,

@@ -13,6 +13,7 @@ from conftest import TINY_PAIRS
 
 from xianliao.model.chatbot import UNKNOWN_REPLIES, ChatBot
 from xianliao.model.checkpoint import file_digest
+from xianliao.model.decode_options import DecodeOptions
 from xianliao.ops import models
 from xianliao.ops.models import PromotionError
 from xianliao.quickstart import QUICKSTART_SERVING
@@ -451,8 +452,13 @@ def test_quickstart_trains_and_serves_the_final_weights(tmp_path, monkeypatch):
     assert hits and hits[0].answer == "Python"
     # served in fp32 on CPU, with its own decoding, as its checkpoint records
     assert "quantized" not in type(bot.model.encoder).__module__
-    assert bot.options.similarity_weight == 8.0 and bot.options.mmi_weight == 0.0
-    assert bot.options.trust_from == bot.options.trust_full == 0.0  # the offset in full
+    assert bot.options.mmi_weight == 0.0  # the rest as the release serves any model
+    defaults = DecodeOptions()
+    assert bot.options.similarity_weight == defaults.similarity_weight
+    assert (bot.options.trust_from, bot.options.trust_full) == (
+        defaults.trust_from,
+        defaults.trust_full,
+    )
     assert not bot.options.generate and bot.options.min_similarity == 0.3  # judges the index's
     assert bot.reply("量子纠缠的贝尔不等式实验") in UNKNOWN_REPLIES  # nothing close
 
