@@ -99,7 +99,7 @@ def main() -> int:
         "--everyday",
         default=str(EVERYDAY_FILE),
         help="everyday messages, one per line (default bench/everyday50.txt; "
-        "bench/everyday50_fresh.txt, _third.txt, _fourth.txt to _tenth.txt: 50 "
+        "bench/everyday50_fresh.txt, _third.txt, _fourth.txt to _eleventh.txt: 50 "
         "more each, written apart from the shipped exchanges)",
     )
     p.add_argument("--threads", type=int, default=1)
