@@ -300,9 +300,9 @@ class ChatBot:
         cands = [self.candidates([], h, opts.max_len, opts.retrieve) for h in hits]
         todo = [b for b, cs in enumerate(cands) if generating and needs_generation(cs, opts)]
         if todo:
-            rows = torch.tensor(todo, device=src.device)
+            rows = torch.tensor(todo, device=src.device)  # (src_len stays on the CPU)
             part = Encoded(*(t[rows] for t in encoded[:3]), encoded.hidden[:, rows])
-            gen = generate(self.model, src[rows], src_len[rows], opts, encoded=part)
+            gen = generate(self.model, src[rows], src_len[todo], opts, encoded=part)
             for b, g in zip(todo, gen, strict=True):
                 cands[b] = self.candidates(g, hits[b], opts.max_len, opts.retrieve)
         flat = [(b, c) for b, cs in enumerate(cands) for c in cs]

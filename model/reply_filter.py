@@ -57,8 +57,8 @@ class ReplyFilter:
 
     def __init__(self, blocklist: Iterable[str] = ()) -> None:
         entries = [normalise(w) for w in blocklist]
-        # "!phrase": an innocent phrase that holds a blocked word (妈妈的 holds 妈的); it is
-        # blanked out before the scan, so only the word's other uses are blocked.
+        # "!phrase": an innocent phrase that holds a blocked word (妈妈的 holds 妈的): a blocked
+        # word wholly inside it is let through, its other uses are not.
         self.allowed = tuple(dict.fromkeys(e[1:] for e in entries if e.startswith("!") and e[1:]))
         self.blocklist = tuple(dict.fromkeys(e for e in entries if e and not e.startswith("!")))
         # One alternation: a single regex scan per reply, whatever the list's length.
@@ -74,13 +74,20 @@ class ReplyFilter:
         return cls(words)
 
     def blocked_word(self, text: str) -> str | None:
+        """The first blocked word in ``text`` that does not lie wholly inside an allowed
+        phrase (去你妈妈的 is still blocked for 去你妈, though 妈妈的 is allowed)."""
         if self._pattern is None:
             return None
         text = normalise(text)
-        if self._allowed is not None:
-            text = self._allowed.sub(" ", text)
-        m = self._pattern.search(text)
-        return m.group(0) if m else None
+        first = self._pattern.search(text)  # one scan for almost every text: no match
+        if first is None or self._allowed is None:
+            return first.group(0) if first else None
+        spans = [a.span() for a in self._allowed.finditer(text)]
+        for start in range(first.start(), len(text)):
+            m = self._pattern.match(text, start)
+            if m and not any(a <= m.start() and m.end() <= b for a, b in spans):
+                return m.group(0)
+        return None
 
     def blocked(self, text: str, tokens: Sequence[str] | None = None) -> str | None:
         """Why ``text`` must not be sent (``tokens``: its segmentation, for the repeat rule)."""

@@ -20,7 +20,7 @@ from pathlib import Path
 # alike (min_similarity); where none is, it says it cannot answer yet (section 30). Since
 # session 14 it weighs the question similarity and trusts the shipped exchanges as the default
 # does (24, from similarity 0.3 to 0.6; it had 8 and full trust): with ~3,600 exchanges its
-# weak judgement picked far exchanges too often (bench/RESULTS.md section 32).
+# weak judgement picked far exchanges too often (bench/RESULTS.md section 33).
 QUICKSTART_SERVING = {
     "mmi_weight": 0.0,
     "generate": False,

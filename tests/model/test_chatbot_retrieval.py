@@ -33,7 +33,8 @@ def bot(tiny_checkpoint):
 def test_a_message_like_an_indexed_question_gets_its_answer(bot):
     bot.index = _index([("今天星期几", "我只会煮面"), ("你好", "下次再聊")])
     # 今天星期几 is nothing the model learnt; its indexed answer wins on similarity ...
-    assert bot.reply("今天星期几", **GREEDY, similarity_weight=50) == "我只会煮面"
+    # (generate_until 0: the model's own reply is a candidate, whatever the lead)
+    assert bot.reply("今天星期几", **GREEDY, similarity_weight=50, generate_until=0) == "我只会煮面"
     # ... and without the similarity term the model's judgement decides: for 你好 it knows
     # its answer by heart and prefers it to the indexed one.
     assert bot.reply("你好", **GREEDY, similarity_weight=0) == "你好,很高兴认识你"
@@ -67,13 +68,18 @@ def test_the_model_generates_only_while_no_retrieved_answer_leads_by_generate_un
     # one batch: only the message without a close question is generated for
     batch = bot.reply_many(["今天星期几", "我好累"], **weight, generate_until=40)
     assert asked == [1, 1, 1] and batch[0] == "我只会煮面" and batch[1] == "早点休息吧"
+    # the lead counts the corpus's trusted offset too: 100 for the same words, whatever the weight
+    bot.index.offsets = {"corpus": 100.0}
+    assert bot.reply("今天星期几", **GREEDY, similarity_weight=0, generate_until=40) == "我只会煮面"
+    assert asked == [1, 1, 1]
 
 
 def test_approved_answers_to_the_same_words_are_sent_others_weighed(bot):
     same = [[Hit("你 好", "我只会煮面", 0.0, "approved", similarity=1.0)]]
     assert bot.reply_many(["你好!"], extra=same, **GREEDY)[0] == "我只会煮面"
     like = [[Hit("你 好 呀", "我只会煮面", 0.0, "approved", similarity=0.8)]]
-    assert bot.reply_many(["你好"], extra=like, **GREEDY, approved_weight=100)[0] == "我只会煮面"
+    weighed = {**GREEDY, "approved_weight": 100, "generate_until": 0}  # beside the model's
+    assert bot.reply_many(["你好"], extra=like, **weighed)[0] == "我只会煮面"
     assert (
         bot.reply_many(["你好"], extra=like, **GREEDY, approved_weight=0, similarity_weight=0)[0]
         == "你好,很高兴认识你"
@@ -165,13 +171,14 @@ def test_a_trusted_corpus_counts_only_where_its_question_is_the_message(bot):
     shares a word with it (similarity up to trust_from): there the model's own reply wins."""
     bot.index = ReplyIndex.memory([(TOK.tokenize("今天星期几"), "我只会煮面", "good")])
     bot.index.offsets = {"good": 100.0}
-    assert bot.reply("今天星期几", **GREEDY, similarity_weight=0) == "我只会煮面"
+    competing = {**GREEDY, "generate_until": 0}  # the model's own reply is a candidate
+    assert bot.reply("今天星期几", **competing, similarity_weight=0) == "我只会煮面"
     hit = bot.index.search(TOK.tokenize("今天我好累"))[0]
     assert 0 < hit.similarity < bot.options.trust_from
-    assert bot.reply("今天我好累", **GREEDY, similarity_weight=0) != "我只会煮面"
+    assert bot.reply("今天我好累", **competing, similarity_weight=0) != "我只会煮面"
     # trusted whatever the match (both 0: as a checkpoint may record): it wins
     flat = {"trust_from": 0.0, "trust_full": 0.0}
-    assert bot.reply("今天我好累", **GREEDY, similarity_weight=0, **flat) == "我只会煮面"
+    assert bot.reply("今天我好累", **competing, similarity_weight=0, **flat) == "我只会煮面"
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,8 @@ from xianliao.model.reply_filter import ReplyFilter, has_content, read_blocklist
         ("妈的，烦死了", None, "blocklisted word '妈的'"),
         ("这就是妈妈的爱", None, None),  # "!妈妈的": the phrase is allowed, the curse is not
         ("爸妈的心意，他妈的谁懂", None, "blocklisted word '他妈的'"),
+        ("去你妈妈的", None, "blocklisted word '去你妈'"),  # overlaps the allowed 妈妈的
+        ("去你大妈的", None, "blocklisted word '妈的'"),  # 大妈的 is not allowed
     ],
 )
 def test_default_filter(text, tokens, reason):
