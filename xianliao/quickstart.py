@@ -12,17 +12,15 @@ import sys
 from pathlib import Path
 
 # How the quickstart model is served (recorded in its checkpoint; the other options are the
-# release's defaults). Its judgement leaves out the neutral-question term (mmi_weight 0), which
-# for a model that learnt a few thousand pairs by heart favours nonsense its sampling made up
-# over the answers it learnt; fp32 on CPU (small enough to be fast, and int8 lost in blind
-# judging): section 29. It does not propose replies of its own (generate false: after 3
-# minutes they are word salad) but judges the index's answers, those to questions at least 0.3
-# alike (min_similarity); where none is, it says it cannot answer yet (section 30). Since
-# session 14 it weighs the question similarity and trusts the shipped exchanges as the default
-# does (24, from similarity 0.3 to 0.6; it had 8 and full trust): with ~3,600 exchanges its
-# weak judgement picked far exchanges too often (bench/RESULTS.md section 33).
+# release's defaults). fp32 on CPU (small enough to be fast, and int8 lost in blind judging):
+# section 29. It does not propose replies of its own (generate false: after 3 minutes they are
+# word salad) but judges the index's answers, those to questions at least 0.3 alike
+# (min_similarity); where none is, it says it cannot answer yet (section 30). Since session 14
+# it judges them as the default does: the similarity weight 24 and the trust ramp (it had 8 and
+# full trust; with ~3,600 exchanges it then picked far ones too often) and the neutral-question
+# term (mmi_weight 1; it had 0, chosen while it still generated, when the term favoured the
+# nonsense it sampled): bench/RESULTS.md section 33.
 QUICKSTART_SERVING = {
-    "mmi_weight": 0.0,
     "generate": False,
     "min_similarity": 0.3,
     "int8": False,
