@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from xianliao.model.polarity import polarity
 from xianliao.model.reply_filter import has_content
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,9 @@ INDEX_NAME = "replies.sqlite"  # the default index file, beside the served check
 COMMON_SHARE = 0.005
 CHEAP_DOCS = 1000  # a word in fewer questions than this is never too common to search for
 MAX_QUERY_WORDS = 4  # the message's rarest words searched for (the search's cost is bounded)
+# A question of the opposite polarity (bad news for good, model/polarity.py) counts as this much
+# less alike: its answer fits the other mood.
+OPPOSITE_MOOD = 0.5
 
 
 class ReplyIndexError(Exception):
@@ -210,13 +214,23 @@ class ReplyIndex:
                 (_fts_query(words), max(k, pool)),
             ).fetchall()
         weights = {w: self.idf(w) for w in mine}
+        mood = polarity("".join(words_in_order))
         hits = {
             (q, a): Hit(
-                q, a, float(s), src, similarity(weights, q.split(" ")), self.offsets.get(src, 0.0)
+                q, a, float(s), src, self._alike(weights, mood, q), self.offsets.get(src, 0.0)
             )
             for q, a, s, src in rows
         }
         return sorted(hits.values(), key=lambda h: (-h.similarity, h.bm25))[:k]
+
+    @staticmethod
+    def _alike(weights: dict[str, float], mood: int, question: str) -> float:
+        """``similarity`` of the message (``weights``, its polarity ``mood``) and an indexed
+        question, less for a question of the opposite polarity (``OPPOSITE_MOOD``)."""
+        sim = similarity(weights, question.split(" "))
+        if mood and polarity(question.replace(" ", "")) == -mood:
+            sim *= OPPOSITE_MOOD
+        return sim
 
     def idf(self, word: str) -> float:
         """log(N / df): how much a shared word says about two questions being alike."""

@@ -1,0 +1,53 @@
+"""Polarity: good news and bad news told apart, and the reply index keeping them apart."""
+
+from __future__ import annotations
+
+import pytest
+
+from xianliao.model.polarity import polarity, read_polarity
+from xianliao.model.reply_index import ReplyIndex
+from xianliao.model.text import Tokenizer, normalise
+
+TOK = Tokenizer()
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("今天心情特别好", 1),  # 好 at the end of a phrase
+        ("今天心情好差", -1),  # 好 before another word only makes it stronger
+        ("我好累", -1),
+        ("好开心！", 1),
+        ("今天心情不错", 1),  # 不错 is one entry: its 不 turns nothing round
+        ("不开心", -1),  # a negator turns the word round
+        ("心情不太好", -1),
+        ("我不累", 1),
+        ("你会不会累啊", -1),  # 会不会: a question, not a negation
+        ("你有没有喜欢的歌", 1),
+        ("我明天出差", 0),  # 出差 is not 差
+        ("不好意思", 0),
+        ("你吃饭了吗", 0),
+        ("开心又难过", 0),  # both: neither
+    ],
+)
+def test_polarity(text, expected):
+    assert polarity(normalise(text)) == expected
+
+
+def test_the_shipped_list_parses():
+    words = read_polarity()
+    assert words["开心"] == 1 and words["难过"] == -1 and words["出差"] == 0
+    assert all(w == w.strip() and w for w in words)
+
+
+def test_good_news_is_not_answered_as_bad_news():
+    """The bad-news question shares more words with the message, the good-news one means the
+    same: the index ranks the good-news answer first."""
+    pairs = [("今天心情好差", "这么糟糕啊"), ("今天心情不错", "真好呀"), ("今天吃什么", "面条")]
+    index = ReplyIndex.memory((TOK.tokenize(q), a, "c") for q, a in pairs)
+    hits = index.search(TOK.tokenize("今天心情特别好"), k=3)
+    assert hits[0].answer == "真好呀"
+    bad = next(h for h in hits if h.answer == "这么糟糕啊")
+    assert bad.similarity < hits[0].similarity
+    # and the other way round: bad news still finds the bad-news answer first
+    assert index.search(TOK.tokenize("今天心情好差啊"), k=1)[0].answer == "这么糟糕啊"
