@@ -20,23 +20,27 @@ NEGATION_REACH = 3  # characters before the word that may hold the negator (不�
 _PLAIN_GOOD = "好(?=$|[了啊呀的哦吧呢啦嘛!！。~～，,?？\\s])"
 
 
-def read_polarity(path: str | Path = DEFAULT_POLARITY) -> dict[str, int]:
-    """The word list: each entry with +1 (good), -1 (bad) or 0 (neither, see the file)."""
-    signs = {"+": 1, "-": -1, "=": 0}
-    out: dict[str, int] = {}
+def read_polarity(path: str | Path = DEFAULT_POLARITY) -> tuple[dict[str, int], frozenset[str]]:
+    """The word list: each entry with +1 (good), -1 (bad) or 0 (neither, see the file), and
+    the entries that cheer good news ("^")."""
+    signs = {"+": 1, "-": -1, "=": 0, "^": 1}
+    words: dict[str, int] = {}
+    cheers: set[str] = set()
     for line in Path(path).read_text("utf-8").splitlines():
         line = line.strip()
         if line and line[0] in signs and len(line) > 1:
-            out[line[1:].lower()] = signs[line[0]]
-    return out
+            words[line[1:].lower()] = signs[line[0]]
+            if line[0] == "^":
+                cheers.add(line[1:].lower())
+    return words, frozenset(cheers)
 
 
 @lru_cache(maxsize=1)
-def _default() -> tuple[re.Pattern, dict[str, int]]:
-    words = read_polarity()
+def _default() -> tuple[re.Pattern, dict[str, int], frozenset[str]]:
+    words, cheers = read_polarity()
     alts = sorted(words, key=len, reverse=True)
     pattern = re.compile("|".join([*map(re.escape, alts), _PLAIN_GOOD]))
-    return pattern, {**words, "好": 1}
+    return pattern, {**words, "好": 1}, cheers
 
 
 def _negated(text: str, start: int) -> bool:
@@ -52,7 +56,7 @@ def _negated(text: str, start: int) -> bool:
 def polarity(text: str) -> int:
     """+1 when ``text`` (normalised, lower case) says on balance that something is good, -1
     when bad, 0 when neither or both."""
-    pattern, words = _default()
+    pattern, words, _ = _default()
     total = 0
     for m in pattern.finditer(text):
         sign = words[m.group()]
@@ -60,3 +64,22 @@ def polarity(text: str) -> int:
             sign = -sign
         total += sign
     return (total > 0) - (total < 0)
+
+
+@lru_cache(maxsize=65536)
+def cheers(text: str) -> bool:
+    """Whether ``text`` (normalised) cheers good news (恭喜, 太好了; not 不羡慕)."""
+    pattern, _, cheering = _default()
+    return any(
+        m.group() in cheering and not _negated(text, m.start()) for m in pattern.finditer(text)
+    )
+
+
+def answers_other_mood(mood: int, answer: str) -> bool:
+    """Whether a reply (normalised) fits news of the other kind than a message of polarity
+    ``mood``: pity or bad news after good news (这么糟糕啊 to 我考过了), cheering after bad news
+    (恭喜 to 我们吵架了). Comfort after bad news often holds good words (会好的), so only
+    cheering counts there."""
+    if mood > 0:
+        return polarity(answer) < 0
+    return mood < 0 and cheers(answer)

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from xianliao.model.polarity import polarity
+from xianliao.model.polarity import answers_other_mood, polarity
 from xianliao.model.reply_filter import has_content
+from xianliao.model.text import normalise
 
 logger = logging.getLogger(__name__)
 
@@ -217,18 +218,22 @@ class ReplyIndex:
         mood = polarity("".join(words_in_order))
         hits = {
             (q, a): Hit(
-                q, a, float(s), src, self._alike(weights, mood, q), self.offsets.get(src, 0.0)
+                q, a, float(s), src, self._alike(weights, mood, q, a), self.offsets.get(src, 0.0)
             )
             for q, a, s, src in rows
         }
         return sorted(hits.values(), key=lambda h: (-h.similarity, h.bm25))[:k]
 
     @staticmethod
-    def _alike(weights: dict[str, float], mood: int, question: str) -> float:
+    def _alike(weights: dict[str, float], mood: int, question: str, answer: str) -> float:
         """``similarity`` of the message (``weights``, its polarity ``mood``) and an indexed
-        question, less for a question of the opposite polarity (``OPPOSITE_MOOD``)."""
+        question, less (``OPPOSITE_MOOD``) for a question of the opposite polarity or an
+        answer that fits the other kind of news (model/polarity.py)."""
         sim = similarity(weights, question.split(" "))
-        if mood and polarity(question.replace(" ", "")) == -mood:
+        if mood and (
+            polarity(question.replace(" ", "")) == -mood
+            or answers_other_mood(mood, normalise(answer))
+        ):
             sim *= OPPOSITE_MOOD
         return sim
 

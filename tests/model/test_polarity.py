@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from xianliao.model.polarity import polarity, read_polarity
+from xianliao.model.polarity import answers_other_mood, polarity, read_polarity
 from xianliao.model.reply_index import ReplyIndex
 from xianliao.model.text import Tokenizer, normalise
 
@@ -35,8 +35,9 @@ def test_polarity(text, expected):
 
 
 def test_the_shipped_list_parses():
-    words = read_polarity()
+    words, cheers = read_polarity()
     assert words["开心"] == 1 and words["难过"] == -1 and words["出差"] == 0
+    assert "恭喜" in cheers and words["恭喜"] == 1 and "开心" not in cheers
     assert all(w == w.strip() and w for w in words)
 
 
@@ -51,3 +52,26 @@ def test_good_news_is_not_answered_as_bad_news():
     assert bad.similarity < hits[0].similarity
     # and the other way round: bad news still finds the bad-news answer first
     assert index.search(TOK.tokenize("今天心情好差啊"), k=1)[0].answer == "这么糟糕啊"
+
+
+@pytest.mark.parametrize(
+    "message, answer, other",
+    [
+        ("今天考试通过了", "这么糟糕啊", True),  # pity after good news
+        ("今天考试通过了", "太好了，恭喜", False),
+        ("我们吵架了", "恭喜！快去看看吧", True),  # cheering after bad news
+        ("我们吵架了", "别难过，会好的", False),  # comfort holds good words: not counted
+        ("我们吵架了", "不羡慕", False),
+        ("你吃饭了吗", "这么糟糕啊", False),  # a message without polarity keeps every answer
+    ],
+)
+def test_answers_of_the_other_mood(message, answer, other):
+    mood = polarity(normalise(message))
+    assert answers_other_mood(mood, normalise(answer)) is other
+
+
+def test_an_answer_that_cheers_bad_news_ranks_below_comfort():
+    pairs = [("最好的朋友生孩子了", "恭喜！快去看看小宝宝吧"), ("跟朋友闹别扭", "主动聊聊吧")]
+    index = ReplyIndex.memory((TOK.tokenize(q), a, "c") for q, a in pairs)
+    hits = index.search(TOK.tokenize("跟最好的朋友吵架了"), k=2)
+    assert hits[0].answer == "主动聊聊吧"
