@@ -235,7 +235,10 @@ class ChatBot:
             # More than ``retrieve``: answers the filter or the length limit leaves out must
             # not use up the places of usable ones (``candidates`` keeps ``retrieve``).
             found = self.index.search(tokens, opts.retrieve * RETRIEVE_SPARE)
-        return [h for h in (*extra, *found) if h.similarity >= opts.min_similarity]
+        hits = [h for h in (*extra, *found) if h.similarity >= opts.min_similarity]
+        # Best lead first, so that ``candidates`` keeps the answers that can win: by question
+        # similarity alone, 10 corpus answers to 你是谁 left out the shipped one, worth 12 more.
+        return sorted(hits, key=lambda h: -question_lead(h, opts))
 
     def _allowed(self, ids: list[int]) -> str | None:
         """The text of generated ``ids`` when it may be sent, else None."""
@@ -341,7 +344,7 @@ def trusted_offset(offset: float, similarity: float, opts: DecodeOptions) -> flo
     return offset * (similarity - opts.trust_from) / (opts.trust_full - opts.trust_from)
 
 
-def question_lead(c: Candidate, opts: DecodeOptions) -> float:
+def question_lead(c: Candidate | Hit, opts: DecodeOptions) -> float:
     """What a candidate's score gets for its question alone, beside the model's judgement:
     how alike the indexed question is to the message (more so for an admin's approved
     answer) plus the offset of the answer's corpus (``trusted_offset``). 0 for the model's

@@ -222,7 +222,8 @@ class ReplyIndex:
             )
             for q, a, s, src in rows
         }
-        return sorted(hits.values(), key=lambda h: (-h.similarity, h.bm25))[:k]
+        # Equally alike questions: a trusted corpus's answer first (it is worth more).
+        return sorted(hits.values(), key=lambda h: (-h.similarity, -h.offset, h.bm25))[:k]
 
     @staticmethod
     def _alike(weights: dict[str, float], mood: int, question: str, answer: str) -> float:

@@ -52,6 +52,11 @@ def resolve(spec: str) -> str:
     return str(SHIPPED[spec]) if spec in SHIPPED else spec
 
 
+def is_shipped(path: str) -> bool:
+    """Whether ``path`` (however spelt) is a corpus shipped with the package."""
+    return Path(path).resolve() in SHIPPED_OFFSETS
+
+
 def shipped_offsets(paths: list[str]) -> dict[str, float]:
     """The index's score offsets (by corpus name) of the shipped corpora among ``paths``, however
     the path is spelt."""

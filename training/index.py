@@ -15,7 +15,14 @@ from pathlib import Path
 from xianliao.model.reply_filter import ReplyFilter, has_content
 from xianliao.model.reply_index import build_index
 from xianliao.model.text import Tokenizer, normalise
-from xianliao.training.corpus import Bad, check_specs, iter_corpus, resolve, shipped_offsets
+from xianliao.training.corpus import (
+    Bad,
+    check_specs,
+    is_shipped,
+    iter_corpus,
+    resolve,
+    shipped_offsets,
+)
 from xianliao.training.prepare import held_out
 
 
@@ -34,9 +41,12 @@ class IndexStats:
 def _kept_pairs(
     specs: list[str], stats: IndexStats, reply_filter: ReplyFilter, valid_permille: int
 ) -> Iterator[tuple[str, str, str]]:
-    """(normalised question, answer as written, source name) of every pair worth indexing."""
+    """(normalised question, answer as written, source name) of every pair worth indexing.
+    A shipped corpus's pairs are never held out: they were written as this bot's answers and
+    are no one's validation set (holding out 1% had left out 你是谁 and 你多大了)."""
     for spec in specs:
         source = Path(spec).stem if not spec.startswith("chatterbot:") else spec
+        permille = 0 if is_shipped(spec) else valid_permille
         for item in iter_corpus(spec):
             stats.pairs_read += 1
             if isinstance(item, Bad):
@@ -45,7 +55,7 @@ def _kept_pairs(
             question, answer = normalise(item[0]), item[1].strip()
             if not question or not has_content(normalise(answer)):
                 stats.skip("empty, or answer without words")
-            elif held_out(question, normalise(answer), valid_permille):
+            elif held_out(question, normalise(answer), permille):
                 stats.skip("held out for validation")
             elif reply_filter.blocked_word(answer) is not None:
                 stats.skip("answer on the blocklist")

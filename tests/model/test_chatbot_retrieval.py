@@ -239,3 +239,24 @@ def test_the_unknown_reply_is_the_same_for_the_same_message():
     replies = {unknown_reply(f"消息{i}") for i in range(30)}
     assert replies == set(UNKNOWN_REPLIES)  # varied over messages ...
     assert unknown_reply("你好") == unknown_reply("你好")  # ... the same for one
+
+
+def test_a_trusted_answer_is_kept_however_many_answers_share_its_question(bot, monkeypatch):
+    """Twelve corpus answers to the very same question and one trusted one: ``retrieve`` 3
+    keeps the answers with the best lead (similarity and trust), so the trusted one is judged.
+    Ranked by similarity alone it had been left out (你是谁 got a corpus's joke)."""
+    from xianliao.model import chatbot
+
+    judged: list[str] = []
+    real = chatbot.candidate_score
+
+    def spy(c, model_score, opts):
+        judged.append(c.text)
+        return real(c, model_score, opts)
+
+    monkeypatch.setattr(chatbot, "candidate_score", spy)
+    rows = [(TOK.tokenize("你是谁"), f"我是小{i}号", "corpus") for i in range(12)]
+    bot.index = ReplyIndex.memory([*rows, (TOK.tokenize("你是谁"), "我是闲聊", "good")])
+    bot.index.offsets = {"good": 12.0}
+    bot.reply("你是谁", **GREEDY, retrieve=3, generate=False)
+    assert len(judged) == 3 and "我是闲聊" in judged

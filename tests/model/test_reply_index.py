@@ -99,3 +99,16 @@ def test_similarity():
     assert similarity(w, ["你", "吃饭"]) == pytest.approx(1.0)
     assert 0 < similarity(w, ["吃饭", "好"]) < 1
     assert similarity(w, ["他"]) == 0.0
+
+
+def test_the_shipped_exchanges_are_never_held_out(tmp_path):
+    """A user's corpus loses its validation share to the index; the shipped exchanges, written
+    as this bot's answers, lose nothing (valid_permille 1000 holds out every other pair)."""
+    from xianliao.training.corpus import EVERYDAY_CORPUS
+    from xianliao.training.index import build
+
+    corpus = write_tsv(tmp_path / "c.tsv", TINY_PAIRS)
+    stats = build([str(corpus), "xianliao:everyday"], tmp_path / "r.sqlite", valid_permille=1000)
+    shipped = sum(1 for line in EVERYDAY_CORPUS.read_text("utf-8").splitlines() if line.strip())
+    assert stats.skipped["held out for validation"] == len(TINY_PAIRS)
+    assert stats.pairs_indexed == shipped
