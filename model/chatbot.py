@@ -14,7 +14,13 @@ import torch
 from xianliao.model.checkpoint import CheckpointError, file_digest, load_checkpoint
 from xianliao.model.decode import DecodeOptions, batch_inputs, candidate_scores, decode, generate
 from xianliao.model.reply_filter import ReplyFilter
-from xianliao.model.reply_index import Hit, ReplyIndex, ReplyIndexError, default_index_path
+from xianliao.model.reply_index import (
+    SAME_QUESTION,
+    Hit,
+    ReplyIndex,
+    ReplyIndexError,
+    default_index_path,
+)
 from xianliao.model.seq2seq import Encoded, Seq2Seq, Seq2SeqConfig
 from xianliao.model.text import Tokenizer, detokenize, normalise
 from xianliao.model.vocab import UNK_ID, Vocab
@@ -30,8 +36,6 @@ UNKNOWN_REPLIES = (
     "我还在学习，这个暂时答不上来",
     "这个有点难倒我了，我们聊点别的吧？",
 )
-RETRIEVE_SPARE = 3  # index answers fetched per one kept (some are too long or filtered)
-SAME_QUESTION = 0.999  # question similarity of the same words (model.reply_index.similarity)
 
 
 def build_model(ckpt: dict, path: Path) -> Seq2Seq:
@@ -232,12 +236,12 @@ class ChatBot:
     def _retrieve(self, tokens: list[str], opts: DecodeOptions, extra: list[Hit]) -> list[Hit]:
         found: list[Hit] = []
         if opts.retrieve > 0 and self.index is not None:
-            # More than ``retrieve``: answers the filter or the length limit leaves out must
-            # not use up the places of usable ones (``candidates`` keeps ``retrieve``).
-            found = self.index.search(tokens, opts.retrieve * RETRIEVE_SPARE)
+            # Every question the search weighed, not only the most similar: ``candidates``
+            # keeps ``retrieve`` usable answers in the order of their lead, and a trusted
+            # answer to a question a little less alike can lead ten corpus answers to the same
+            # words (你好 had got a corpus's 他31岁啦 instead of the shipped answer).
+            found = self.index.search(tokens, None)
         hits = [h for h in (*extra, *found) if h.similarity >= opts.min_similarity]
-        # Best lead first, so that ``candidates`` keeps the answers that can win: by question
-        # similarity alone, 10 corpus answers to 你是谁 left out the shipped one, worth 12 more.
         return sorted(hits, key=lambda h: -question_lead(h, opts))
 
     def _allowed(self, ids: list[int]) -> str | None:
@@ -278,8 +282,8 @@ class ChatBot:
             if retrieve is not None and taken >= retrieve and hit.source != "approved":
                 continue
             key = normalise(hit.answer)
-            if key in out and out[key].similarity >= hit.similarity:
-                continue
+            if key in out and out[key].source != "model":
+                continue  # hits come best lead first: the same answer again leads less
             toks = self.tokenizer.tokenize(hit.answer)
             if 0 < len(toks) <= max_len and not self.filter.blocked(hit.answer, toks):
                 ids = self.vocab.encode(toks)

@@ -3,7 +3,7 @@
 Two questions that share most of their words can still mean opposite things: 今天心情特别好 and
 今天心情好差 share 今天, 心情 and 好. The reply index's similarity counts words, so without this
 the bot answered good news with the reply to bad news. A word list is enough for that one
-distinction, costs microseconds and is a plain file to extend (model/data/polarity.txt).
+distinction, and it is a plain file to extend (model/data/polarity.txt).
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from functools import lru_cache
 from pathlib import Path
 
 DEFAULT_POLARITY = Path(__file__).with_name("data") / "polarity.txt"
-NEGATORS = "不没别"  # one of these just before a word turns it round: 不开心, 没那么累, 别难过
-NEGATION_REACH = 3  # characters before the word that may hold the negator (不太开心)
+# A 不/没/别 right before a word turns it round (不开心, 别难过), also across a softening word
+# (不太开心, 没那么累, 不是很好); one further away negates something else (没休息，累得很).
+_NEGATED = re.compile("[不没别]有?(?:太|很|怎么|那么|这么|是很|是太|算|大|够|是)?$")
+NEGATION_REACH = 4  # characters before a word that may hold a negation (不是很)
 # 好 on its own at the end of a phrase is good (今天心情特别好, 好的); before another word it
 # only makes that word stronger (好累, 好开心), and the other word decides.
 _PLAIN_GOOD = "好(?=$|[了啊呀的哦吧呢啦嘛!！。~～，,?？\\s])"
@@ -43,36 +45,47 @@ def _default() -> tuple[re.Pattern, dict[str, int], frozenset[str]]:
     return pattern, {**words, "好": 1}, cheers
 
 
-def _negated(text: str, start: int) -> bool:
-    """Whether a negator stands just before ``text[start]``; not the one of a question that
-    offers both answers (会不会累, 有没有喜欢的歌: neither yes nor no)."""
-    for j in range(max(0, start - NEGATION_REACH), start):
-        if text[j] in NEGATORS and not (0 < j < len(text) - 1 and text[j - 1] == text[j + 1]):
-            return True
-    return False
+def _negated(text: str, start: int, masked: int) -> bool:
+    """Whether a negation stands right before ``text[start]``: not one inside a span an "="
+    entry took (特别, 好不容易, 差不多: text before ``masked``), nor the 不 of a question that
+    offers both answers (会不会累, 是不是很累)."""
+    before = text[max(masked, start - NEGATION_REACH) : start]
+    m = _NEGATED.search(before)
+    if m is None:
+        return False
+    j = start - len(before) + m.start()  # where the negator is in ``text``
+    return not (0 < j < len(text) - 1 and text[j - 1] == text[j + 1])
 
 
 @lru_cache(maxsize=65536)
 def polarity(text: str) -> int:
     """+1 when ``text`` (normalised, lower case) says on balance that something is good, -1
     when bad, 0 when neither or both."""
+    total = sum(sign for _, sign in _signed(text))
+    return (total > 0) - (total < 0)
+
+
+def _signed(text: str) -> list[tuple[str, int]]:
+    """The word-list entries found in ``text``, leftmost first, each with its sign in place
+    (turned round where negated; 0 for an "=" entry)."""
     pattern, words, _ = _default()
-    total = 0
+    out: list[tuple[str, int]] = []
+    masked = 0  # the end of the last "=" span: a negator inside one does not count
     for m in pattern.finditer(text):
         sign = words[m.group()]
-        if sign and _negated(text, m.start()):
+        if sign and _negated(text, m.start(), masked):
             sign = -sign
-        total += sign
-    return (total > 0) - (total < 0)
+        elif not sign:
+            masked = m.end()
+        out.append((m.group(), sign))
+    return out
 
 
 @lru_cache(maxsize=65536)
 def cheers(text: str) -> bool:
     """Whether ``text`` (normalised) cheers good news (恭喜, 太好了; not 不羡慕)."""
-    pattern, _, cheering = _default()
-    return any(
-        m.group() in cheering and not _negated(text, m.start()) for m in pattern.finditer(text)
-    )
+    cheering = _default()[2]
+    return any(word in cheering and sign > 0 for word, sign in _signed(text))
 
 
 def answers_other_mood(mood: int, answer: str) -> bool:

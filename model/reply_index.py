@@ -37,6 +37,7 @@ MAX_QUERY_WORDS = 4  # the message's rarest words searched for (the search's cos
 # A question of the opposite polarity (bad news for good, model/polarity.py) counts as this much
 # less alike: its answer fits the other mood.
 OPPOSITE_MOOD = 0.5
+SAME_QUESTION = 0.999  # the similarity of a question with exactly the message's words
 
 
 class ReplyIndexError(Exception):
@@ -194,13 +195,13 @@ class ReplyIndex:
         rare = sorted((self._df(w), w) for w in words if 0 < self._df(w) <= limit)
         return [w for _, w in rare[:MAX_QUERY_WORDS]]
 
-    def search(self, tokens: list[str], k: int = 20, pool: int = 200) -> list[Hit]:
-        """The ``k`` indexed questions most like ``tokens``, best first: those with exactly
-        the message's words, and the ``pool`` best by BM25 over its rarer words, ranked by
-        ``similarity`` over all of its words."""
+    def search(self, tokens: list[str], k: int | None = 20, pool: int = 200) -> list[Hit]:
+        """The ``k`` (None: all) indexed questions most like ``tokens``, best first: those
+        with exactly the message's words, and the ``pool`` best by BM25 over its rarer words,
+        ranked by ``similarity`` over all of its words."""
         words_in_order = [t for t in tokens if has_content(t)]  # as ``add`` stores questions
         mine = list(dict.fromkeys(words_in_order))
-        if not mine or k <= 0:
+        if not mine or (k is not None and k <= 0):
             return []
         rows = self._conn.execute(
             "SELECT p.question, p.answer, 0.0, p.source FROM questions AS q "
@@ -212,10 +213,10 @@ class ReplyIndex:
             rows += self._conn.execute(
                 "SELECT question, answer, bm25(pairs), source FROM pairs WHERE pairs MATCH ? "
                 "ORDER BY rank LIMIT ?",
-                (_fts_query(words), max(k, pool)),
+                (_fts_query(words), max(k or 0, pool)),
             ).fetchall()
         weights = {w: self.idf(w) for w in mine}
-        mood = polarity("".join(words_in_order))
+        mood = polarity("".join(tokens))  # with its punctuation: 好 ends a phrase before ，
         hits = {
             (q, a): Hit(
                 q, a, float(s), src, self._alike(weights, mood, q, a), self.offsets.get(src, 0.0)
@@ -231,9 +232,14 @@ class ReplyIndex:
         question, less (``OPPOSITE_MOOD``) for a question of the opposite polarity or an
         answer that fits the other kind of news (model/polarity.py)."""
         sim = similarity(weights, question.split(" "))
-        if mood and (
-            polarity(question.replace(" ", "")) == -mood
-            or answers_other_mood(mood, normalise(answer))
+        # The very same words: the answer was given to this message (or approved for it).
+        if (
+            mood
+            and sim < SAME_QUESTION
+            and (
+                polarity(question.replace(" ", "")) == -mood
+                or answers_other_mood(mood, normalise(answer))
+            )
         ):
             sim *= OPPOSITE_MOOD
         return sim

@@ -6,7 +6,7 @@
 * chatterbot-corpus YAML: a ``.yml`` file, a folder of them, or ``chatterbot:chinese`` for the
   Chinese data of the installed ``chatterbot-corpus`` package. Each conversation
   ``[a, b, c]`` gives the pairs (a, b) and (b, c).
-* ``xianliao:everyday``: the ~3,600 everyday exchanges shipped with the package (a TSV).
+* ``xianliao:everyday``: the ~6,900 everyday exchanges shipped with the package (a TSV).
 
 Readers yield ``(question, answer)`` or ``Bad(reason)``; nothing is dropped without a count.
 """
@@ -31,7 +31,7 @@ class CorpusError(Exception):
     """A corpus argument that cannot be read at all (missing file, unknown format)."""
 
 
-# ~3,600 everyday exchanges written for this project (greetings, feelings, plans, questions
+# ~6,900 everyday exchanges written for this project (greetings, feelings, plans, questions
 # about the bot, reactions, and specific everyday situations: food, pets, chores, work, school,
 # health, hobbies, family), several phrasings of each: with chatterbot-corpus's ~550
 # mostly translated pairs, enough for a first bot to answer everyday messages from its reply

@@ -242,9 +242,10 @@ def test_the_unknown_reply_is_the_same_for_the_same_message():
 
 
 def test_a_trusted_answer_is_kept_however_many_answers_share_its_question(bot, monkeypatch):
-    """Twelve corpus answers to the very same question and one trusted one: ``retrieve`` 3
-    keeps the answers with the best lead (similarity and trust), so the trusted one is judged.
-    Ranked by similarity alone it had been left out (你是谁 got a corpus's joke)."""
+    """Forty corpus answers to the very same question and a trusted one to a question a little
+    less alike: ``retrieve`` 3 keeps the answers with the best lead (similarity and trust)
+    among all the search weighed, so the trusted one is judged. Ranked by similarity alone it
+    had been left out (你是谁 got a corpus's joke)."""
     from xianliao.model import chatbot
 
     judged: list[str] = []
@@ -255,8 +256,10 @@ def test_a_trusted_answer_is_kept_however_many_answers_share_its_question(bot, m
         return real(c, model_score, opts)
 
     monkeypatch.setattr(chatbot, "candidate_score", spy)
-    rows = [(TOK.tokenize("你是谁"), f"我是小{i}号", "corpus") for i in range(12)]
-    bot.index = ReplyIndex.memory([*rows, (TOK.tokenize("你是谁"), "我是闲聊", "good")])
+    rows = [(TOK.tokenize("你是谁"), f"我是小{i}号", "corpus") for i in range(40)]
+    trusted = (TOK.tokenize("你是谁呀"), "我是闲聊", "good")  # a little less alike
+    bot.index = ReplyIndex.memory([*rows, trusted])
     bot.index.offsets = {"good": 12.0}
+    assert bot.index.search(TOK.tokenize("你是谁"), None)[-1].answer == "我是闲聊"
     bot.reply("你是谁", **GREEDY, retrieve=3, generate=False)
     assert len(judged) == 3 and "我是闲聊" in judged

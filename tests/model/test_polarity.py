@@ -23,7 +23,14 @@ TOK = Tokenizer()
         ("心情不太好", -1),
         ("我不累", 1),
         ("你会不会累啊", -1),  # 会不会: a question, not a negation
-        ("你有没有喜欢的歌", 1),
+        ("是不是很累", -1),
+        ("今天特别开心", 1),  # the 别 of 特别 turns nothing round
+        ("好不容易考上了", 1),
+        ("一周没休息，累得不想说话", -1),  # 没 negates 休息, not 累
+        ("不是很好", -1),
+        ("气死我了哈哈", -1),  # laughing about it is not good news
+        ("中午吃啥好呢", 0),  # a question, not a verdict
+        ("你有没有开心的事", 1),
         ("我明天出差", 0),  # 出差 is not 差
         ("不好意思", 0),
         ("你吃饭了吗", 0),
@@ -75,3 +82,13 @@ def test_an_answer_that_cheers_bad_news_ranks_below_comfort():
     index = ReplyIndex.memory((TOK.tokenize(q), a, "c") for q, a in pairs)
     hits = index.search(TOK.tokenize("跟最好的朋友吵架了"), k=2)
     assert hits[0].answer == "主动聊聊吧"
+
+
+def test_the_same_question_keeps_its_answer_whatever_its_mood():
+    """An answer given (or approved) for the very words of the message is not lowered, even
+    where it would fit the other kind of news."""
+    index = ReplyIndex.memory(
+        [(TOK.tokenize("终于放假了好开心"), "累了一学期，好好休息", "approved")]
+    )
+    hit = index.search(TOK.tokenize("终于放假了好开心"))[0]
+    assert hit.similarity == pytest.approx(1.0)
