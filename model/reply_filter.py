@@ -17,6 +17,7 @@ from xianliao.model.text import normalise
 DEFAULT_BLOCKLIST = Path(__file__).with_name("data") / "blocklist.txt"
 # Text with no letter, digit or CJK character: punctuation, emoticons such as "=。=" or "==".
 _CONTENT = re.compile(r"[^\W_]", re.UNICODE)
+BROKEN = "\ufffd"  # the replacement character: what is left of bytes that were not UTF-8
 
 
 def read_blocklist(path: str | Path | None = None) -> tuple[str, ...]:
@@ -89,14 +90,22 @@ class ReplyFilter:
                 return m.group(0)
         return None
 
+    def unusable(self, text: str) -> str | None:
+        """Why ``text`` is no answer to send or learn, whatever its segmentation: a blocked
+        word, or broken text. One check for the reply path, ``prepare``, ``index`` and the
+        retraining's export, so what the bot never sends it never learns or indexes either."""
+        if (word := self.blocked_word(text)) is not None:
+            return f"blocklisted word {word!r}"
+        if BROKEN in text:  # a corpus line decoded from broken bytes (some in xiaohuangji)
+            return "broken text"
+        return None
+
     def blocked(self, text: str, tokens: Sequence[str] | None = None) -> str | None:
         """Why ``text`` must not be sent (``tokens``: its segmentation, for the repeat rule)."""
         if not text.strip() or not has_content(text):
             return "empty"
-        if (word := self.blocked_word(text)) is not None:
-            return f"blocklisted word {word!r}"
-        if "\ufffd" in text:  # a corpus line decoded from broken bytes (some in xiaohuangji)
-            return "broken text"
+        if (why := self.unusable(text)) is not None:
+            return why
         if tokens is not None and repeats_run(list(tokens)):
             return "repeats itself"
         return None

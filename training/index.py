@@ -57,8 +57,11 @@ def _kept_pairs(
                 stats.skip("empty, or answer without words")
             elif held_out(question, normalise(answer), permille):
                 stats.skip("held out for validation")
-            elif reply_filter.blocked_word(answer) is not None:
-                stats.skip("answer on the blocklist")
+            elif (why := reply_filter.unusable(answer)) is not None:
+                broken = why == "broken text"
+                stats.skip(
+                    "answer with broken text (U+FFFD)" if broken else "answer on the blocklist"
+                )
             else:
                 yield question, answer, source
 

@@ -125,7 +125,7 @@ def export_logged_pairs(
                     stats["too_short"] += 1
                 elif max(len(q), len(a)) > max_chars:
                     stats["too_long"] += 1
-                elif reply_filter.blocked_word(q) or reply_filter.blocked_word(a):
+                elif reply_filter.unusable(q) or reply_filter.unusable(a):
                     stats["blocked"] += 1
                 elif heldout_tsv and held_out(normalise(q), normalise(a), heldout_permille):
                     held.write(f"{q}\t{a}\n")

@@ -120,14 +120,15 @@ def segment_chunk(pairs: list[tuple[str, str]], max_len: int, valid_permille: in
     q_len, a_len = lengths[0::2], lengths[1::2]
     empty = (q_len == 0) | (a_len == 0)
     too_long = ~empty & (a_len > max_len)
-    no_words, blocked = _unclean_answers(norm[1::2], ~empty & ~too_long)
-    kept = ~empty & ~too_long & ~no_words & ~blocked
+    no_words, blocked, broken = _unclean_answers(norm[1::2], ~empty & ~too_long)
+    kept = ~empty & ~too_long & ~no_words & ~blocked & ~broken
     bad: dict[str, int] = {}
     for reason, mask in (
         ("empty question or answer after normalising", empty),
         (f"answer longer than {max_len} tokens", too_long),
         ("answer is only punctuation or an emoticon", no_words),
         ("answer on the blocklist", blocked),
+        ("answer with broken text (U+FFFD)", broken),
     ):
         if n := int(np.count_nonzero(mask)):
             bad[reason] = n
@@ -180,18 +181,21 @@ def held_out(question: str, answer: str, valid_permille: int) -> bool:
     return zlib.crc32(f"{question}\t{answer}".encode()) % 1000 < valid_permille
 
 
-def _unclean_answers(answers: list[str], candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Masks of the ``candidates`` answers that hold no word, and of those the reply filter
-    blocks (both all False when cleaning is off)."""
+def _unclean_answers(
+    answers: list[str], candidates: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Masks of the ``candidates`` answers that hold no word, of those with a blocked word
+    and of those with broken text (``ReplyFilter.unusable``; all False when cleaning is off)."""
     no_words = np.zeros(len(answers), dtype=bool)
     blocked = np.zeros(len(answers), dtype=bool)
+    broken = np.zeros(len(answers), dtype=bool)
     if _reply_filter is not None:
         for i in np.flatnonzero(candidates).tolist():
             if not has_content(answers[i]):
                 no_words[i] = True
-            elif _reply_filter.blocked_word(answers[i]) is not None:
-                blocked[i] = True
-    return no_words, blocked
+            elif (why := _reply_filter.unusable(answers[i])) is not None:
+                (broken if why == "broken text" else blocked)[i] = True
+    return no_words, blocked, broken
 
 
 def _read_block(path: str, start: int, end: int) -> bytes:

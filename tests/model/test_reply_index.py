@@ -112,3 +112,13 @@ def test_the_shipped_exchanges_are_never_held_out(tmp_path):
     shipped = sum(1 for line in EVERYDAY_CORPUS.read_text("utf-8").splitlines() if line.strip())
     assert stats.skipped["held out for validation"] == len(TINY_PAIRS)
     assert stats.pairs_indexed == shipped
+
+
+def test_answers_with_broken_text_are_not_indexed(tmp_path):
+    """What the bot never sends is not indexed either (ReplyFilter.unusable)."""
+    from xianliao.training.index import build
+
+    corpus = write_tsv(tmp_path / "c.tsv", [*TINY_PAIRS, ("你好吗", "我很好\ufffd")])
+    stats = build([str(corpus)], tmp_path / "r.sqlite", valid_permille=0)
+    assert stats.skipped == {"answer with broken text (U+FFFD)": 1}
+    assert stats.pairs_indexed == len(TINY_PAIRS)

@@ -219,6 +219,7 @@ def test_cleaning_drops_wordless_and_blocklisted_answers_and_counts_them(tmp_pat
         ("你好", "~~~"),
         ("你是谁", "你个白痴"),
         ("好", "我不吃香菜"),
+        ("你好吗", "我很好\ufffd"),  # a line decoded from broken bytes
     ]
     tsv = write_tsv(tmp_path / "c.tsv", pairs)
     extra = tmp_path / "more.txt"
@@ -228,6 +229,7 @@ def test_cleaning_drops_wordless_and_blocklisted_answers_and_counts_them(tmp_pat
     assert stats.bad == {
         "answer is only punctuation or an emoticon": 2,
         "answer on the blocklist": 2,
+        "answer with broken text (U+FFFD)": 1,
     }
     assert stats.pairs_written["train"] == len(TINY_PAIRS)
     kept = prepare(

@@ -91,17 +91,18 @@ def test_export_streams_approved_deduplicated_and_filtered(tmp_path, database_ur
             ("晚安", "好梦", "pending", None),
             ("坏词在这里", "不好", "approved", None),
             ("长" * 300, "太长", "approved", None),
+            ("你好\ufffd\ufffd", "你说什么", "approved", None),  # bytes that were not UTF-8
         ],
     )
     out = tmp_path / "logged.tsv"
     stats = export_logged_pairs(db, out, blocklist=["坏词"])
     assert out.read_text(encoding="utf-8").splitlines() == [f"你好\t{EDITED}"]
     assert stats == {
-        "rows": 3,
+        "rows": 4,
         "written": 1,
         "too_short": 0,
         "too_long": 1,
-        "blocked": 1,
+        "blocked": 2,
         "held_out": 0,
     }
     export_logged_pairs(db, out, statuses=["approved", "pending"], blocklist=["坏词"])
