@@ -291,6 +291,18 @@ class ChatBot:
                 taken += hit.source != "approved"
         return list(out.values())
 
+    def _with_own(self, retrieved: list[Candidate], gen: list[list[int]]) -> list[Candidate]:
+        """The model's own replies ``gen`` that may be sent and are not among ``retrieved``
+        already, then ``retrieved``: what ``candidates(gen, hits)`` gives, without building
+        the retrieved ones again."""
+        have = {normalise(c.text) for c in retrieved}
+        own: list[Candidate] = []
+        for ids in gen:
+            if ids and (text := self._allowed(ids)) and (key := normalise(text)) not in have:
+                have.add(key)
+                own.append(Candidate(text, ids, "model"))
+        return [*own, *retrieved]
+
     def _rerank(
         self,
         id_lists: list[list[int]],
@@ -311,7 +323,7 @@ class ChatBot:
             part = Encoded(*(t[rows] for t in encoded[:3]), encoded.hidden[:, rows])
             gen = generate(self.model, src[rows], src_len[todo], opts, encoded=part)
             for b, g in zip(todo, gen, strict=True):
-                cands[b] = self.candidates(g, hits[b], opts.max_len, opts.retrieve)
+                cands[b] = self._with_own(cands[b], g)
         flat = [(b, c) for b, cs in enumerate(cands) for c in cs]
         if not flat:
             return [None] * len(id_lists)
