@@ -264,25 +264,19 @@ class ChatBot:
         return texts
 
     def candidates(
-        self,
-        gen: list[list[int]],
-        hits: list[Hit],
-        max_len: int = MAX_INPUT_TOKENS,
-        retrieve: int | None = None,
+        self, hits: list[Hit], max_len: int = MAX_INPUT_TOKENS, retrieve: int | None = None
     ) -> list[Candidate]:
-        """The model's and the index's replies, each once, without those the filter blocks
-        and answers longer than ``max_len`` tokens (as the model's own replies are); of the
-        index's, the first ``retrieve`` usable ones (an admin's approved answers always)."""
+        """The index's answers, each once, in the order of ``hits`` (best lead first),
+        without those the filter blocks and those longer than ``max_len`` tokens (as the
+        model's own replies are): the first ``retrieve`` usable ones (an admin's approved
+        answers always)."""
         out: dict[str, Candidate] = {}
-        for ids in gen:
-            if ids and (text := self._allowed(ids)):
-                out.setdefault(normalise(text), Candidate(text, ids, "model"))
         taken = 0
         for hit in hits:
             if retrieve is not None and taken >= retrieve and hit.source != "approved":
                 continue
             key = normalise(hit.answer)
-            if key in out and out[key].source != "model":
+            if key in out:
                 continue  # hits come best lead first: the same answer again leads less
             toks = self.tokenizer.tokenize(hit.answer)
             if 0 < len(toks) <= max_len and not self.filter.blocked(hit.answer, toks):
@@ -292,9 +286,8 @@ class ChatBot:
         return list(out.values())
 
     def _with_own(self, retrieved: list[Candidate], gen: list[list[int]]) -> list[Candidate]:
-        """The model's own replies ``gen`` that may be sent and are not among ``retrieved``
-        already, then ``retrieved``: what ``candidates(gen, hits)`` gives, without building
-        the retrieved ones again."""
+        """The model's own replies ``gen`` that may be sent, each once, then ``retrieved``;
+        a reply the same as a retrieved answer counts as that answer (its question's lead)."""
         have = {normalise(c.text) for c in retrieved}
         own: list[Candidate] = []
         for ids in gen:
@@ -316,7 +309,7 @@ class ChatBot:
         ``generate_until`` already (``needs_generation``)."""
         src, src_len = batch_inputs(id_lists, self.model.embedding.weight.device)
         encoded = self.model.encode(src, src_len)  # once, for proposing and for judging
-        cands = [self.candidates([], h, opts.max_len, opts.retrieve) for h in hits]
+        cands = [self.candidates(h, opts.max_len, opts.retrieve) for h in hits]
         todo = [b for b, cs in enumerate(cands) if generating and needs_generation(cs, opts)]
         if todo:
             rows = torch.tensor(todo, device=src.device)  # (src_len stays on the CPU)

@@ -2,8 +2,8 @@
 broken text.
 
 One filter serves every path (generated and retrieved replies, the bot, the terminal chat,
-evaluation) and ``prepare``, which drops training answers it would block, so the model does not
-learn them in the first place.
+evaluation), and its text checks (``unusable``) serve ``prepare``, ``xianliao index`` and the
+retraining's export, so what the bot never sends it never learns or indexes either.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ DEFAULT_BLOCKLIST = Path(__file__).with_name("data") / "blocklist.txt"
 # Text with no letter, digit or CJK character: punctuation, emoticons such as "=。=" or "==".
 _CONTENT = re.compile(r"[^\W_]", re.UNICODE)
 BROKEN = "\ufffd"  # the replacement character: what is left of bytes that were not UTF-8
+BROKEN_TEXT = "broken text"  # the reason ``unusable`` gives for it
 
 
 def read_blocklist(path: str | Path | None = None) -> tuple[str, ...]:
@@ -97,7 +98,7 @@ class ReplyFilter:
         if (word := self.blocked_word(text)) is not None:
             return f"blocklisted word {word!r}"
         if BROKEN in text:  # a corpus line decoded from broken bytes (some in xiaohuangji)
-            return "broken text"
+            return BROKEN_TEXT
         return None
 
     def blocked(self, text: str, tokens: Sequence[str] | None = None) -> str | None:

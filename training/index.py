@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xianliao.model.reply_filter import ReplyFilter, has_content
+from xianliao.model.reply_filter import BROKEN_TEXT, ReplyFilter, has_content
 from xianliao.model.reply_index import build_index
 from xianliao.model.text import Tokenizer, normalise
 from xianliao.training.corpus import (
@@ -58,7 +58,7 @@ def _kept_pairs(
             elif held_out(question, normalise(answer), permille):
                 stats.skip("held out for validation")
             elif (why := reply_filter.unusable(answer)) is not None:
-                broken = why == "broken text"
+                broken = why == BROKEN_TEXT
                 stats.skip(
                     "answer with broken text (U+FFFD)" if broken else "answer on the blocklist"
                 )

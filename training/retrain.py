@@ -5,7 +5,7 @@ line or by the bot's ``/retrain``), never on the bot's event loop:
 
 1. export the logged exchanges straight from the database (any SQLAlchemy URL), streamed and
    deduplicated in SQL, by default only approved ones, the edited answer replacing the logged
-   reply, with length and blocklist filters;
+   reply, with length, blocklist and broken-text filters (``ReplyFilter.unusable``);
 2. prepare them with the live model's vocabulary (``finetune``: new words map to <unk>) or
    rebuild the vocabulary over base corpus + logs (``scratch``);
 3. train on the base data mixed with the logs by weight, so the model does not forget;
@@ -94,7 +94,8 @@ def export_logged_pairs(
 ) -> dict[str, int]:
     """Stream logged (question, answer) pairs into a corpus TSV; with ``heldout_tsv``, the
     pairs a hash puts among the ``heldout_permille`` go there instead (for the gate). Pairs
-    with a word of the shipped blocklist or of ``blocklist`` are dropped. Duplicates are
+    with a word of the shipped blocklist or of ``blocklist``, or with broken text (U+FFFD, a
+    message's bytes that were not UTF-8), on either side are dropped (counted as blocked). Duplicates are
     removed by the database (SELECT DISTINCT), so memory stays bounded however many rows.
     ``database``: the process's database, or a URL (opened and closed here)."""
     from xianliao.model.reply_filter import ReplyFilter, read_blocklist

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xianliao.model.reply_filter import ReplyFilter, has_content
+from xianliao.model.reply_filter import BROKEN, BROKEN_TEXT, ReplyFilter, has_content
 from xianliao.model.text import Tokenizer, detokenize, normalise
 from xianliao.model.vocab import UNK_ID
 from xianliao.training.corpus import Bad, parse_tsv_line
@@ -121,6 +121,8 @@ def segment_chunk(pairs: list[tuple[str, str]], max_len: int, valid_permille: in
     empty = (q_len == 0) | (a_len == 0)
     too_long = ~empty & (a_len > max_len)
     no_words, blocked, broken = _unclean_answers(norm[1::2], ~empty & ~too_long)
+    if _reply_filter is not None:  # a question is learnt as a reply too (--both-directions)
+        broken |= ~empty & ~too_long & ~no_words & ~blocked & _has_broken(norm[0::2])
     kept = ~empty & ~too_long & ~no_words & ~blocked & ~broken
     bad: dict[str, int] = {}
     for reason, mask in (
@@ -128,7 +130,7 @@ def segment_chunk(pairs: list[tuple[str, str]], max_len: int, valid_permille: in
         (f"answer longer than {max_len} tokens", too_long),
         ("answer is only punctuation or an emoticon", no_words),
         ("answer on the blocklist", blocked),
-        ("answer with broken text (U+FFFD)", broken),
+        ("question or answer with broken text (U+FFFD)", broken),
     ):
         if n := int(np.count_nonzero(mask)):
             bad[reason] = n
@@ -194,8 +196,13 @@ def _unclean_answers(
             if not has_content(answers[i]):
                 no_words[i] = True
             elif (why := _reply_filter.unusable(answers[i])) is not None:
-                (broken if why == "broken text" else blocked)[i] = True
+                (broken if why == BROKEN_TEXT else blocked)[i] = True
     return no_words, blocked, broken
+
+
+def _has_broken(texts: list[str]) -> np.ndarray:
+    """Which of ``texts`` hold broken text (U+FFFD)."""
+    return np.fromiter((BROKEN in t for t in texts), dtype=bool, count=len(texts))
 
 
 def _read_block(path: str, start: int, end: int) -> bytes:

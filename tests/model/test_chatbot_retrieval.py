@@ -162,7 +162,7 @@ def test_answers_too_long_to_send_do_not_use_up_the_retrieved_places(bot):
     opts = {**GREEDY, "retrieve": 2, "max_len": 8, "similarity_weight": 50}
     assert bot.reply("今天星期几", **opts) == "下次再聊"
     hits = bot.index.search(TOK.tokenize("今天星期几"), 6)
-    cands = bot.candidates([], hits, max_len=8, retrieve=1)
+    cands = bot.candidates(hits, max_len=8, retrieve=1)
     assert [c.text for c in cands] == ["下次再聊"]
 
 
@@ -263,3 +263,19 @@ def test_a_trusted_answer_is_kept_however_many_answers_share_its_question(bot, m
     assert bot.index.search(TOK.tokenize("你是谁"), None)[-1].answer == "我是闲聊"
     bot.reply("你是谁", **GREEDY, retrieve=3, generate=False)
     assert len(judged) == 3 and "我是闲聊" in judged
+
+
+def test_the_models_own_replies_join_the_retrieved_ones_once(bot):
+    """A reply of the model's that an indexed answer already says counts as that answer (with
+    its question's lead); a new one is added once; one the filter blocks is not."""
+    bot.index = _index([("今天星期几", "早点休息吧"), ("你好", "下次再聊")])
+    retrieved = bot.candidates(bot.index.search(TOK.tokenize("今天星期几"), None))
+    same = bot.vocab.encode(TOK.tokenize("早点休息吧"))
+    new = bot.vocab.encode(TOK.tokenize("你好"))
+    blocked = bot.vocab.encode(TOK.tokenize("你好你好你好"))
+    cands = bot._with_own(retrieved, [same, new, new, blocked, []])
+    assert [(c.text, c.source) for c in cands] == [
+        ("你好", "model"),
+        *[(c.text, c.source) for c in retrieved],
+    ]
+    assert next(c for c in cands if c.text == "早点休息吧").similarity == pytest.approx(1.0)

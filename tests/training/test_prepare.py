@@ -220,6 +220,7 @@ def test_cleaning_drops_wordless_and_blocklisted_answers_and_counts_them(tmp_pat
         ("你是谁", "你个白痴"),
         ("好", "我不吃香菜"),
         ("你好吗", "我很好\ufffd"),  # a line decoded from broken bytes
+        ("在吗\ufffd", "在的"),  # learnt as a reply too with --both-directions
     ]
     tsv = write_tsv(tmp_path / "c.tsv", pairs)
     extra = tmp_path / "more.txt"
@@ -229,7 +230,7 @@ def test_cleaning_drops_wordless_and_blocklisted_answers_and_counts_them(tmp_pat
     assert stats.bad == {
         "answer is only punctuation or an emoticon": 2,
         "answer on the blocklist": 2,
-        "answer with broken text (U+FFFD)": 1,
+        "question or answer with broken text (U+FFFD)": 2,
     }
     assert stats.pairs_written["train"] == len(TINY_PAIRS)
     kept = prepare(

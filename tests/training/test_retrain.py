@@ -92,17 +92,18 @@ def test_export_streams_approved_deduplicated_and_filtered(tmp_path, database_ur
             ("坏词在这里", "不好", "approved", None),
             ("长" * 300, "太长", "approved", None),
             ("你好\ufffd\ufffd", "你说什么", "approved", None),  # bytes that were not UTF-8
+            ("你说什么", "我说\ufffd", "approved", None),
         ],
     )
     out = tmp_path / "logged.tsv"
     stats = export_logged_pairs(db, out, blocklist=["坏词"])
     assert out.read_text(encoding="utf-8").splitlines() == [f"你好\t{EDITED}"]
     assert stats == {
-        "rows": 4,
+        "rows": 5,
         "written": 1,
         "too_short": 0,
         "too_long": 1,
-        "blocked": 2,
+        "blocked": 3,
         "held_out": 0,
     }
     export_logged_pairs(db, out, statuses=["approved", "pending"], blocklist=["坏词"])
