@@ -223,7 +223,9 @@ class ReplyIndex:
             )
             for q, a, s, src in rows
         }
-        # Equally alike questions: a trusted corpus's answer first (it is worth more).
+        # Equally alike questions: a trusted corpus's answer first. The bot orders the hits by
+        # lead, but below trust_from a trusted answer leads no more than the others, and this
+        # order decides which of many equal ones are kept (你好！第一次用这个 needs it).
         return sorted(hits.values(), key=lambda h: (-h.similarity, -h.offset, h.bm25))[:k]
 
     @staticmethod
