@@ -12,6 +12,8 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
+from xianliao.model.text import alternation
+
 DEFAULT_POLARITY = Path(__file__).with_name("data") / "polarity.txt"
 # A 不/没/别 right before a word turns it round (不开心, 别难过), also across a softening word
 # (不太开心, 没那么累, 不是很好); one further away negates something else (没休息，累得很).
@@ -40,8 +42,7 @@ def read_polarity(path: str | Path = DEFAULT_POLARITY) -> tuple[dict[str, int], 
 @lru_cache(maxsize=1)
 def _default() -> tuple[re.Pattern, dict[str, int], frozenset[str]]:
     words, cheers = read_polarity()
-    alts = sorted(words, key=len, reverse=True)
-    pattern = re.compile("|".join([*map(re.escape, alts), _PLAIN_GOOD]))
+    pattern = re.compile("|".join(p for p in (alternation(words), _PLAIN_GOOD) if p))
     return pattern, {**words, "好": 1}, cheers
 
 

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from xianliao.model.text import normalise
+from xianliao.model.text import alternation, normalise
 
 DEFAULT_BLOCKLIST = Path(__file__).with_name("data") / "blocklist.txt"
 # Text with no letter, digit or CJK character: punctuation, emoticons such as "=。=" or "==".
@@ -50,8 +50,7 @@ def repeats_run(tokens: Sequence[str], times: int = 3, max_run: int = 4) -> bool
 
 def _alternation(phrases: Sequence[str]) -> re.Pattern | None:
     """One regex matching any of ``phrases``, longest first; None for none."""
-    alts = sorted(phrases, key=len, reverse=True)
-    return re.compile("|".join(map(re.escape, alts))) if alts else None
+    return re.compile(alternation(phrases)) if phrases else None
 
 
 class ReplyFilter:

@@ -39,6 +39,12 @@ def normalise(text: str) -> str:
     return _CJK_SPACE.sub(",", text) if " " in text else text
 
 
+def alternation(phrases: Iterable[str]) -> str:
+    """One regex alternation of ``phrases``, escaped, longest first: where two start at the
+    same place the longer one matches (他妈的 before 妈的, 痛快 before 痛)."""
+    return "|".join(map(re.escape, sorted(phrases, key=len, reverse=True)))
+
+
 def detokenize(tokens: Iterable[str]) -> str:
     """Join tokens the way Chinese is written: no spaces, except between two Latin words."""
     out: list[str] = []
