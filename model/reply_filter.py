@@ -34,6 +34,11 @@ def has_content(text: str) -> bool:
     return _CONTENT.search(text) is not None
 
 
+def is_broken(text: str) -> bool:
+    """Whether ``text`` holds what is left of bytes that were not UTF-8 (U+FFFD)."""
+    return BROKEN in text
+
+
 def repeats_run(tokens: Sequence[str], times: int = 3, max_run: int = 4) -> bool:
     """Whether some run of 1..max_run tokens with a word in it occurs ``times`` times in a row
     ("吃了吃了吃了"; not an ellipsis, which normalises to a row of dots)."""
@@ -96,7 +101,7 @@ class ReplyFilter:
         retraining's export, so what the bot never sends it never learns or indexes either."""
         if (word := self.blocked_word(text)) is not None:
             return f"blocklisted word {word!r}"
-        if BROKEN in text:  # a corpus line decoded from broken bytes (some in xiaohuangji)
+        if is_broken(text):  # a corpus line decoded from broken bytes (some in xiaohuangji)
             return BROKEN_TEXT
         return None
 

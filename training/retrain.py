@@ -95,8 +95,9 @@ def export_logged_pairs(
     """Stream logged (question, answer) pairs into a corpus TSV; with ``heldout_tsv``, the
     pairs a hash puts among the ``heldout_permille`` go there instead (for the gate). Pairs
     with a word of the shipped blocklist or of ``blocklist``, or with broken text (U+FFFD, a
-    message's bytes that were not UTF-8), on either side are dropped (counted as blocked). Duplicates are
-    removed by the database (SELECT DISTINCT), so memory stays bounded however many rows.
+    message's bytes that were not UTF-8), on either side are dropped (counted as blocked).
+    Duplicates are removed by the database (SELECT DISTINCT), so memory stays bounded however
+    many rows.
     ``database``: the process's database, or a URL (opened and closed here)."""
     from xianliao.model.reply_filter import ReplyFilter, read_blocklist
     from xianliao.model.text import normalise

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xianliao.model.reply_filter import BROKEN, BROKEN_TEXT, ReplyFilter, has_content
+from xianliao.model.reply_filter import BROKEN_TEXT, ReplyFilter, has_content, is_broken
 from xianliao.model.text import Tokenizer, detokenize, normalise
 from xianliao.model.vocab import UNK_ID
 from xianliao.training.corpus import Bad, parse_tsv_line
@@ -202,7 +202,7 @@ def _unclean_answers(
 
 def _has_broken(texts: list[str]) -> np.ndarray:
     """Which of ``texts`` hold broken text (U+FFFD)."""
-    return np.fromiter((BROKEN in t for t in texts), dtype=bool, count=len(texts))
+    return np.fromiter(map(is_broken, texts), dtype=bool, count=len(texts))
 
 
 def _read_block(path: str, start: int, end: int) -> bytes:
